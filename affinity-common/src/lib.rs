@@ -1,0 +1,224 @@
+//! Wire types shared by the eBPF programs and the userspace daemon.
+//!
+//! Every ring-buffer record starts with a [`Header`] whose `kind` says which
+//! `#[repr(C)]` record follows; userspace checks kind and length before it
+//! reads a record (see `affinity::wire`), it never transmutes blindly.
+//! Map and program names live here so both sides agree on them.
+
+#![cfg_attr(not(feature = "user"), no_std)]
+
+/// Widest CPU mask the eBPF side understands (the kernel's NR_CPUS maximum).
+pub const MAX_CPUS: usize = 8192;
+pub const MASK_WORDS: usize = MAX_CPUS / 64;
+pub const TASK_COMM_LEN: usize = 16;
+
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+pub const PF_NO_SETAFFINITY: u32 = 0x0400_0000;
+
+/// Names of the maps in the eBPF object.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    /// pid → policy mask of a registered kthread (written by userspace).
+    pub const ALLOWED: &str = "ALLOWED";
+    /// index 0: CPUs no movable kthread should run on (non-housekeeping).
+    pub const ISOLATED: &str = "ISOLATED";
+    /// cpu → hotplug progress, so each transition is reported once.
+    pub const HOTPLUG: &str = "HOTPLUG";
+    /// per-CPU counters, indexed by [`super::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// pid → last time a violation of it was reported (rate limit).
+    pub const LAST_REPORT: &str = "LAST_REPORT";
+    /// tid → pending sched_setaffinity call (target pid), between enter and exit.
+    pub const SETAFFINITY: &str = "SETAFFINITY";
+}
+
+/// Names of the programs, which are also the names of what they attach to.
+pub mod programs {
+    pub const CPUHP_ENTER: &str = "cpuhp_enter";
+    pub const CPUHP_MULTI_ENTER: &str = "cpuhp_multi_enter";
+    pub const CPUHP_EXIT: &str = "cpuhp_exit";
+    pub const SCHED_SWITCH: &str = "sched_switch";
+    pub const SCHED_MIGRATE_TASK: &str = "sched_migrate_task";
+    pub const TASK_RENAME: &str = "task_rename";
+    pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    pub const SETAFFINITY_ENTER: &str = "sys_enter_sched_setaffinity";
+    pub const SETAFFINITY_EXIT: &str = "sys_exit_sched_setaffinity";
+
+    /// (program, tracepoint category, tracepoint name) for every tp_btf program.
+    pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
+        (CPUHP_ENTER, "cpuhp_enter"),
+        (CPUHP_MULTI_ENTER, "cpuhp_multi_enter"),
+        (CPUHP_EXIT, "cpuhp_exit"),
+        (SCHED_SWITCH, "sched_switch"),
+        (SCHED_MIGRATE_TASK, "sched_migrate_task"),
+        (TASK_RENAME, "task_rename"),
+        (SCHED_PROCESS_EXIT, "sched_process_exit"),
+    ];
+    /// (program, category, name) for the classic syscall tracepoints.
+    pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+        (SETAFFINITY_ENTER, "syscalls", "sys_enter_sched_setaffinity"),
+        (SETAFFINITY_EXIT, "syscalls", "sys_exit_sched_setaffinity"),
+    ];
+}
+
+/// Names of the read-only globals userspace sets at load time.
+pub mod globals {
+    /// Offsets into `struct task_struct`, from the running kernel's BTF:
+    /// Rust eBPF gets no CO-RE relocations, so nothing is frozen at build time.
+    pub const TASK_FLAGS_OFF: &str = "TASK_FLAGS_OFF";
+    pub const TASK_PID_OFF: &str = "TASK_PID_OFF";
+    pub const TASK_TGID_OFF: &str = "TASK_TGID_OFF";
+    pub const TASK_COMM_OFF: &str = "TASK_COMM_OFF";
+    /// `enum cpuhp_state` values, which differ between kernel versions.
+    pub const CPUHP_AP_ACTIVE: &str = "CPUHP_AP_ACTIVE";
+    pub const CPUHP_TEARDOWN_CPU: &str = "CPUHP_TEARDOWN_CPU";
+    /// The daemon's own tgid: its sched_setaffinity calls are not reported.
+    pub const DAEMON_TGID: &str = "DAEMON_TGID";
+    /// Minimum nanoseconds between two violation reports for one pid.
+    pub const REPORT_INTERVAL_NS: &str = "REPORT_INTERVAL_NS";
+}
+
+/// Per-CPU counters in [`maps::COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Records lost because the ring buffer was full.
+    Dropped = 0,
+    /// Violations seen but not reported because of the per-pid rate limit.
+    Suppressed = 1,
+    /// Violations seen (reported or not).
+    Violations = 2,
+}
+pub const COUNTERS_LEN: u32 = 3;
+
+/// Hotplug progress per CPU in [`maps::HOTPLUG`].
+pub mod hotplug_state {
+    pub const IDLE: u32 = 0;
+    pub const DOWN_STARTED: u32 = 1;
+    pub const DOWN_DONE: u32 = 2;
+    pub const UP_STARTED: u32 = 3;
+    pub const UP_DONE: u32 = 4;
+}
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Hotplug = 1,
+    /// A kthread switched in on a CPU outside its policy mask.
+    Violation = 2,
+    /// A registered kthread was migrated to a CPU outside its policy mask.
+    Migrate = 3,
+    /// A kthread was created (named).
+    KthreadNew = 4,
+    KthreadExit = 5,
+    /// Someone called sched_setaffinity on a registered kthread.
+    SetAffinity = 6,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Hotplug,
+            2 => Self::Violation,
+            3 => Self::Migrate,
+            4 => Self::KthreadNew,
+            5 => Self::KthreadExit,
+            6 => Self::SetAffinity,
+            _ => return None,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: u32,
+    /// CPU the program ran on.
+    pub cpu: u32,
+    /// bpf_ktime_get_ns() (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+
+/// Phases of a CPU hotplug transition, as reported in [`HotplugEvent::phase`].
+pub mod phase {
+    /// First teardown callback: act now, before the scheduler must migrate anything.
+    pub const OFFLINE_BEGIN: u32 = 1;
+    /// The CPU is dead.
+    pub const OFFLINE_DONE: u32 = 2;
+    /// The CPU is active: the scheduler may place tasks on it.
+    pub const ONLINE_DONE: u32 = 3;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HotplugEvent {
+    pub header: Header,
+    /// The CPU going down or coming up (not the one the program ran on).
+    pub target_cpu: u32,
+    pub phase: u32,
+    /// The `enum cpuhp_state` step that triggered the report.
+    pub state: i32,
+    pub _pad: u32,
+}
+
+/// Violation, Migrate, KthreadNew and KthreadExit records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub header: Header,
+    pub pid: u32,
+    pub tgid: u32,
+    pub flags: u32,
+    /// Violation: the CPU it ran on; Migrate: destination CPU; otherwise 0.
+    pub cpu: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetAffinityEvent {
+    pub header: Header,
+    pub target_pid: u32,
+    pub caller_pid: u32,
+    pub caller_tgid: u32,
+    /// The syscall's return value (0 or -errno).
+    pub ret: i32,
+    pub caller_comm: [u8; TASK_COMM_LEN],
+}
+
+/// The value type of [`maps::ALLOWED`] and [`maps::ISOLATED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuMask {
+    pub words: [u64; MASK_WORDS],
+}
+
+impl CpuMask {
+    pub const EMPTY: CpuMask = CpuMask {
+        words: [0; MASK_WORDS],
+    };
+
+    #[inline(always)]
+    pub fn contains(&self, cpu: u32) -> bool {
+        let word = (cpu / 64) as usize;
+        // The bound check also keeps the verifier happy.
+        word < MASK_WORDS && self.words[word] & (1 << (cpu % 64)) != 0
+    }
+}
+
+/// Pending sched_setaffinity, keyed by the caller's tid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingSetAffinity {
+    pub target_pid: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)], Copy, contain only integers, and every bit
+    // pattern is a valid value; padding is explicit.
+    unsafe impl aya::Pod for CpuMask {}
+    unsafe impl aya::Pod for PendingSetAffinity {}
+}

@@ -1,0 +1,39 @@
+//! Reading `struct task_struct` fields at offsets resolved from the running
+//! kernel's BTF.
+
+use affinity_common::TASK_COMM_LEN;
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+
+use crate::maps::globals::{self, TASK_COMM_OFF, TASK_FLAGS_OFF, TASK_PID_OFF, TASK_TGID_OFF};
+
+/// An opaque `struct task_struct *`.
+#[derive(Clone, Copy)]
+pub struct Task(pub *const u8);
+
+impl Task {
+    #[inline(always)]
+    fn read<T: Copy>(self, off: u32) -> Option<T> {
+        unsafe { bpf_probe_read_kernel(self.0.add(off as usize) as *const T).ok() }
+    }
+
+    #[inline(always)]
+    pub fn flags(self) -> Option<u32> {
+        self.read(globals::get(&TASK_FLAGS_OFF))
+    }
+
+    #[inline(always)]
+    pub fn pid(self) -> Option<u32> {
+        self.read(globals::get(&TASK_PID_OFF))
+    }
+
+    #[inline(always)]
+    pub fn tgid(self) -> Option<u32> {
+        self.read(globals::get(&TASK_TGID_OFF))
+    }
+
+    #[inline(always)]
+    pub fn comm(self) -> [u8; TASK_COMM_LEN] {
+        self.read(globals::get(&TASK_COMM_OFF))
+            .unwrap_or([0; TASK_COMM_LEN])
+    }
+}

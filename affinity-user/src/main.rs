@@ -1,0 +1,54 @@
+use std::process::ExitCode;
+
+use affinity::commands::{self, BadInput};
+use clap::{Parser, Subcommand};
+
+/// Observe and enforce preferred CPU affinity of Linux kernel threads.
+#[derive(Parser)]
+#[command(name = "affinity", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: load the eBPF observer, apply the policy, report live.
+    Run(commands::run::RunArgs),
+    /// Validate a configuration file (exit 2 listing every error).
+    Check(commands::check::CheckArgs),
+    /// Print this machine's CPU and kthread state as JSON.
+    Snapshot(commands::snapshot::SnapshotArgs),
+    /// Show what the policy would do, optionally after hypothetical hotplug or isolation.
+    Plan(commands::plan::PlanArgs),
+    /// List kthreads with their preferred, applied and actual masks.
+    Status(commands::status::StatusArgs),
+    /// Register (or with --update, change) a kthread's preferred CPUs in the running daemon.
+    Prefer(commands::prefer::PreferArgs),
+    /// Remove a kthread's runtime preference from the running daemon.
+    Unprefer(commands::prefer::UnpreferArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => commands::run::run(args),
+        Command::Check(args) => commands::check::run(args),
+        Command::Snapshot(args) => commands::snapshot::run(args),
+        Command::Plan(args) => commands::plan::run(args),
+        Command::Status(args) => commands::status::run(args),
+        Command::Prefer(args) => commands::prefer::run_prefer(args),
+        Command::Unprefer(args) => commands::prefer::run_unprefer(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("affinity: error: {e:#}");
+            if e.chain().any(|c| c.is::<BadInput>()) {
+                ExitCode::from(commands::EXIT_BAD_INPUT)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

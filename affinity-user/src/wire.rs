@@ -1,0 +1,253 @@
+//! Checked decoding of ring-buffer records from the eBPF programs.
+//!
+//! A record is a [`Header`] followed by the kind's body. The length is
+//! checked against the kind before anything is read, and the bytes are
+//! copied out with `read_unaligned`: nothing is transmuted in place.
+
+use std::mem::size_of;
+
+use affinity_common::{
+    EventKind, Header, HotplugEvent, SetAffinityEvent, TASK_COMM_LEN, TaskEvent, phase,
+};
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("record of {len} bytes is shorter than its header")]
+    Short { len: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("{kind:?} record is {len} bytes, expected {expected}")]
+    Length {
+        kind: EventKind,
+        len: usize,
+        expected: usize,
+    },
+    #[error("hotplug record has unknown phase {0}")]
+    Phase(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HotplugPhase {
+    OfflineBegin,
+    OfflineDone,
+    OnlineDone,
+}
+
+/// A decoded record. `ts_ns` is CLOCK_MONOTONIC, `on_cpu` where the program ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WireEvent {
+    Hotplug {
+        ts_ns: u64,
+        cpu: u32,
+        phase: HotplugPhase,
+        state: i32,
+    },
+    Violation {
+        ts_ns: u64,
+        task: TaskRecord,
+        cpu: u32,
+    },
+    Migrate {
+        ts_ns: u64,
+        task: TaskRecord,
+        dest_cpu: u32,
+    },
+    KthreadNew {
+        ts_ns: u64,
+        task: TaskRecord,
+    },
+    KthreadExit {
+        ts_ns: u64,
+        task: TaskRecord,
+    },
+    SetAffinity {
+        ts_ns: u64,
+        target_pid: u32,
+        caller_pid: u32,
+        caller_tgid: u32,
+        caller_comm: String,
+        ret: i32,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub pid: u32,
+    pub tgid: u32,
+    pub flags: u32,
+    pub comm: String,
+}
+
+fn read<T: Copy>(bytes: &[u8], kind: EventKind) -> Result<T, WireError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(WireError::Length {
+            kind,
+            len: bytes.len(),
+            expected: size_of::<T>(),
+        });
+    }
+    // SAFETY: length checked above; T is a #[repr(C)] integer-only type from
+    // affinity-common for which every bit pattern is valid.
+    Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
+}
+
+/// The kernel's comm: NUL-terminated within 16 bytes, not always UTF-8.
+pub fn comm_to_string(comm: &[u8; TASK_COMM_LEN]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+fn task(e: &TaskEvent) -> TaskRecord {
+    TaskRecord {
+        pid: e.pid,
+        tgid: e.tgid,
+        flags: e.flags,
+        comm: comm_to_string(&e.comm),
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<WireEvent, WireError> {
+    if bytes.len() < size_of::<Header>() {
+        return Err(WireError::Short { len: bytes.len() });
+    }
+    // SAFETY: as in `read`; the header is checked before its kind is trusted.
+    let header: Header = unsafe { bytes.as_ptr().cast::<Header>().read_unaligned() };
+    let kind = EventKind::from_u32(header.kind).ok_or(WireError::UnknownKind(header.kind))?;
+    let ts_ns = header.ts_ns;
+    Ok(match kind {
+        EventKind::Hotplug => {
+            let e: HotplugEvent = read(bytes, kind)?;
+            let phase = match e.phase {
+                phase::OFFLINE_BEGIN => HotplugPhase::OfflineBegin,
+                phase::OFFLINE_DONE => HotplugPhase::OfflineDone,
+                phase::ONLINE_DONE => HotplugPhase::OnlineDone,
+                other => return Err(WireError::Phase(other)),
+            };
+            WireEvent::Hotplug {
+                ts_ns,
+                cpu: e.target_cpu,
+                phase,
+                state: e.state,
+            }
+        }
+        EventKind::Violation => {
+            let e: TaskEvent = read(bytes, kind)?;
+            WireEvent::Violation {
+                ts_ns,
+                task: task(&e),
+                cpu: e.cpu,
+            }
+        }
+        EventKind::Migrate => {
+            let e: TaskEvent = read(bytes, kind)?;
+            WireEvent::Migrate {
+                ts_ns,
+                task: task(&e),
+                dest_cpu: e.cpu,
+            }
+        }
+        EventKind::KthreadNew => WireEvent::KthreadNew {
+            ts_ns,
+            task: task(&read(bytes, kind)?),
+        },
+        EventKind::KthreadExit => WireEvent::KthreadExit {
+            ts_ns,
+            task: task(&read(bytes, kind)?),
+        },
+        EventKind::SetAffinity => {
+            let e: SetAffinityEvent = read(bytes, kind)?;
+            WireEvent::SetAffinity {
+                ts_ns,
+                target_pid: e.target_pid,
+                caller_pid: e.caller_pid,
+                caller_tgid: e.caller_tgid,
+                caller_comm: comm_to_string(&e.caller_comm),
+                ret: e.ret,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a repr(C) value for a test fixture.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn header(kind: EventKind) -> Header {
+        Header {
+            kind: kind as u32,
+            cpu: 0,
+            ts_ns: 42,
+        }
+    }
+
+    #[test]
+    fn decodes_hotplug() {
+        let e = HotplugEvent {
+            header: header(EventKind::Hotplug),
+            target_cpu: 1,
+            phase: phase::OFFLINE_BEGIN,
+            state: 200,
+            _pad: 0,
+        };
+        assert_eq!(
+            decode(&bytes_of(&e)),
+            Ok(WireEvent::Hotplug {
+                ts_ns: 42,
+                cpu: 1,
+                phase: HotplugPhase::OfflineBegin,
+                state: 200
+            })
+        );
+    }
+
+    #[test]
+    fn decodes_task_comm_without_nul() {
+        let e = TaskEvent {
+            header: header(EventKind::Violation),
+            pid: 7,
+            tgid: 7,
+            flags: 0x200000,
+            cpu: 3,
+            comm: *b"0123456789abcdef",
+        };
+        let WireEvent::Violation { task, cpu, .. } = decode(&bytes_of(&e)).unwrap() else {
+            panic!("wrong kind")
+        };
+        assert_eq!((task.comm.as_str(), cpu), ("0123456789abcdef", 3));
+    }
+
+    #[test]
+    fn rejects_truncated_and_unknown_records() {
+        let e = TaskEvent {
+            header: header(EventKind::KthreadNew),
+            pid: 1,
+            tgid: 1,
+            flags: 0,
+            cpu: 0,
+            comm: [0; 16],
+        };
+        let b = bytes_of(&e);
+        assert!(matches!(
+            decode(&b[..b.len() - 1]),
+            Err(WireError::Length { .. })
+        ));
+        assert_eq!(decode(&b[..4]), Err(WireError::Short { len: 4 }));
+        let mut bad = b.clone();
+        bad[0] = 99;
+        assert_eq!(decode(&bad), Err(WireError::UnknownKind(99)));
+        let h = HotplugEvent {
+            header: header(EventKind::Hotplug),
+            target_cpu: 1,
+            phase: 9,
+            state: 0,
+            _pad: 0,
+        };
+        assert_eq!(decode(&bytes_of(&h)), Err(WireError::Phase(9)));
+    }
+}
