@@ -4,9 +4,10 @@
 //! kernel (procfs, sysfs, sched_setaffinity, BPF) sits behind narrow
 //! interfaces so the core can be tested without root.
 
-pub mod commands;
-pub mod policy;
-pub mod sysfs;
 pub mod bpf;
 pub mod btf;
+pub mod commands;
+pub mod daemon;
+pub mod policy;
+pub mod sysfs;
 pub mod wire;

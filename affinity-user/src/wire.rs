@@ -11,7 +11,7 @@ use affinity_common::{
 };
 use thiserror::Error;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum WireError {
     #[error("record of {len} bytes is shorter than its header")]
     Short { len: usize },

@@ -115,3 +115,102 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+pub mod daemon;
+
+/// Kthreads by comm, from /proc: (pid, flags).
+pub fn kthreads() -> Vec<(u32, String, u32)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").expect("reading /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let flags: u32 = stat[close + 1..]
+            .split_whitespace()
+            .nth(6)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0);
+        if flags & affinity_common::PF_KTHREAD != 0 {
+            out.push((pid, comm, flags));
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn pid_of(comm: &str) -> u32 {
+    kthreads()
+        .into_iter()
+        .find(|(_, c, _)| c == comm)
+        .map(|(p, _, _)| p)
+        .unwrap_or_else(|| panic!("no kthread named {comm} on this kernel"))
+}
+
+/// A task's Cpus_allowed_list, e.g. "0-1".
+pub fn mask_of(pid: u32) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no Cpus_allowed_list for pid {pid}"))
+}
+
+pub fn set_mask(pid: u32, list: &str) {
+    let status = std::process::Command::new("taskset")
+        .args(["-pc", list, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running taskset");
+    assert!(status.success(), "taskset -pc {list} {pid} failed");
+}
+
+/// Restores every kthread's mask on drop: the tests move real kthreads.
+pub struct MasksGuard(Vec<(u32, String)>);
+
+impl MasksGuard {
+    pub fn save() -> Self {
+        MasksGuard(
+            kthreads()
+                .into_iter()
+                .filter(|(_, _, f)| f & affinity_common::PF_NO_SETAFFINITY == 0)
+                .filter_map(|(p, _, _)| {
+                    Some((p, fs::read_to_string(format!("/proc/{p}/status")).ok()?))
+                })
+                .filter_map(|(p, s)| {
+                    Some((
+                        p,
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+                            .trim()
+                            .to_string(),
+                    ))
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for MasksGuard {
+    fn drop(&mut self) {
+        for (pid, mask) in &self.0 {
+            let _ = std::process::Command::new("taskset")
+                .args(["-pc", mask, &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}

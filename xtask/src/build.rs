@@ -88,8 +88,6 @@ pub fn run_daemon(args: RunArgs) -> Result<()> {
     }
 }
 
-pub use run_daemon as run;
-
 /// The integration test executables of the `affinity-tests` crate, and the
 /// `affinity` binary they drive.
 pub struct TestBinaries {

@@ -3,6 +3,7 @@
 //! Every command first makes sure the tools it needs are installed
 //! ([`bootstrap`]), so a fresh machine needs nothing but this repository.
 
+mod bench;
 mod bootstrap;
 mod build;
 mod test;
@@ -31,15 +32,18 @@ enum Command {
     Test(test::TestArgs),
     /// Run the kernel tests inside virtme-ng VMs on Debian's 6.1 and 6.12 kernels.
     VmTest(vm::VmArgs),
+    /// Benchmarks (root): hot-path overhead, program cost, hotplug reaction, idle cost, scale.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Build(args) => build::build(&args).map(drop),
-        Command::Run(args) => build::run(args),
+        Command::Run(args) => build::run_daemon(args),
         Command::Test(args) => test::test(args),
         Command::VmTest(args) => vm::vm_test(&args),
+        Command::Bench(args) => bench::bench(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

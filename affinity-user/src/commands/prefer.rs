@@ -1,13 +1,69 @@
-use std::process::ExitCode;
+//! `affinity prefer` / `affinity unprefer`: runtime registration through the
+//! running daemon, the userspace side of `kthread_affine_preferred()` and the
+//! `_update()` variant its review asked for.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    commands::BadInput,
+    daemon::control::{self, Request},
+};
 
 #[derive(Debug, clap::Args)]
-pub struct PreferArgs {}
-#[derive(Debug, clap::Args)]
-pub struct UnpreferArgs {}
-
-pub fn run_prefer(_args: PreferArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub struct PreferArgs {
+    /// The kthread: a pid, or a comm such as `khugepaged`.
+    pub target: String,
+    /// Preferred CPUs: a cpulist (`0-3`), `housekeeping`, `node` or `node:N`.
+    pub cpus: String,
+    /// Change an existing registration; without it, registering twice fails.
+    #[arg(long)]
+    pub update: bool,
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
 }
-pub fn run_unprefer(_args: UnpreferArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+
+#[derive(Debug, clap::Args)]
+pub struct UnpreferArgs {
+    /// The kthread: a pid or a comm.
+    pub target: String,
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+fn call(socket: &PathBuf, request: Request) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let response = rt.block_on(control::call(socket, &request))?;
+    if response.ok {
+        println!("{}", response.message);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        // The daemon refused what we asked: an unknown kthread, a double
+        // registration, a bad CPU list. That is the user's input.
+        Err(BadInput::err(response.message))
+    }
+}
+
+pub fn run_prefer(args: PreferArgs) -> Result<ExitCode> {
+    call(
+        &args.socket,
+        Request::Prefer {
+            target: args.target,
+            prefer: args.cpus,
+            update: args.update,
+        },
+    )
+}
+
+pub fn run_unprefer(args: UnpreferArgs) -> Result<ExitCode> {
+    call(
+        &args.socket,
+        Request::Unprefer {
+            target: args.target,
+        },
+    )
 }

@@ -1,0 +1,383 @@
+//! Live reports: one line per event, human or JSON, and the periodic summary.
+
+use std::{
+    io::{IsTerminal, Write},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// One reported event. Serialised as `{"type": "...", ...}`: this is the
+/// `--format json` wire format documented in the README.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Report {
+    Started {
+        pid: u32,
+        observe: bool,
+        registered: usize,
+        pinned: usize,
+        online: String,
+        housekeeping: String,
+    },
+    Hotplug {
+        cpu: u32,
+        online: bool,
+    },
+    /// The daemon finished reacting to a hotplug step: masks set, and how long
+    /// after the kernel's tracepoint the last one landed.
+    HotplugHandled {
+        cpu: u32,
+        online: bool,
+        applied: u64,
+        latency_us: f64,
+    },
+    Applied {
+        pid: u32,
+        comm: String,
+        mask: String,
+    },
+    /// `--observe`: what would have been applied.
+    WouldApply {
+        pid: u32,
+        comm: String,
+        mask: String,
+    },
+    Violation {
+        pid: u32,
+        comm: String,
+        cpu: u32,
+        allowed: String,
+    },
+    AffinityChanged {
+        pid: u32,
+        comm: String,
+        mask: String,
+        by_pid: Option<u32>,
+        by_comm: Option<String>,
+    },
+    Pinned {
+        pid: u32,
+        comm: String,
+    },
+    /// The kernel itself manages this kthread's affinity (6.14+); we report instead of fighting.
+    KernelManaged {
+        pid: u32,
+        comm: String,
+    },
+    Registered {
+        pid: u32,
+        comm: String,
+        preferred: String,
+        rule: String,
+    },
+    Exited {
+        pid: u32,
+        comm: String,
+    },
+    Drops {
+        count: u64,
+    },
+    Error {
+        message: String,
+    },
+    Summary {
+        violations: u64,
+        suppressed: u64,
+        applied: u64,
+        hotplug: u64,
+        drops: u64,
+        records: u64,
+        registered: usize,
+        pinned: usize,
+    },
+    Stopped {
+        restored: usize,
+    },
+}
+
+pub struct Reporter<W: Write> {
+    out: W,
+    format: Format,
+    color: bool,
+}
+
+impl Reporter<std::io::Stdout> {
+    /// Colour only on a terminal, and never when NO_COLOR is set (no-color.org).
+    pub fn stdout(format: Format) -> Self {
+        let color = std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Reporter {
+            out: std::io::stdout(),
+            format,
+            color,
+        }
+    }
+}
+
+impl<W: Write> Reporter<W> {
+    pub fn new(out: W, format: Format, color: bool) -> Self {
+        Reporter { out, format, color }
+    }
+
+    pub fn report(&mut self, r: &Report) {
+        let line = match self.format {
+            Format::Json => serde_json::to_string(r).expect("reports serialise"),
+            Format::Human => human(r, self.color),
+        };
+        // A closed stdout (a pipe whose reader went away) must not stop enforcement.
+        let _ = writeln!(self.out, "{line}").and_then(|_| self.out.flush());
+    }
+
+    pub fn out_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+fn clock() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        now.subsec_millis()
+    )
+}
+
+fn paint(color: bool, code: &str, s: &str) -> String {
+    if color {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_string()
+    }
+}
+
+fn human(r: &Report, color: bool) -> String {
+    let task = |pid: &u32, comm: &str| format!("{pid:>7} {comm:<16}");
+    let (kind, code, text) = match r {
+        Report::Started {
+            pid,
+            observe,
+            registered,
+            pinned,
+            online,
+            housekeeping,
+        } => (
+            "started",
+            "1",
+            format!(
+                "pid {pid}{}: {registered} kthreads managed, {pinned} pinned by the kernel; online {online}, housekeeping {housekeeping}",
+                if *observe { " (observe only)" } else { "" }
+            ),
+        ),
+        Report::Hotplug { cpu, online } => (
+            "hotplug",
+            "36",
+            format!(
+                "cpu{cpu} {}",
+                if *online { "online" } else { "going offline" }
+            ),
+        ),
+        Report::HotplugHandled {
+            cpu,
+            online,
+            applied,
+            latency_us,
+        } => (
+            "handled",
+            "36",
+            format!(
+                "cpu{cpu} {}: {applied} masks applied {latency_us} µs after the kernel event",
+                if *online { "online" } else { "offline" }
+            ),
+        ),
+        Report::Applied { pid, comm, mask } => {
+            ("applied", "32", format!("{} -> {mask}", task(pid, comm)))
+        }
+        Report::WouldApply { pid, comm, mask } => (
+            "would-set",
+            "33",
+            format!("{} -> {mask} (observe)", task(pid, comm)),
+        ),
+        Report::Violation {
+            pid,
+            comm,
+            cpu,
+            allowed,
+        } => (
+            "VIOLATION",
+            "1;31",
+            format!("{} ran on cpu{cpu}, allowed {allowed}", task(pid, comm)),
+        ),
+        Report::AffinityChanged {
+            pid,
+            comm,
+            mask,
+            by_pid,
+            by_comm,
+        } => {
+            let who = match (by_pid, by_comm) {
+                (Some(p), Some(c)) => format!("by {c} (pid {p})"),
+                _ => "by the kernel or an unknown caller".to_string(),
+            };
+            (
+                "changed",
+                "35",
+                format!("{} mask set to {mask} {who}", task(pid, comm)),
+            )
+        }
+        Report::Pinned { pid, comm } => (
+            "pinned",
+            "2",
+            format!(
+                "{} pinned by the kernel (PF_NO_SETAFFINITY)",
+                task(pid, comm)
+            ),
+        ),
+        Report::KernelManaged { pid, comm } => (
+            "kernel",
+            "2",
+            format!("{} affinity managed by the kernel itself", task(pid, comm)),
+        ),
+        Report::Registered {
+            pid,
+            comm,
+            preferred,
+            rule,
+        } => (
+            "registered",
+            "34",
+            format!("{} prefers {preferred} (rule {rule})", task(pid, comm)),
+        ),
+        Report::Exited { pid, comm } => ("exited", "2", task(pid, comm)),
+        Report::Drops { count } => (
+            "DROPS",
+            "1;33",
+            format!("{count} events lost (ring buffer full)"),
+        ),
+        Report::Error { message } => ("error", "1;31", message.clone()),
+        Report::Summary {
+            violations,
+            suppressed,
+            applied,
+            hotplug,
+            drops,
+            records,
+            registered,
+            pinned,
+        } => (
+            "summary",
+            "1",
+            format!(
+                "{violations} violations ({suppressed} rate-limited), {applied} masks applied, {hotplug} hotplug events, {records} records, {drops} drops; {registered} managed, {pinned} pinned"
+            ),
+        ),
+        Report::Stopped { restored } => (
+            "stopped",
+            "1",
+            format!("restored {restored} original masks"),
+        ),
+    };
+    format!(
+        "{} {} {text}",
+        clock(),
+        paint(color, code, &format!("{kind:<10}"))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(r: &Report) -> serde_json::Value {
+        let mut rep = Reporter::new(Vec::new(), Format::Json, false);
+        rep.report(r);
+        serde_json::from_slice(&rep.into_inner()).expect("one JSON object")
+    }
+
+    #[test]
+    fn json_shapes_match_the_readme() {
+        assert_eq!(
+            json(&Report::Hotplug {
+                cpu: 1,
+                online: false
+            }),
+            serde_json::json!({"type": "hotplug", "cpu": 1, "online": false})
+        );
+        assert_eq!(
+            json(&Report::Applied {
+                pid: 38,
+                comm: "khugepaged".into(),
+                mask: "0".into()
+            }),
+            serde_json::json!({"type": "applied", "pid": 38, "comm": "khugepaged", "mask": "0"})
+        );
+        assert_eq!(
+            json(&Report::Violation {
+                pid: 38,
+                comm: "khugepaged".into(),
+                cpu: 1,
+                allowed: "0".into()
+            }),
+            serde_json::json!({"type": "violation", "pid": 38, "comm": "khugepaged", "cpu": 1, "allowed": "0"})
+        );
+        assert_eq!(
+            json(&Report::AffinityChanged {
+                pid: 38,
+                comm: "khugepaged".into(),
+                mask: "1".into(),
+                by_pid: Some(4242),
+                by_comm: Some("taskset".into())
+            }),
+            serde_json::json!({"type": "affinity_changed", "pid": 38, "comm": "khugepaged", "mask": "1", "by_pid": 4242, "by_comm": "taskset"})
+        );
+        assert_eq!(
+            json(&Report::Pinned {
+                pid: 14,
+                comm: "ksoftirqd/0".into()
+            }),
+            serde_json::json!({"type": "pinned", "pid": 14, "comm": "ksoftirqd/0"})
+        );
+        assert_eq!(
+            json(&Report::Drops { count: 3 }),
+            serde_json::json!({"type": "drops", "count": 3})
+        );
+    }
+
+    #[test]
+    fn human_lines_have_no_colour_unless_asked() {
+        let mut plain = Reporter::new(Vec::new(), Format::Human, false);
+        plain.report(&Report::Violation {
+            pid: 38,
+            comm: "khugepaged".into(),
+            cpu: 1,
+            allowed: "0".into(),
+        });
+        let line = String::from_utf8(plain.into_inner()).unwrap();
+        assert!(
+            !line.contains('\x1b') && line.contains("khugepaged") && line.contains("cpu1"),
+            "{line}"
+        );
+        let mut colored = Reporter::new(Vec::new(), Format::Human, true);
+        colored.report(&Report::Drops { count: 1 });
+        assert!(
+            String::from_utf8(colored.into_inner())
+                .unwrap()
+                .contains("\x1b[1;33m")
+        );
+    }
+}

@@ -1,0 +1,454 @@
+//! The rules file: which kthreads prefer which CPUs.
+//!
+//! ```toml
+//! [housekeeping]
+//! cpus = "auto"          # or a cpulist
+//!
+//! [[rule]]
+//! match = "kswapd*"      # comm glob; or pid = 45
+//! prefer = "node"        # "node", "node:1", "housekeeping", or a cpulist
+//! ```
+
+use std::{collections::HashMap, fmt, ops::Range};
+
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+use super::{CpuSet, Topology};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Preference {
+    Cpus(CpuSet),
+    Housekeeping,
+    Node(u32),
+    /// The node in the kthread's own name (kswapd1 → node 1).
+    OwnNode,
+}
+
+impl Preference {
+    pub fn parse(text: &str, width: u32) -> Result<Self, String> {
+        let t = text.trim();
+        match t {
+            "housekeeping" => Ok(Preference::Housekeeping),
+            "node" => Ok(Preference::OwnNode),
+            _ => {
+                if let Some(n) = t.strip_prefix("node:") {
+                    return n
+                        .parse()
+                        .map(Preference::Node)
+                        .map_err(|_| format!("{n:?} is not a node number (in {t:?})"));
+                }
+                CpuSet::parse(t, width).map(Preference::Cpus).map_err(|e| {
+                    format!("{e}; a preference is a cpulist such as \"0-3\", \"housekeeping\", \"node\" or \"node:N\"")
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Display for Preference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Preference::Cpus(s) => write!(f, "{s}"),
+            Preference::Housekeeping => f.write_str("housekeeping"),
+            Preference::Node(n) => write!(f, "node:{n}"),
+            Preference::OwnNode => f.write_str("node"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Pid(u32),
+    /// A glob on the comm (`kswapd*`); a plain name matches only itself.
+    Comm(String),
+}
+
+impl Target {
+    pub fn matches(&self, pid: u32, comm: &str) -> bool {
+        match self {
+            Target::Pid(p) => *p == pid,
+            Target::Comm(glob) => {
+                glob::Pattern::new(glob).map_or(glob == comm, |p| p.matches(comm))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Pid(p) => write!(f, "pid {p}"),
+            Target::Comm(c) => f.write_str(c),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub target: Target,
+    pub prefer: Preference,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HousekeepingSpec {
+    /// possible − (isolated ∪ nohz_full ∪ cpuset-isolated), read from the kernel.
+    Auto,
+    Cpus(CpuSet),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub housekeeping: HousekeepingSpec,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Every error found in one file, each as `origin:line:col: message`.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub origin: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{}:{}: {}", self.origin, e.line, e.column, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    housekeeping: Option<RawHousekeeping>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHousekeeping {
+    cpus: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "match")]
+    matcher: Option<Spanned<String>>,
+    pid: Option<Spanned<u32>>,
+    prefer: Spanned<String>,
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
+        before[nl + 1..].chars().count()
+    }) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Parses a rules file. `origin` names it in messages; `width` bounds CPU ids.
+    pub fn parse(text: &str, origin: &str, width: u32) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut error = |span: Range<usize>, message: String| {
+            let (line, column) = line_col(text, span.start);
+            errors.push(ConfigError {
+                line,
+                column,
+                message,
+            });
+        };
+        if text.trim().is_empty() {
+            error(
+                0..0,
+                "the file is empty: expected [housekeeping] and/or [[rule]] tables".into(),
+            );
+            return Err(ConfigErrors {
+                origin: origin.into(),
+                errors,
+            });
+        }
+        if let Some(nul) = text.find('\0') {
+            error(
+                nul..nul,
+                "the file contains NUL bytes: this is not a TOML text file".into(),
+            );
+            return Err(ConfigErrors {
+                origin: origin.into(),
+                errors,
+            });
+        }
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                error(span, e.message().trim().to_string());
+                return Err(ConfigErrors {
+                    origin: origin.into(),
+                    errors,
+                });
+            }
+        };
+        let housekeeping = match raw.housekeeping {
+            None => HousekeepingSpec::Auto,
+            Some(h) if h.cpus.get_ref().trim() == "auto" => HousekeepingSpec::Auto,
+            Some(h) => match CpuSet::parse(h.cpus.get_ref(), width) {
+                Ok(s) if s.is_empty() => {
+                    error(
+                        h.cpus.span(),
+                        "housekeeping cpus is empty: kthreads need somewhere to run".into(),
+                    );
+                    HousekeepingSpec::Auto
+                }
+                Ok(s) => HousekeepingSpec::Cpus(s),
+                Err(e) => {
+                    error(h.cpus.span(), format!("housekeeping cpus: {e}"));
+                    HousekeepingSpec::Auto
+                }
+            },
+        };
+        let mut rules = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for spanned in raw.rule {
+            let span = spanned.span();
+            let r = spanned.into_inner();
+            let target = match (r.matcher, r.pid) {
+                (Some(m), None) => {
+                    let pattern = m.get_ref().clone();
+                    if pattern.is_empty() {
+                        error(m.span(), "match is empty".into());
+                        continue;
+                    }
+                    if let Err(e) = glob::Pattern::new(&pattern) {
+                        error(
+                            m.span(),
+                            format!("match {pattern:?} is not a valid glob: {e}"),
+                        );
+                        continue;
+                    }
+                    (Target::Comm(pattern), m.span())
+                }
+                (None, Some(p)) => (Target::Pid(*p.get_ref()), p.span()),
+                (Some(m), Some(_)) => {
+                    error(
+                        m.span(),
+                        "a rule has either `match` or `pid`, not both".into(),
+                    );
+                    continue;
+                }
+                (None, None) => {
+                    error(
+                        span,
+                        "a rule needs `match = \"comm glob\"` or `pid = N`".into(),
+                    );
+                    continue;
+                }
+            };
+            let (target, target_span) = target;
+            let key = target.to_string();
+            let (line, _) = line_col(text, target_span.start);
+            if let Some(first) = seen.get(&key) {
+                error(
+                    target_span,
+                    format!(
+                        "a second rule for {key} (first at line {first}): a kthread's preference is set once"
+                    ),
+                );
+                continue;
+            }
+            seen.insert(key, line);
+            match Preference::parse(r.prefer.get_ref(), width) {
+                Ok(prefer) => rules.push(Rule { target, prefer }),
+                Err(e) => error(r.prefer.span(), format!("prefer: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Config {
+                housekeeping,
+                rules,
+            })
+        } else {
+            Err(ConfigErrors {
+                origin: origin.into(),
+                errors,
+            })
+        }
+    }
+
+    /// Checks what only a machine can tell: that the nodes named exist.
+    pub fn validate(
+        &self,
+        text: &str,
+        origin: &str,
+        topology: &Topology,
+    ) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        for rule in &self.rules {
+            if let Preference::Node(n) = rule.prefer {
+                if !topology.nodes.contains_key(&n) {
+                    let needle = format!("node:{n}");
+                    let (line, column) = text.find(&needle).map_or((0, 0), |o| line_col(text, o));
+                    let known: Vec<String> = topology.nodes.keys().map(u32::to_string).collect();
+                    errors.push(ConfigError {
+                        line,
+                        column,
+                        message: format!(
+                            "rule for {}: node {n} does not exist on this machine (nodes: {})",
+                            rule.target,
+                            known.join(", ")
+                        ),
+                    });
+                }
+            }
+            if let Preference::Cpus(cpus) = &rule.prefer {
+                let missing = cpus.and_not(&topology.possible);
+                if !missing.is_empty() {
+                    let (line, column) = text
+                        .find(&format!("{}", rule.target))
+                        .map_or((0, 0), |o| line_col(text, o));
+                    errors.push(ConfigError {
+                        line,
+                        column,
+                        message: format!("rule for {}: CPUs {missing} are not possible on this machine (possible: {})", rule.target, topology.possible),
+                    });
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors {
+                origin: origin.into(),
+                errors,
+            })
+        }
+    }
+
+    /// The kernel 7.0 policy: node-created kthreads prefer their node, every
+    /// other unbound kthread prefers housekeeping.
+    pub fn embedded_default() -> Config {
+        Config {
+            housekeeping: HousekeepingSpec::Auto,
+            rules: vec![
+                Rule {
+                    target: Target::Comm("kswapd*".into()),
+                    prefer: Preference::OwnNode,
+                },
+                Rule {
+                    target: Target::Comm("kcompactd*".into()),
+                    prefer: Preference::OwnNode,
+                },
+                Rule {
+                    target: Target::Comm("*".into()),
+                    prefer: Preference::Housekeeping,
+                },
+            ],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, "rules.toml", 8)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = parse("[housekeeping]\ncpus = \"0-1\"\n\n[[rule]]\nmatch = \"kswapd*\"\nprefer = \"node\"\n\n[[rule]]\npid = 45\nprefer = \"2-3\"\n").unwrap();
+        assert_eq!(
+            c.housekeeping,
+            HousekeepingSpec::Cpus(CpuSet::parse("0-1", 8).unwrap())
+        );
+        assert_eq!(
+            c.rules[0],
+            Rule {
+                target: Target::Comm("kswapd*".into()),
+                prefer: Preference::OwnNode
+            }
+        );
+        assert_eq!(c.rules[1].target, Target::Pid(45));
+    }
+
+    #[test]
+    fn every_error_has_a_line_and_column() {
+        let e = err(
+            "[[rule]]\nmatch = \"a\"\nprefer = \"3-1\"\n\n[[rule]]\nmatch = \"b\"\nprefer = \"node:x\"\n",
+        );
+        assert!(
+            e.contains("rules.toml:3:10: prefer: range 3-1 ends before it starts"),
+            "{e}"
+        );
+        assert!(
+            e.contains("rules.toml:7:10: prefer: \"x\" is not a node number"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_keys_duplicates_empty_and_garbage() {
+        assert!(
+            err("[[rule]]\nmatch = \"a\"\nprefer = \"1\"\ncolour = 1\n")
+                .contains(":4:1: unknown field `colour`")
+        );
+        let e = err(
+            "[[rule]]\nmatch = \"kswapd*\"\nprefer = \"1\"\n[[rule]]\nmatch = \"kswapd*\"\nprefer = \"0\"\n",
+        );
+        assert!(
+            e.contains(":5:9: a second rule for kswapd* (first at line 2)"),
+            "{e}"
+        );
+        assert!(err("\n  \n").contains(":1:1: the file is empty"));
+        assert!(err("\u{1}\u{0}\u{7f}ELF").contains("NUL"));
+        assert!(err("[[rule]]\nprefer = \"1\"\n").contains("needs `match"));
+        assert!(err("[[rule]]\nmatch = \"a\"\npid = 3\nprefer = \"1\"\n").contains("not both"));
+        assert!(err("[housekeeping]\ncpus = \"99\"\n").contains("beyond"));
+    }
+
+    #[test]
+    fn validate_names_missing_nodes() {
+        let text = "[[rule]]\nmatch = \"a\"\nprefer = \"node:3\"\n";
+        let c = parse(text).unwrap();
+        let topo = Topology::single_node(CpuSet::full(8), CpuSet::full(8));
+        let e = c
+            .validate(text, "rules.toml", &topo)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "rules.toml:3:11: rule for a: node 3 does not exist on this machine (nodes: 0)"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn globs_match_comms() {
+        assert!(Target::Comm("kswapd*".into()).matches(1, "kswapd0"));
+        assert!(!Target::Comm("kswapd".into()).matches(1, "kswapd0"));
+        assert!(Target::Comm("irq/*-eth0".into()).matches(1, "irq/45-eth0"));
+        assert!(Target::Pid(7).matches(7, "x"));
+    }
+}

@@ -1,0 +1,400 @@
+//! Engine tests: the policy's promises, as unit and property tests.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const W: u32 = 8;
+
+fn set(list: &str) -> CpuSet {
+    CpuSet::parse(list, W).unwrap()
+}
+
+fn topo(online: &str) -> Topology {
+    Topology {
+        width: W,
+        possible: set("0-7"),
+        online: set(online),
+        nodes: BTreeMap::from([(0, set("0-3")), (1, set("4-7"))]),
+    }
+}
+
+fn kt(pid: u32, comm: &str, mask: &str) -> Kthread {
+    Kthread {
+        pid,
+        comm: comm.into(),
+        flags: PF_KTHREAD,
+        start_time: pid as u64,
+        cpus_allowed: set(mask),
+    }
+}
+
+fn rule(comm: &str, prefer: Preference) -> Rule {
+    Rule {
+        target: Target::Comm(comm.into()),
+        prefer,
+    }
+}
+
+fn sets(actions: &[Action]) -> Vec<(u32, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetAffinity { pid, mask, .. } => Some((*pid, mask.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn applied_falls_back_from_preferred_to_housekeeping_to_online() {
+    let mut e = Engine::new(
+        topo("0-7"),
+        set("0-3"),
+        vec![rule("a", Preference::Cpus(set("2,6")))],
+    );
+    assert_eq!(
+        sets(&e.handle(Event::KthreadNew(kt(1, "a", "0-7")))),
+        [(1, "2".into())]
+    );
+    // CPU 2 goes: P∩H∩O is empty, so H∩O.
+    assert_eq!(
+        sets(&e.handle(Event::CpuOfflineBegin { cpu: 2 })),
+        [(1, "0-1,3".into())]
+    );
+    // Every housekeeping CPU goes: O.
+    for cpu in [0, 1, 3] {
+        e.handle(Event::CpuOfflineBegin { cpu });
+    }
+    assert_eq!(e.entry(1).unwrap().applied.to_string(), "4-7");
+    // CPU 2 returns: back to the preference.
+    assert_eq!(
+        sets(&e.handle(Event::CpuOnline {
+            cpu: 2,
+            node: Some(0)
+        })),
+        [(1, "2".into())]
+    );
+}
+
+#[test]
+fn offline_begin_acts_at_once_and_done_changes_nothing_more() {
+    let mut e = Engine::new(
+        topo("0-7"),
+        set("0-7"),
+        vec![rule("a", Preference::Cpus(set("1-2")))],
+    );
+    e.handle(Event::KthreadNew(kt(1, "a", "0-7")));
+    assert_eq!(
+        sets(&e.handle(Event::CpuOfflineBegin { cpu: 1 })),
+        [(1, "2".into())]
+    );
+    assert!(e.handle(Event::CpuOfflineDone { cpu: 1 }).is_empty());
+}
+
+#[test]
+fn a_node_gaining_its_first_cpu_pulls_its_kthreads_onto_it() {
+    let mut t = topo("0-3");
+    t.nodes.insert(2, CpuSet::empty(W)); // memory-only node
+    let mut e = Engine::new(t, set("0-7"), vec![rule("kswapd*", Preference::OwnNode)]);
+    // No CPU on node 2 yet: last resort, housekeeping ∩ online.
+    e.handle(Event::KthreadNew(kt(9, "kswapd2", "0-7")));
+    assert_eq!(e.entry(9).unwrap().applied.to_string(), "0-3");
+    // CPU 6 comes online on node 2.
+    assert_eq!(
+        sets(&e.handle(Event::CpuOnline {
+            cpu: 6,
+            node: Some(2)
+        })),
+        [(9, "6".into())]
+    );
+    // And a second one joins the preference as it comes.
+    assert_eq!(
+        sets(&e.handle(Event::CpuOnline {
+            cpu: 7,
+            node: Some(2)
+        })),
+        [(9, "6-7".into())]
+    );
+}
+
+#[test]
+fn registering_twice_fails_and_update_succeeds() {
+    let mut e = Engine::new(topo("0-7"), set("0-7"), vec![]);
+    e.handle(Event::KthreadNew(kt(5, "khugepaged", "0-7")));
+    assert_eq!(
+        sets(
+            &e.register(
+                Target::Comm("khugepaged".into()),
+                Preference::Cpus(set("1")),
+                false
+            )
+            .unwrap()
+        ),
+        [(5, "1".into())]
+    );
+    let err = e
+        .register(Target::Pid(5), Preference::Cpus(set("2")), false)
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::AlreadyRegistered { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--update"));
+    assert_eq!(
+        e.entry(5).unwrap().applied.to_string(),
+        "1",
+        "a refused registration changes nothing"
+    );
+    assert_eq!(
+        sets(
+            &e.register(Target::Pid(5), Preference::Cpus(set("2")), true)
+                .unwrap()
+        ),
+        [(5, "2".into())]
+    );
+    assert!(matches!(
+        e.register(Target::Comm("nope".into()), Preference::Housekeeping, false),
+        Err(RegistryError::NoSuchKthread(_))
+    ));
+    assert!(matches!(
+        e.register(Target::Pid(5), Preference::Node(9), true),
+        Err(RegistryError::NoSuchNode(9))
+    ));
+    e.unregister(&Target::Pid(5)).unwrap();
+    assert!(matches!(
+        e.unregister(&Target::Pid(5)),
+        Err(RegistryError::NotRegistered(_))
+    ));
+}
+
+#[test]
+fn non_kthreads_are_never_acted_on() {
+    let mut e = Engine::new(
+        topo("0-7"),
+        set("0-3"),
+        vec![rule("*", Preference::Housekeeping)],
+    );
+    let mut bash = kt(100, "bash", "0-7");
+    bash.flags = 0;
+    assert!(e.handle(Event::KthreadNew(bash)).is_empty());
+    assert!(e.entry(100).is_none());
+    assert!(e.handle(Event::CpuOfflineBegin { cpu: 1 }).is_empty());
+    assert!(matches!(
+        e.register(Target::Pid(100), Preference::Housekeeping, false),
+        Err(RegistryError::NoSuchKthread(_))
+    ));
+}
+
+#[test]
+fn pinned_kthreads_are_reported_once_and_never_set() {
+    let mut e = Engine::new(
+        topo("0-7"),
+        set("0-3"),
+        vec![rule("*", Preference::Housekeeping)],
+    );
+    let mut k = kt(14, "ksoftirqd/5", "5");
+    k.flags |= PF_NO_SETAFFINITY;
+    let a = e.handle(Event::KthreadNew(k));
+    assert_eq!(
+        a,
+        [Action::ReportPinned {
+            pid: 14,
+            comm: "ksoftirqd/5".into()
+        }]
+    );
+    assert!(e.handle(Event::CpuOfflineBegin { cpu: 1 }).is_empty());
+    assert!(e.handle(Event::HousekeepingChanged(set("0"))).is_empty());
+    assert!(matches!(
+        e.register(Target::Pid(14), Preference::Housekeeping, false),
+        Err(RegistryError::Pinned { .. })
+    ));
+}
+
+#[test]
+fn foreign_changes_are_reported_and_undone_and_violations_judged() {
+    let mut e = Engine::new(
+        topo("0-7"),
+        set("0-7"),
+        vec![rule("a", Preference::Cpus(set("0")))],
+    );
+    e.handle(Event::KthreadNew(kt(1, "a", "0")));
+    let a = e.handle(Event::AffinityChanged {
+        pid: 1,
+        mask: set("3"),
+        by_pid: Some(7),
+        by_comm: Some("taskset".into()),
+    });
+    assert!(matches!(
+        &a[0],
+        Action::ReportAffinityChanged {
+            by_pid: Some(7),
+            ..
+        }
+    ));
+    assert_eq!(sets(&a), [(1, "0".into())]);
+    assert_eq!(
+        e.handle(Event::Ran { pid: 1, cpu: 3 }),
+        [Action::ReportViolation {
+            pid: 1,
+            comm: "a".into(),
+            cpu: 3,
+            allowed: set("0")
+        }]
+    );
+    assert!(e.handle(Event::Ran { pid: 1, cpu: 0 }).is_empty());
+}
+
+#[test]
+fn exit_forgets_and_a_reused_pid_is_a_new_kthread() {
+    let mut e = Engine::new(
+        topo("0-7"),
+        set("0-7"),
+        vec![rule("a", Preference::Cpus(set("1")))],
+    );
+    e.handle(Event::KthreadNew(kt(1, "a", "0-7")));
+    assert_eq!(
+        e.handle(Event::KthreadExit { pid: 1 }),
+        [Action::Forget { pid: 1 }]
+    );
+    assert!(e.handle(Event::KthreadExit { pid: 1 }).is_empty());
+    let mut again = kt(1, "b", "0-7");
+    again.start_time = 99;
+    assert!(
+        e.handle(Event::KthreadNew(again)).is_empty(),
+        "no rule for b: unmanaged"
+    );
+    assert_eq!(e.entry(1).unwrap().start_time, 99);
+}
+
+fn arb_cpuset() -> impl Strategy<Value = CpuSet> {
+    (0u64..256).prop_map(|bits| CpuSet::from_words(W, &[bits]))
+}
+
+fn arb_pref() -> impl Strategy<Value = Preference> {
+    prop_oneof![
+        arb_cpuset().prop_map(Preference::Cpus),
+        Just(Preference::Housekeeping),
+        (0u32..2).prop_map(Preference::Node),
+        Just(Preference::OwnNode),
+    ]
+}
+
+#[derive(Clone, Debug)]
+enum Hp {
+    Off(u32),
+    On(u32),
+    Hk(CpuSet),
+}
+
+fn arb_hp() -> impl Strategy<Value = Hp> {
+    prop_oneof![
+        (0u32..W).prop_map(Hp::Off),
+        (0u32..W).prop_map(Hp::On),
+        arb_cpuset().prop_map(Hp::Hk)
+    ]
+}
+
+fn engine_with(prefs: &[Preference], hk: &CpuSet, online: &CpuSet) -> Engine {
+    let rules = prefs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| rule(&format!("k{i}"), p.clone()))
+        .collect();
+    let mut t = topo("0-7");
+    t.online = online.clone();
+    let mut e = Engine::new(t, hk.clone(), rules);
+    for i in 0..prefs.len() {
+        e.handle(Event::KthreadNew(kt(i as u32 + 1, &format!("k{i}"), "0-7")));
+    }
+    e
+}
+
+fn check_invariants(e: &Engine) -> Result<(), TestCaseError> {
+    let o = e.online().clone();
+    let ho = e.housekeeping().and(&o);
+    for en in e.entries().filter(|en| en.managed()) {
+        prop_assert!(
+            en.applied.is_subset(&o) || o.is_empty(),
+            "applied {} ⊄ online {}",
+            en.applied,
+            o
+        );
+        if !ho.is_empty() {
+            prop_assert!(
+                en.applied.is_subset(&ho),
+                "applied {} ⊄ H∩O {}",
+                en.applied,
+                ho
+            );
+        }
+        if let Some(p) = &en.preferred {
+            let pho = p.and(&ho);
+            if !pho.is_empty() {
+                prop_assert_eq!(&en.applied, &pho);
+            }
+        }
+        prop_assert_eq!(
+            &en.current,
+            &en.applied,
+            "every change was turned into a SetAffinity"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn invariants_hold_after_any_event_sequence(
+        prefs in proptest::collection::vec(arb_pref(), 1..6),
+        hk in arb_cpuset(),
+        events in proptest::collection::vec(arb_hp(), 0..30),
+    ) {
+        let mut e = engine_with(&prefs, &hk, &set("0-7"));
+        check_invariants(&e)?;
+        for ev in events {
+            let (event, cpu) = match ev {
+                Hp::Off(c) => (Event::CpuOfflineBegin { cpu: c }, Some(c)),
+                Hp::On(c) => (Event::CpuOnline { cpu: c, node: Some(c / 4) }, Some(c)),
+                Hp::Hk(h) => (Event::HousekeepingChanged(h), None),
+            };
+            // The kernel never offlines its last CPU.
+            if matches!(event, Event::CpuOfflineBegin { .. }) && e.online().weight() == 1 && e.online().contains(cpu.unwrap()) {
+                continue;
+            }
+            e.handle(event);
+            check_invariants(&e)?;
+        }
+    }
+
+    #[test]
+    fn hotplug_round_trips_do_not_drift(
+        prefs in proptest::collection::vec(arb_pref(), 1..6),
+        hk in arb_cpuset(),
+        cpus in proptest::collection::vec(1u32..W, 1..6),
+    ) {
+        let mut e = engine_with(&prefs, &hk, &set("0-7"));
+        let start: Vec<CpuSet> = e.entries().map(|en| en.applied.clone()).collect();
+        for c in &cpus {
+            e.handle(Event::CpuOfflineBegin { cpu: *c });
+            e.handle(Event::CpuOfflineDone { cpu: *c });
+        }
+        for c in cpus.iter().rev() {
+            e.handle(Event::CpuOnline { cpu: *c, node: Some(c / 4) });
+        }
+        let end: Vec<CpuSet> = e.entries().map(|en| en.applied.clone()).collect();
+        prop_assert_eq!(start, end);
+    }
+
+    #[test]
+    fn non_kthreads_never_produce_actions(pref in arb_pref(), flags in any::<u32>()) {
+        let mut e = Engine::new(topo("0-7"), set("0-3"), vec![rule("*", pref)]);
+        let mut k = kt(1, "bash", "0-7");
+        k.flags = flags & !PF_KTHREAD;
+        prop_assert!(e.handle(Event::KthreadNew(k)).is_empty());
+        let offline = e.handle(Event::CpuOfflineBegin { cpu: 2 });
+        prop_assert!(offline.is_empty());
+    }
+}

@@ -1,0 +1,392 @@
+//! The machine as the kernel shows it in /sys and /proc, and the same state
+//! as a JSON snapshot (`affinity snapshot`, `affinity plan --snapshot`).
+//!
+//! The roots are parameters so tests and other machines' snapshots go
+//! through the same code.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    commands::BadInput,
+    policy::{self, Config, CpuSet, HousekeepingSpec, Kthread, MAX_CPUS, PF_KTHREAD, Topology},
+};
+
+/// Everything the policy needs to know about a machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    pub kernel: String,
+    pub topology: Topology,
+    pub isolated: CpuSet,
+    pub nohz_full: CpuSet,
+    pub cpuset_isolated: CpuSet,
+    pub kthreads: Vec<Kthread>,
+}
+
+fn read_trimmed(path: &Path) -> Result<String> {
+    Ok(fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+/// A cpulist file that may be absent (older kernels, no cgroup v2) or say
+/// "(null)" (nohz_full when unset): both mean the empty set.
+fn optional_list(path: &Path, width: u32) -> Result<CpuSet> {
+    match fs::read_to_string(path) {
+        Ok(s) if s.trim() == "(null)" => Ok(CpuSet::empty(width)),
+        Ok(s) => CpuSet::parse(&s, width).with_context(|| format!("parsing {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CpuSet::empty(width)),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Fields of /proc/PID/stat: (comm, flags, start time). The comm is in
+/// parentheses and may contain spaces and parentheses itself, so fields are
+/// counted from the last ')'.
+pub fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let mut rest = stat.get(close + 1..)?.split_ascii_whitespace();
+    // rest[0] is field 3 (state); flags is field 9, starttime field 22.
+    let flags = rest.nth(6)?.parse().ok()?;
+    let start_time = rest.nth(12)?.parse().ok()?;
+    Some((comm, flags, start_time))
+}
+
+/// The kthread `pid` as /proc shows it now; None if gone or not a kthread.
+pub fn read_kthread(proc_root: &Path, pid: u32, width: u32) -> Option<Kthread> {
+    let dir = proc_root.join(pid.to_string());
+    let (comm, flags, start_time) = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;
+    if flags & PF_KTHREAD == 0 {
+        return None;
+    }
+    let status = fs::read_to_string(dir.join("status")).ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    let cpus_allowed = CpuSet::parse(list, width).ok()?;
+    Some(Kthread {
+        pid,
+        comm,
+        flags,
+        start_time,
+        cpus_allowed,
+    })
+}
+
+/// Every kthread, by pid. Kthreads are single-threaded, so the top level of
+/// /proc lists them all.
+pub fn read_kthreads(proc_root: &Path, width: u32) -> Vec<Kthread> {
+    let Ok(dir) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut all: Vec<_> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| read_kthread(proc_root, pid, width))
+        .collect();
+    all.sort_by_key(|k| k.pid);
+    all
+}
+
+/// The node a CPU belongs to, from its `nodeN` link (present while offline too).
+pub fn cpu_node(sys_root: &Path, cpu: u32) -> Option<u32> {
+    let dir = sys_root.join(format!("devices/system/cpu/cpu{cpu}"));
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find_map(|e| e.file_name().to_str()?.strip_prefix("node")?.parse().ok())
+}
+
+impl Machine {
+    pub fn read(sys_root: &Path, proc_root: &Path) -> Result<Machine> {
+        let cpu = sys_root.join("devices/system/cpu");
+        let possible_text = read_trimmed(&cpu.join("possible"))?;
+        let possible = CpuSet::parse(&possible_text, MAX_CPUS)
+            .with_context(|| format!("parsing {}/possible", cpu.display()))?;
+        let width = possible.last().map_or(1, |l| l + 1);
+        let possible = CpuSet::from_words(width, possible.words());
+        let online = CpuSet::parse(&read_trimmed(&cpu.join("online"))?, width)
+            .context("parsing the online CPU list")?;
+        let mut nodes = BTreeMap::new();
+        if let Ok(dir) = fs::read_dir(sys_root.join("devices/system/node")) {
+            for e in dir.flatten() {
+                let Some(n) = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.strip_prefix("node")?.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                nodes.insert(n, optional_list(&e.path().join("cpulist"), width)?);
+            }
+        }
+        // Node cpulists show online CPUs only: place offline ones by their link.
+        for c in possible.and_not(&online).iter() {
+            if let Some(n) = cpu_node(sys_root, c) {
+                nodes
+                    .entry(n)
+                    .or_insert_with(|| CpuSet::empty(width))
+                    .insert(c);
+            }
+        }
+        if nodes.is_empty() {
+            nodes.insert(0, possible.clone());
+        }
+        Ok(Machine {
+            kernel: read_trimmed(&proc_root.join("sys/kernel/osrelease"))?,
+            isolated: optional_list(&cpu.join("isolated"), width)?,
+            nohz_full: optional_list(&cpu.join("nohz_full"), width)?,
+            cpuset_isolated: optional_list(
+                &sys_root.join("fs/cgroup/cpuset.cpus.isolated"),
+                width,
+            )?,
+            kthreads: read_kthreads(proc_root, width),
+            topology: Topology {
+                width,
+                possible,
+                online,
+                nodes,
+            },
+        })
+    }
+
+    /// H: as the config says, or from the kernel's isolation settings.
+    pub fn housekeeping(&self, spec: &HousekeepingSpec) -> CpuSet {
+        match spec {
+            HousekeepingSpec::Cpus(s) => CpuSet::from_words(self.topology.width, s.words()),
+            HousekeepingSpec::Auto => policy::housekeeping_from(
+                &self.topology.possible,
+                &self.isolated,
+                &self.nohz_full,
+                &self.cpuset_isolated,
+            ),
+        }
+    }
+
+    pub fn to_snapshot(&self) -> Snapshot {
+        Snapshot {
+            kernel: self.kernel.clone(),
+            possible: self.topology.possible.to_string(),
+            online: self.topology.online.to_string(),
+            isolated: self.isolated.to_string(),
+            nohz_full: self.nohz_full.to_string(),
+            cpuset_isolated: self.cpuset_isolated.to_string(),
+            nodes: self
+                .topology
+                .nodes
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .collect(),
+            kthreads: self
+                .kthreads
+                .iter()
+                .map(|k| SnapshotKthread {
+                    pid: k.pid,
+                    comm: k.comm.clone(),
+                    flags: k.flags,
+                    cpus_allowed: k.cpus_allowed.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads a snapshot taken elsewhere; every problem is the user's input.
+    pub fn from_snapshot_file(path: &Path) -> Result<Machine> {
+        let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let origin = path.display().to_string();
+        let snap: Snapshot = serde_json::from_slice(&text).map_err(|e| {
+            BadInput::err(format!(
+                "{origin}:{}:{}: not a valid snapshot: {e}",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        snap.to_machine()
+            .map_err(|e| BadInput::err(format!("{origin}: {e}")))
+    }
+}
+
+/// `affinity snapshot`'s JSON, exactly these keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub kernel: String,
+    pub possible: String,
+    pub online: String,
+    pub isolated: String,
+    pub nohz_full: String,
+    pub cpuset_isolated: String,
+    pub nodes: BTreeMap<String, String>,
+    pub kthreads: Vec<SnapshotKthread>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotKthread {
+    pub pid: u32,
+    pub comm: String,
+    pub flags: u32,
+    pub cpus_allowed: String,
+}
+
+impl Snapshot {
+    pub fn to_machine(&self) -> Result<Machine, String> {
+        let possible =
+            CpuSet::parse(&self.possible, MAX_CPUS).map_err(|e| format!("possible: {e}"))?;
+        let width = possible
+            .last()
+            .map(|l| l + 1)
+            .ok_or("possible: no CPU at all")?;
+        let possible = CpuSet::from_words(width, possible.words());
+        let list = |key: &str, v: &str| CpuSet::parse(v, width).map_err(|e| format!("{key}: {e}"));
+        let mut nodes = BTreeMap::new();
+        for (n, cpus) in &self.nodes {
+            let id: u32 = n
+                .parse()
+                .map_err(|_| format!("nodes: {n:?} is not a node number"))?;
+            nodes.insert(id, list(&format!("nodes.{n}"), cpus)?);
+        }
+        if nodes.is_empty() {
+            nodes.insert(0, possible.clone());
+        }
+        let mut kthreads = Vec::with_capacity(self.kthreads.len());
+        for k in &self.kthreads {
+            kthreads.push(Kthread {
+                pid: k.pid,
+                comm: k.comm.clone(),
+                flags: k.flags,
+                start_time: 0,
+                cpus_allowed: list(
+                    &format!("kthreads[pid {}].cpus_allowed", k.pid),
+                    &k.cpus_allowed,
+                )?,
+            });
+        }
+        Ok(Machine {
+            kernel: self.kernel.clone(),
+            topology: Topology {
+                width,
+                online: list("online", &self.online)?,
+                possible,
+                nodes,
+            },
+            isolated: list("isolated", &self.isolated)?,
+            nohz_full: list("nohz_full", &self.nohz_full)?,
+            cpuset_isolated: list("cpuset_isolated", &self.cpuset_isolated)?,
+            kthreads,
+        })
+    }
+}
+
+/// Reads and checks a rules file against a machine; errors are BadInput.
+pub fn load_config(path: &Path, topology: &Topology) -> Result<Config> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let origin = path.display().to_string();
+    let text = String::from_utf8(bytes).map_err(|e| {
+        BadInput::err(format!(
+            "{origin}: not UTF-8 text (invalid byte at offset {}): is this a rules file?",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let config =
+        Config::parse(&text, &origin, topology.width).map_err(|e| BadInput::err(e.to_string()))?;
+    config
+        .validate(&text, &origin, topology)
+        .map_err(|e| BadInput::err(e.to_string()))?;
+    Ok(config)
+}
+
+/// Default roots, overridable for tests.
+pub fn roots(sys: Option<PathBuf>, proc: Option<PathBuf>) -> (PathBuf, PathBuf) {
+    (
+        sys.unwrap_or_else(|| "/sys".into()),
+        proc.unwrap_or_else(|| "/proc".into()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_and_parens_in_comm() {
+        let stat = "38 (kworker/u8:0 (x)) I 2 0 0 0 -1 69238880 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0";
+        assert_eq!(
+            parse_stat(stat),
+            Some(("kworker/u8:0 (x)".into(), 69238880, 12345))
+        );
+        assert_eq!(parse_stat("38 (khugepaged) S 2 0"), None);
+    }
+
+    /// A fake /sys and /proc: the roots are parameters for this.
+    #[test]
+    fn reads_a_fake_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        let proc = dir.path().join("proc");
+        let cpu = sys.join("devices/system/cpu");
+        fs::create_dir_all(cpu.join("cpu3/node1")).unwrap();
+        fs::create_dir_all(sys.join("devices/system/node/node0")).unwrap();
+        fs::create_dir_all(sys.join("devices/system/node/node1")).unwrap();
+        fs::write(cpu.join("possible"), "0-3\n").unwrap();
+        fs::write(cpu.join("online"), "0-2\n").unwrap();
+        fs::write(cpu.join("isolated"), "2\n").unwrap();
+        fs::write(cpu.join("nohz_full"), "(null)\n").unwrap();
+        fs::write(sys.join("devices/system/node/node0/cpulist"), "0-1\n").unwrap();
+        fs::write(sys.join("devices/system/node/node1/cpulist"), "2\n").unwrap();
+        fs::create_dir_all(proc.join("sys/kernel")).unwrap();
+        fs::write(proc.join("sys/kernel/osrelease"), "6.1.0-test\n").unwrap();
+        for (pid, comm, flags) in [
+            (2, "kthreadd", 0x208040),
+            (45, "kswapd1", 0x00a20840),
+            (900, "bash", 0x400100),
+        ] {
+            fs::create_dir_all(proc.join(pid.to_string())).unwrap();
+            fs::write(
+                proc.join(format!("{pid}/stat")),
+                format!(
+                    "{pid} ({comm}) S 0 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 {} 0",
+                    pid * 10
+                ),
+            )
+            .unwrap();
+            fs::write(
+                proc.join(format!("{pid}/status")),
+                "Name:\tx\nCpus_allowed_list:\t0-3\n",
+            )
+            .unwrap();
+        }
+        let m = Machine::read(&sys, &proc).unwrap();
+        assert_eq!(m.kernel, "6.1.0-test");
+        assert_eq!(
+            (m.topology.width, m.topology.online.to_string()),
+            (4, "0-2".into())
+        );
+        assert_eq!(
+            m.topology.nodes[&1].to_string(),
+            "2-3",
+            "offline cpu3 placed by its node link"
+        );
+        assert_eq!(m.housekeeping(&HousekeepingSpec::Auto).to_string(), "0-1,3");
+        assert_eq!(
+            m.kthreads
+                .iter()
+                .map(|k| k.comm.as_str())
+                .collect::<Vec<_>>(),
+            ["kthreadd", "kswapd1"]
+        );
+        let snap = m.to_snapshot();
+        let back = snap.to_machine().unwrap();
+        assert_eq!(back.topology, m.topology);
+        assert_eq!(back.kthreads.len(), 2);
+    }
+}

@@ -1,0 +1,416 @@
+//! The daemon on the real kernel: real kthreads, real hotplug of cpu1, the
+//! real `affinity` binary. Run with one test thread: hotplug and kthread
+//! masks are machine-wide.
+
+use std::{process::Command, time::Duration};
+
+use affinity_tests::{
+    CpuOffline, MasksGuard, all_cpus_online,
+    daemon::{Daemon, affinity_bin},
+    kernel_tests_can_run, kthreads, mask_of, pid_of, set_mask, wait_for,
+};
+use serde_json::Value;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn setup(test: &str) -> Option<MasksGuard> {
+    if !kernel_tests_can_run(test) {
+        return None;
+    }
+    all_cpus_online();
+    Some(MasksGuard::save())
+}
+
+fn wait_mask(pid: u32, want: &str, within: Duration) {
+    if wait_for(within, || (mask_of(pid) == want).then_some(())).is_none() {
+        panic!(
+            "pid {pid} mask is {} after {within:?}, expected {want}",
+            mask_of(pid)
+        );
+    }
+}
+
+fn is(v: &Value, ty: &str, pid: u32) -> bool {
+    v["type"] == ty && v["pid"] == pid
+}
+
+const KHUGEPAGED_ON_1: &str = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"1\"\n";
+
+#[test]
+fn rule_follows_cpu1_offline_and_online() {
+    let Some(_masks) = setup("rule_follows_cpu1_offline_and_online") else {
+        return;
+    };
+    let pid = pid_of("khugepaged");
+    set_mask(pid, "0-1");
+    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &[]);
+    d.wait_event(5 * SECOND, "khugepaged applied to 1", |e| {
+        is(e, "applied", pid) && e["mask"] == "1"
+    });
+    wait_mask(pid, "1", SECOND);
+
+    let before = d.events().len();
+    {
+        let _offline = CpuOffline::new(1);
+        wait_mask(pid, "0", SECOND);
+        d.wait_event(SECOND, "hotplug offline", |e| {
+            e["type"] == "hotplug" && e["cpu"] == 1 && e["online"] == false
+        });
+        d.wait_event(SECOND, "applied 0", |e| {
+            is(e, "applied", pid) && e["mask"] == "0"
+        });
+    }
+    wait_mask(pid, "1", SECOND);
+    d.wait_event(SECOND, "hotplug online", |e| {
+        e["type"] == "hotplug" && e["cpu"] == 1 && e["online"] == true
+    });
+    let after: Vec<_> = d
+        .events_since(before)
+        .into_iter()
+        .filter(|e| is(e, "applied", pid))
+        .map(|e| e["mask"].clone())
+        .collect();
+    assert_eq!(after, ["0", "1"], "khugepaged: one apply per transition");
+    assert!(d.stop().success(), "the daemon exits 0 on SIGTERM");
+}
+
+fn taskset_moves(observe: bool) {
+    let pid = pid_of("khugepaged");
+    set_mask(pid, "0-1");
+    let config = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n";
+    let args: &[&str] = if observe { &["--observe"] } else { &[] };
+    let mut d = Daemon::start_with_config(config, args);
+    if !observe {
+        wait_mask(pid, "0", 2 * SECOND);
+    }
+    let mut taskset = Command::new("taskset")
+        .args(["-pc", "1", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let taskset_pid = taskset.id();
+    assert!(taskset.wait().unwrap().success());
+    let ev = d.wait_event(2 * SECOND, "affinity_changed naming taskset", |e| {
+        is(e, "affinity_changed", pid)
+    });
+    assert_eq!(ev["by_comm"], "taskset", "{ev}");
+    assert_eq!(ev["by_pid"], taskset_pid, "{ev}");
+    assert_eq!(ev["mask"], "1", "{ev}");
+    if observe {
+        std::thread::sleep(SECOND);
+        assert_eq!(mask_of(pid), "1", "--observe changes nothing");
+    } else {
+        wait_mask(pid, "0", SECOND);
+    }
+}
+
+#[test]
+fn taskset_on_a_registered_kthread_is_named_and_undone() {
+    let Some(_masks) = setup("taskset_on_a_registered_kthread_is_named_and_undone") else {
+        return;
+    };
+    taskset_moves(false);
+}
+
+#[test]
+fn observe_reports_taskset_but_changes_nothing() {
+    let Some(_masks) = setup("observe_reports_taskset_but_changes_nothing") else {
+        return;
+    };
+    taskset_moves(true);
+}
+
+#[test]
+fn isolate_moves_every_movable_kthread_off_cpu1() {
+    let Some(_masks) = setup("isolate_moves_every_movable_kthread_off_cpu1") else {
+        return;
+    };
+    let mut d = Daemon::start(&["--isolate", "1", "--restore-on-exit"]);
+    let movable: Vec<_> = kthreads()
+        .into_iter()
+        .filter(|(_, _, f)| f & affinity_common::PF_NO_SETAFFINITY == 0)
+        .collect();
+    assert!(!movable.is_empty());
+    let stuck = wait_for(3 * SECOND, || {
+        let on1: Vec<_> = movable
+            .iter()
+            .filter(|(p, _, _)| std::path::Path::new(&format!("/proc/{p}")).exists())
+            .filter(|(p, _, _)| mask_of(*p) != "0")
+            .map(|(p, c, _)| format!("{c}({p})={}", mask_of(*p)))
+            .collect();
+        on1.is_empty().then_some(()).or(None)
+    });
+    if stuck.is_none() {
+        let on1: Vec<_> = movable
+            .iter()
+            .map(|(p, c, _)| format!("{c}({p})={}", mask_of(*p)))
+            .collect();
+        panic!("movable kthreads still allowed on cpu1: {on1:?}");
+    }
+    let events = d.events();
+    let mut pinned: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "pinned")
+        .map(|e| e["pid"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !pinned.is_empty(),
+        "per-CPU kthreads are reported as pinned"
+    );
+    let n = pinned.len();
+    pinned.sort();
+    pinned.dedup();
+    assert_eq!(n, pinned.len(), "each pinned kthread is reported once");
+    assert!(d.stop().success());
+    // --restore-on-exit put the masks back.
+    let ksoftirqd_free: Vec<_> = movable
+        .iter()
+        .filter(|(p, _, _)| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    assert!(
+        ksoftirqd_free
+            .iter()
+            .any(|(p, _, _)| mask_of(*p).contains('1')),
+        "--restore-on-exit restores the original masks"
+    );
+}
+
+#[test]
+fn kthread_running_on_an_isolated_cpu_is_a_violation() {
+    let Some(_masks) = setup("kthread_running_on_an_isolated_cpu_is_a_violation") else {
+        return;
+    };
+    // khugepaged wakes every scan_sleep_millisecs; make that often, and
+    // keep it on cpu1, which we declare isolated but (observe) do not enforce.
+    let knob = "/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs";
+    let old = std::fs::read_to_string(knob).expect("reading khugepaged's scan interval");
+    struct Restore(&'static str, String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0, self.1.trim());
+        }
+    }
+    let _restore = Restore(knob, old);
+    std::fs::write(knob, "50").expect("setting khugepaged's scan interval");
+    let pid = pid_of("khugepaged");
+    set_mask(pid, "1");
+    let mut d = Daemon::start(&["--observe", "--isolate", "1"]);
+    let v = d.wait_event(5 * SECOND, "a violation by khugepaged on cpu1", |e| {
+        is(e, "violation", pid)
+    });
+    assert_eq!(v["cpu"], 1, "{v}");
+    assert_eq!(v["allowed"], "0", "{v}");
+    assert_eq!(mask_of(pid), "1", "--observe changed nothing");
+}
+
+#[test]
+fn rule_matching_a_userspace_process_leaves_it_alone() {
+    let Some(_masks) = setup("rule_matching_a_userspace_process_leaves_it_alone") else {
+        return;
+    };
+    let mut bash = Command::new("bash")
+        .args(["-c", "sleep 60"])
+        .spawn()
+        .unwrap();
+    let bash_pid = bash.id();
+    let before = mask_of(bash_pid);
+    let config = format!(
+        "[[rule]]\nmatch = \"bash\"\nprefer = \"1\"\n\n[[rule]]\nmatch = \"sleep\"\nprefer = \"1\"\n\n{KHUGEPAGED_ON_1}"
+    );
+    let pid = pid_of("khugepaged");
+    let mut d = Daemon::start_with_config(&config, &[]);
+    d.wait_event(5 * SECOND, "khugepaged applied", |e| is(e, "applied", pid));
+    std::thread::sleep(Duration::from_millis(2500)); // past one rescan
+    assert_eq!(
+        mask_of(bash_pid),
+        before,
+        "a userspace process is never touched"
+    );
+    assert!(
+        !d.events().iter().any(|e| e["pid"] == bash_pid),
+        "nothing reported about bash"
+    );
+    let _ = bash.kill();
+    let _ = bash.wait();
+}
+
+fn prefer(d: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new(affinity_bin())
+        .arg("prefer")
+        .args(args)
+        .arg("--socket")
+        .arg(&d.socket)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn prefer_twice_needs_update_and_root() {
+    let Some(_masks) = setup("prefer_twice_needs_update_and_root") else {
+        return;
+    };
+    let pid = pid_of("oom_reaper");
+    set_mask(pid, "0-1");
+    let d = Daemon::start_with_config(KHUGEPAGED_ON_1, &[]);
+    let first = prefer(&d, &["oom_reaper", "0"]);
+    assert!(
+        first.status.success(),
+        "first prefer: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    wait_mask(pid, "0", SECOND);
+    let again = prefer(&d, &["oom_reaper", "1"]);
+    assert!(
+        !again.status.success(),
+        "registering twice without --update must fail"
+    );
+    let msg = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        msg.contains("already") && msg.contains("--update"),
+        "clear message: {msg}"
+    );
+    assert_eq!(mask_of(pid), "0", "a refused registration changes nothing");
+    let update = prefer(&d, &["oom_reaper", "1", "--update"]);
+    assert!(
+        update.status.success(),
+        "update: {}",
+        String::from_utf8_lossy(&update.stderr)
+    );
+    wait_mask(pid, "1", SECOND);
+
+    // A non-root client (nobody) is refused, whatever it asks.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(affinity_bin())
+        .args(["prefer", "oom_reaper", "0", "--update", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .expect("running setpriv");
+    assert!(!out.status.success(), "non-root client must be refused");
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("only root") || msg.contains("ermission denied"),
+        "{msg}"
+    );
+    assert_eq!(mask_of(pid), "1");
+}
+
+fn all_masks() -> Vec<(u32, String, String)> {
+    kthreads()
+        .into_iter()
+        .filter(|(p, _, _)| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .map(|(p, c, _)| (p, c, mask_of(p)))
+        .collect()
+}
+
+#[test]
+fn sigkill_and_restart_converge_to_the_same_masks() {
+    let Some(_masks) = setup("sigkill_and_restart_converge_to_the_same_masks") else {
+        return;
+    };
+    let pid = pid_of("khugepaged");
+    let config = format!("{KHUGEPAGED_ON_1}\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0\"\n");
+    let mut d = Daemon::start_with_config(&config, &[]);
+    d.wait_event(5 * SECOND, "khugepaged applied", |e| is(e, "applied", pid));
+    std::thread::sleep(SECOND);
+    let first = all_masks();
+    let status = d.stop_with(libc::SIGKILL);
+    drop(d);
+    assert!(!status.success());
+    // Someone moves things while no daemon runs.
+    set_mask(pid, "0-1");
+    let d2 = Daemon::start_with_config(&config, &[]);
+    wait_mask(pid, "1", 2 * SECOND);
+    std::thread::sleep(SECOND);
+    let second = all_masks();
+    let first: std::collections::BTreeMap<_, _> =
+        first.into_iter().map(|(p, c, m)| ((p, c), m)).collect();
+    for (p, c, m) in second {
+        if let Some(m1) = first.get(&(p, c.clone())) {
+            assert_eq!(&m, m1, "{c} ({p}) converged to another mask after restart");
+        }
+    }
+    drop(d2);
+}
+
+#[test]
+fn ctrl_c_exits_zero_and_detaches_every_program() {
+    let Some(_masks) = setup("ctrl_c_exits_zero_and_detaches_every_program") else {
+        return;
+    };
+    let ours = |ids: &[u32]| -> Vec<String> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| !ids.contains(&p.id()))
+            .filter_map(|p| p.name_as_str().map(str::to_string))
+            .filter(|n| {
+                [
+                    "cpuhp_enter",
+                    "cpuhp_exit",
+                    "sched_switch",
+                    "task_rename",
+                    "sched_migrate_t",
+                    "sched_process_e",
+                    "cpuhp_multi_ent",
+                ]
+                .contains(&n.as_str())
+            })
+            .collect()
+    };
+    let preexisting: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect();
+    let mut d = Daemon::start(&["--observe"]);
+    assert!(
+        !ours(&preexisting).is_empty(),
+        "the daemon's programs are loaded while it runs"
+    );
+    let status = d.stop_with(libc::SIGINT);
+    assert_eq!(status.code(), Some(0), "Ctrl-C exits 0");
+    assert!(
+        wait_for(2 * SECOND, || ours(&preexisting).is_empty().then_some(())).is_some(),
+        "programs left loaded: {:?}",
+        ours(&preexisting)
+    );
+}
+
+#[test]
+fn two_hundred_hotplug_cycles_end_consistent() {
+    let Some(_masks) = setup("two_hundred_hotplug_cycles_end_consistent") else {
+        return;
+    };
+    let pid = pid_of("khugepaged");
+    let reaper = pid_of("oom_reaper");
+    let config = format!("{KHUGEPAGED_ON_1}\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0-1\"\n");
+    let mut d = Daemon::start_with_config(&config, &[]);
+    d.wait_event(5 * SECOND, "khugepaged applied", |e| is(e, "applied", pid));
+    for _ in 0..200 {
+        let _offline = CpuOffline::new(1);
+    }
+    wait_mask(pid, "1", 2 * SECOND);
+    wait_mask(reaper, "0-1", 2 * SECOND);
+    assert!(d.is_alive(), "the daemon survived 200 cycles");
+    assert!(d.stop().success());
+    let events = d.events();
+    let summary = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "summary")
+        .expect("a final summary");
+    let drops = summary["drops"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("drops is a number: {summary}"));
+    let hotplug = summary["hotplug"].as_u64().unwrap();
+    if drops == 0 {
+        assert_eq!(
+            hotplug, 400,
+            "every transition seen when nothing was dropped: {summary}"
+        );
+    } else {
+        assert!(
+            events.iter().any(|e| e["type"] == "drops"),
+            "drops are reported as they happen"
+        );
+    }
+}
