@@ -14,6 +14,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 
+/// `BPF_RB_FORCE_WAKEUP` from uapi/linux/bpf.h.
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
 use crate::maps::{
     EVENTS, HOTPLUG, count,
     globals::{self, CPUHP_AP_ACTIVE, CPUHP_TEARDOWN_CPU},
@@ -88,7 +91,12 @@ fn emit(target_cpu: u32, phase: u32, state: i32) {
         state,
         _pad: 0,
     };
-    if EVENTS.output::<HotplugEvent>(&event, 0).is_err() {
+    // Hotplug records are rare and urgent: wake the reader now rather
+    // than when the kernel's adaptive notification gets round to it.
+    if EVENTS
+        .output::<HotplugEvent>(&event, BPF_RB_FORCE_WAKEUP)
+        .is_err()
+    {
         count(affinity_common::Counter::Dropped);
     }
 }

@@ -61,14 +61,18 @@ pub fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
     Some((comm, flags, start_time))
 }
 
+/// `/proc/PID/stat` of `pid`: (comm, flags, start time).
+pub fn read_stat(proc_root: &Path, pid: u32) -> Option<(String, u32, u64)> {
+    parse_stat(&fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?)
+}
+
 /// The kthread `pid` as /proc shows it now; None if gone or not a kthread.
 pub fn read_kthread(proc_root: &Path, pid: u32, width: u32) -> Option<Kthread> {
-    let dir = proc_root.join(pid.to_string());
-    let (comm, flags, start_time) = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;
+    let (comm, flags, start_time) = read_stat(proc_root, pid)?;
     if flags & PF_KTHREAD == 0 {
         return None;
     }
-    let status = fs::read_to_string(dir.join("status")).ok()?;
+    let status = fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
     let list = status
         .lines()
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;

@@ -137,6 +137,7 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
             "`affinity run` needs root: it loads BPF programs and sets kthread affinity (even --observe loads BPF)"
         );
     }
+    ensure_tracefs(&args.sys);
     let layout = KernelLayout::from_btf_file(&args.sys.join("kernel/btf/vmlinux"))
         .context("this kernel has no usable BTF (CONFIG_DEBUG_INFO_BTF), which affinity needs")?;
     let obs_cfg = ObserverConfig {
@@ -314,5 +315,27 @@ fn handle_request(
     match result {
         Ok(message) => Response { ok: true, message },
         Err(message) => Response { ok: false, message },
+    }
+}
+
+/// The syscall tracepoints are attached through tracefs, which a minimal
+/// system may not have mounted. Mount it where the kernel expects it; if
+/// that fails the daemon still runs, without naming who moved a kthread.
+fn ensure_tracefs(sys: &std::path::Path) {
+    let dir = sys.join("kernel/tracing");
+    if dir.join("events").exists() || !dir.is_dir() {
+        return;
+    }
+    if let Err(e) = nix::mount::mount(
+        Some("tracefs"),
+        &dir,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    ) {
+        eprintln!(
+            "affinity: warning: mounting tracefs on {}: {e}",
+            dir.display()
+        );
     }
 }

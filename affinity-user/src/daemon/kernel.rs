@@ -10,7 +10,7 @@ use std::{
 use thiserror::Error;
 
 use crate::{
-    policy::{CpuSet, Kthread},
+    policy::{CpuSet, Kthread, PF_KTHREAD, PF_NO_SETAFFINITY},
     sysfs,
 };
 
@@ -92,8 +92,9 @@ impl Kernel for ProcKernel {
         // Pin the task first, then check it is the one we mean: if the pid had
         // been reused in between, the start time would differ.
         let pidfd = pidfd_open(pid).map_err(|_| SetAffinityError::Gone(pid))?;
-        match self.kthread(pid) {
-            Some(k) if k.start_time == start_time => {}
+        // Only /proc/PID/stat: this runs for every kthread on every hotplug.
+        match sysfs::read_stat(&self.proc_root, pid) {
+            Some((_, flags, started)) if started == start_time && flags & PF_KTHREAD != 0 => {}
             _ => return Err(SetAffinityError::Gone(pid)),
         }
         // The raw syscall takes any whole number of longs, so masks wider
@@ -112,7 +113,10 @@ impl Kernel for ProcKernel {
             let err = io::Error::last_os_error();
             return Err(match err.raw_os_error() {
                 Some(libc::ESRCH) => SetAffinityError::Gone(pid),
-                Some(libc::EINVAL) if self.kthread(pid).is_some_and(|k| k.is_pinned()) => {
+                Some(libc::EINVAL)
+                    if sysfs::read_stat(&self.proc_root, pid)
+                        .is_some_and(|(_, f, _)| f & PF_NO_SETAFFINITY != 0) =>
+                {
                     SetAffinityError::Pinned(pid)
                 }
                 _ => SetAffinityError::Os {
