@@ -1,8 +1,273 @@
-use std::process::ExitCode;
+//! `affinity plan`: what the policy would do, on this machine or a
+//! snapshot, optionally after hypothetical hotplug or isolation.
+
+use std::{collections::HashMap, fmt::Write as _, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::{
+    commands::BadInput,
+    policy::{Config, CpuSet, Engine, Event, kernel_manages_affinity},
+    sysfs::{self, Machine},
+};
 
 #[derive(Debug, clap::Args)]
-pub struct PlanArgs {}
+pub struct PlanArgs {
+    /// Plan for the machine in this snapshot (from `affinity snapshot`) instead of this one.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<PathBuf>,
+    /// Rules file; the embedded default without it.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Suppose these CPUs come online.
+    #[arg(long, value_name = "CPULIST")]
+    pub online: Option<String>,
+    /// Suppose these CPUs go offline.
+    #[arg(long, value_name = "CPULIST")]
+    pub offline: Option<String>,
+    /// Suppose these CPUs are isolated (leave housekeeping).
+    #[arg(long, value_name = "CPULIST")]
+    pub isolate: Option<String>,
+    /// Suppose exactly these CPUs are housekeeping.
+    #[arg(long, value_name = "CPULIST")]
+    pub housekeeping: Option<String>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sys: PathBuf,
+    #[arg(long, default_value = "/proc", hide = true)]
+    pub proc: PathBuf,
+}
 
-pub fn run(_args: PlanArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanRow {
+    pub pid: u32,
+    pub comm: String,
+    pub rule: Option<String>,
+    pub preferred: Option<String>,
+    pub applied: String,
+    pub current: String,
+    /// `set`, `keep`, `pinned` or `unmanaged`.
+    pub action: &'static str,
+    #[serde(skip)]
+    pub pinned: bool,
+    #[serde(skip)]
+    pub kernel_managed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub online: String,
+    pub housekeeping: String,
+    pub kthreads: Vec<PlanRow>,
+}
+
+/// Hypothetical changes applied before planning.
+#[derive(Debug, Default, Clone)]
+pub struct WhatIf {
+    pub online: Option<CpuSet>,
+    pub offline: Option<CpuSet>,
+    pub isolate: Option<CpuSet>,
+    pub housekeeping: Option<CpuSet>,
+}
+
+/// The policy's verdict for every kthread of `machine`. Pure: the machine
+/// may be a snapshot of another host.
+pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
+    let mut topology = machine.topology.clone();
+    if let Some(on) = &what_if.online {
+        topology.online = topology.online.or(on);
+    }
+    if let Some(off) = &what_if.offline {
+        topology.online = topology.online.and_not(off);
+    }
+    let mut hk = what_if
+        .housekeeping
+        .clone()
+        .unwrap_or_else(|| machine.housekeeping(&config.housekeeping));
+    if let Some(iso) = &what_if.isolate {
+        hk = hk.and_not(iso);
+    }
+    let online = topology.online.to_string();
+    let mut engine = Engine::new(topology, hk.clone(), config.rules.clone());
+    let current: HashMap<u32, String> = machine
+        .kthreads
+        .iter()
+        .map(|k| (k.pid, k.cpus_allowed.to_string()))
+        .collect();
+    for k in &machine.kthreads {
+        engine.handle(Event::KthreadNew(k.clone()));
+    }
+    let kthreads = engine
+        .entries()
+        .map(|e| {
+            let current = current.get(&e.pid).cloned().unwrap_or_default();
+            let (applied, action) = if e.pinned {
+                (current.clone(), "pinned")
+            } else if e.preference.is_none() {
+                (current.clone(), "unmanaged")
+            } else {
+                let applied = e.applied.to_string();
+                let action = if applied == current { "keep" } else { "set" };
+                (applied, action)
+            };
+            let kthread = machine
+                .kthreads
+                .iter()
+                .find(|k| k.pid == e.pid)
+                .expect("engine entries come from these kthreads");
+            PlanRow {
+                pid: e.pid,
+                comm: e.comm.clone(),
+                rule: e.rule.clone(),
+                preferred: e
+                    .preferred
+                    .as_ref()
+                    .filter(|_| !e.pinned)
+                    .map(ToString::to_string),
+                applied,
+                current,
+                action,
+                pinned: e.pinned,
+                kernel_managed: kernel_manages_affinity(&machine.kernel, kthread),
+            }
+        })
+        .collect();
+    Plan {
+        online,
+        housekeeping: hk.to_string(),
+        kthreads,
+    }
+}
+
+fn cpus(flag: &str, list: &Option<String>, machine: &Machine) -> Result<Option<CpuSet>> {
+    let Some(list) = list else { return Ok(None) };
+    let set = CpuSet::parse(list, machine.topology.width)
+        .map_err(|e| BadInput::err(format!("--{flag}: {e}")))?;
+    let impossible = set.and_not(&machine.topology.possible);
+    if !impossible.is_empty() {
+        return Err(BadInput::err(format!(
+            "--{flag}: CPUs {impossible} do not exist (possible: {})",
+            machine.topology.possible
+        )));
+    }
+    Ok(Some(set))
+}
+
+/// Reads the machine (or snapshot), config and what-ifs shared by plan and status.
+pub fn load(
+    snapshot: Option<&PathBuf>,
+    config: Option<&PathBuf>,
+    sys: &std::path::Path,
+    proc: &std::path::Path,
+) -> Result<(Machine, Config)> {
+    let machine = match snapshot {
+        Some(path) => Machine::from_snapshot_file(path)?,
+        None => Machine::read(sys, proc).context("reading this machine's state")?,
+    };
+    let config = match config {
+        Some(path) => sysfs::load_config(path, &machine.topology)?,
+        None => Config::embedded_default(),
+    };
+    Ok((machine, config))
+}
+
+pub fn run(args: PlanArgs) -> Result<ExitCode> {
+    let (machine, config) = load(
+        args.snapshot.as_ref(),
+        args.config.as_ref(),
+        &args.sys,
+        &args.proc,
+    )?;
+    let what_if = WhatIf {
+        online: cpus("online", &args.online, &machine)?,
+        offline: cpus("offline", &args.offline, &machine)?,
+        isolate: cpus("isolate", &args.isolate, &machine)?,
+        housekeeping: cpus("housekeeping", &args.housekeeping, &machine)?,
+    };
+    if let Some(off) = &what_if.offline {
+        let online = machine
+            .topology
+            .online
+            .or(what_if.online.as_ref().unwrap_or(&CpuSet::empty(1)));
+        if online.and_not(off).is_empty() {
+            return Err(BadInput::err(format!(
+                "--offline {off}: that would leave no CPU online"
+            )));
+        }
+    }
+    if what_if.housekeeping.as_ref().is_some_and(CpuSet::is_empty) {
+        return Err(BadInput::err(
+            "--housekeeping: an empty housekeeping set leaves kthreads nowhere to run",
+        ));
+    }
+    let plan = plan(&machine, &config, &what_if);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", table(&plan));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An aligned table: one line per kthread, changes first.
+pub fn table(plan: &Plan) -> String {
+    let mut rows: Vec<[String; 7]> = vec![
+        [
+            "PID",
+            "COMM",
+            "RULE",
+            "PREFERRED",
+            "APPLIED",
+            "CURRENT",
+            "ACTION",
+        ]
+        .map(String::from),
+    ];
+    let mut sorted: Vec<&PlanRow> = plan.kthreads.iter().collect();
+    sorted.sort_by_key(|r| (r.action != "set", r.pid));
+    for r in sorted {
+        rows.push([
+            r.pid.to_string(),
+            r.comm.clone(),
+            r.rule.clone().unwrap_or_else(|| "-".into()),
+            r.preferred.clone().unwrap_or_else(|| "-".into()),
+            r.applied.clone(),
+            r.current.clone(),
+            r.action.to_string(),
+        ]);
+    }
+    let mut out = format!(
+        "online {}, housekeeping {}\n",
+        plan.online, plan.housekeeping
+    );
+    out.push_str(&align(&rows));
+    let changes = plan.kthreads.iter().filter(|r| r.action == "set").count();
+    let _ = writeln!(
+        out,
+        "{changes} of {} kthreads would change",
+        plan.kthreads.len()
+    );
+    out
+}
+
+pub fn align<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
 }

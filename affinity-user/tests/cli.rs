@@ -1,0 +1,286 @@
+//! The `affinity` binary's commands that need neither root nor BPF: check,
+//! plan (on a snapshot fixture) and their error paths. Every malformed
+//! input must exit 2 with a message that says what and where.
+
+use std::{path::PathBuf, process::Command};
+
+use serde_json::Value;
+
+fn affinity(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_affinity"))
+        .args(args)
+        .output()
+        .expect("running affinity");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn example(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Writes `content` to a temp file and runs `plan --snapshot numa64 --config it`.
+fn plan_with_config(content: &[u8]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, content).unwrap();
+    affinity(&[
+        "plan",
+        "--snapshot",
+        &fixture("numa64.json"),
+        "--config",
+        path.to_str().unwrap(),
+        "--json",
+    ])
+}
+
+fn bad_config(content: &str, expect: &str) {
+    let (code, _, err) = plan_with_config(content.as_bytes());
+    assert_eq!(code, 2, "exit 2 for {content:?}; stderr: {err}");
+    assert!(
+        err.contains(expect),
+        "message for {content:?} should contain {expect:?}: {err}"
+    );
+}
+
+fn rule(prefer: &str) -> String {
+    format!("[[rule]]\nmatch = \"khugepaged\"\nprefer = \"{prefer}\"\n")
+}
+
+#[test]
+fn bad_cpulists_name_the_character() {
+    bad_config(
+        &rule("3-1"),
+        "rules.toml:3:10: prefer: range 3-1 ends before it starts at character 3",
+    );
+    bad_config(
+        &rule("0-"),
+        "rules.toml:3:10: prefer: expected the end of the range after \"0-\" at character 3",
+    );
+    bad_config(
+        &rule("99999"),
+        "CPU 99999 is beyond this machine's 64 CPUs (0-63) at character 1",
+    );
+    bad_config(
+        &rule("a"),
+        "rules.toml:3:10: prefer: expected a CPU number, found 'a' at character 1",
+    );
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_position() {
+    bad_config(
+        "[[rule]]\nmatch = \"x\"\nprefer = \"1\"\ncpus = \"2\"\n",
+        "rules.toml:4:1: unknown field `cpus`",
+    );
+    bad_config(
+        "[housekeepin]\ncpus = \"auto\"\n",
+        "rules.toml:1:2: unknown field `housekeepin`",
+    );
+}
+
+#[test]
+fn duplicate_rules_are_an_error() {
+    bad_config(
+        &format!("{}\n{}", rule("1"), rule("2")),
+        "rules.toml:6:9: a second rule for khugepaged (first at line 2)",
+    );
+}
+
+#[test]
+fn nodes_that_do_not_exist_are_an_error() {
+    bad_config(
+        &rule("node:7"),
+        "rules.toml:3:11: rule for khugepaged: node 7 does not exist on this machine (nodes: 0, 1, 2, 3)",
+    );
+}
+
+#[test]
+fn empty_and_binary_files_are_rejected() {
+    bad_config("", "the file is empty");
+    let (code, _, err) = plan_with_config(&[0x7f, b'E', b'L', b'F', 0xff, 0xfe, 0, 1, 2]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not UTF-8 text (invalid byte at offset 4)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_error_is_listed_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(
+        &path,
+        "[[rule]]\nmatch = \"a\"\nprefer = \"3-1\"\n\n[[rule]]\nmatch = \"b\"\nprefer = \"x\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = affinity(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(":3:10:") && err.contains(":7:10:"),
+        "both errors: {err}"
+    );
+}
+
+#[test]
+fn examples_check_clean() {
+    for ex in ["rt-host.toml", "vm-host.toml"] {
+        let (code, out, err) = affinity(&[
+            "plan",
+            "--snapshot",
+            &fixture("numa64.json"),
+            "--config",
+            &example(ex),
+        ]);
+        assert_eq!(code, 0, "{ex}: {err}");
+        assert!(out.contains("kthreads would change"), "{out}");
+    }
+}
+
+#[test]
+fn snapshot_with_missing_keys_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snap.json");
+    let mut snap: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("numa64.json")).unwrap()).unwrap();
+    snap.as_object_mut().unwrap().remove("online");
+    std::fs::write(&path, serde_json::to_string_pretty(&snap).unwrap()).unwrap();
+    let (code, _, err) = affinity(&["plan", "--snapshot", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("missing field `online`"), "{err}");
+    std::fs::write(&path, "{\"kernel\": 5}").unwrap();
+    let (code, _, err) = affinity(&["plan", "--snapshot", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("snap.json:1:"), "{err}");
+}
+
+#[test]
+fn hypothetical_cpu_lists_are_checked() {
+    let snap = fixture("numa64.json");
+    let (code, _, err) = affinity(&["plan", "--snapshot", &snap, "--offline", "64"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--offline: CPU 64 is beyond this machine's 64 CPUs"),
+        "{err}"
+    );
+    let (code, _, err) = affinity(&["plan", "--snapshot", &snap, "--offline", "0-63"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no CPU online"), "{err}");
+}
+
+fn plan_json(extra: &[&str]) -> Value {
+    let snap = fixture("numa64.json");
+    let mut args = vec!["plan", "--snapshot", snap.as_str(), "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = affinity(&args);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("plan --json prints JSON")
+}
+
+fn row<'a>(plan: &'a Value, comm: &str) -> &'a Value {
+    plan["kthreads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["comm"] == comm)
+        .unwrap_or_else(|| panic!("no {comm} in {plan}"))
+}
+
+fn masks(plan: &Value, comm: &str) -> (String, String, String) {
+    let r = row(plan, comm);
+    (
+        r["applied"].as_str().unwrap().into(),
+        r["current"].as_str().unwrap().into(),
+        r["action"].as_str().unwrap().into(),
+    )
+}
+
+#[test]
+fn plan_on_a_64_cpu_4_node_snapshot() {
+    let p = plan_json(&[]);
+    // isolcpus/nohz_full 48-63: housekeeping 0-47.
+    assert_eq!(
+        (p["online"].as_str(), p["housekeeping"].as_str()),
+        (Some("0-63"), Some("0-47"))
+    );
+    assert_eq!(
+        masks(&p, "kswapd0"),
+        ("0-15".into(), "0-15".into(), "keep".into())
+    );
+    assert_eq!(row(&p, "kswapd0")["rule"], "kswapd*");
+    assert_eq!(row(&p, "kswapd0")["preferred"], "0-15");
+    // Node 3 is entirely isolated: last resort, housekeeping ∩ online.
+    assert_eq!(
+        masks(&p, "kswapd3"),
+        ("0-47".into(), "48-63".into(), "set".into())
+    );
+    assert_eq!(
+        masks(&p, "khugepaged"),
+        ("0-47".into(), "0-63".into(), "set".into())
+    );
+    assert_eq!(
+        masks(&p, "irq/45-eth0"),
+        ("0-47".into(), "48".into(), "set".into())
+    );
+    assert_eq!(
+        masks(&p, "ksoftirqd/63"),
+        ("63".into(), "63".into(), "pinned".into())
+    );
+    assert_eq!(
+        masks(&p, "kworker/u130:1-events_unbound"),
+        ("0-63".into(), "0-63".into(), "pinned".into())
+    );
+    assert_eq!(p["kthreads"].as_array().unwrap().len(), 16);
+}
+
+#[test]
+fn plan_with_hypothetical_hotplug_and_isolation() {
+    // Node 0 offline: its kswapd falls back to the other housekeeping CPUs.
+    let p = plan_json(&["--offline", "0-15"]);
+    assert_eq!(p["online"], "16-63");
+    assert_eq!(masks(&p, "kswapd0").0, "16-47");
+    assert_eq!(masks(&p, "kswapd1").0, "16-31");
+    // Isolating node 1 too.
+    let p = plan_json(&["--isolate", "16-31"]);
+    assert_eq!(p["housekeeping"], "0-15,32-47");
+    assert_eq!(masks(&p, "kswapd1").0, "0-15,32-47");
+    assert_eq!(masks(&p, "kswapd2").0, "32-47");
+    // An explicit housekeeping set replaces the kernel's.
+    let p = plan_json(&["--housekeeping", "0-3"]);
+    assert_eq!(masks(&p, "khugepaged").0, "0-3");
+    assert_eq!(
+        masks(&p, "kswapd1").0,
+        "0-3",
+        "node 1 has no housekeeping CPU: last resort"
+    );
+}
+
+#[test]
+fn plan_table_is_aligned() {
+    let (code, out, _) = affinity(&["plan", "--snapshot", &fixture("numa64.json")]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("online 0-63, housekeeping 0-47"));
+    let col = lines[1].find("ACTION").unwrap();
+    assert!(
+        lines[2..lines.len() - 1].iter().all(|l| l.len() > col),
+        "{out}"
+    );
+    assert!(out.ends_with("5 of 16 kthreads would change\n"), "{out}");
+}
