@@ -1,0 +1,163 @@
+//! Scenarios only a VM can show: run by `cargo xtask vm-test` in a guest with
+//! 4 vCPUs and `isolcpus=2,3 nohz_full=2,3`, on Debian's 6.1 and 6.12 kernels
+//! (which have no in-kernel preferred affinity).
+
+use std::time::Duration;
+
+use affinity_tests::{
+    CpuOffline, MasksGuard, all_cpus_online, daemon::Daemon, kernel_tests_can_run, kthreads, mask_of, pid_of, set_mask,
+    wait_for,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// These tests assert the VM's isolation; anywhere else they cannot run.
+fn in_vm(test: &str) -> Option<MasksGuard> {
+    if !kernel_tests_can_run(test) {
+        return None;
+    }
+    let isolated = std::fs::read_to_string("/sys/devices/system/cpu/isolated").unwrap_or_default();
+    if std::env::var("AFFINITY_VM").as_deref() != Ok("1") || isolated.trim() != "2-3" {
+        let why = format!("needs the vm-test guest (AFFINITY_VM=1, isolated CPUs 2-3; here: {:?})", isolated.trim());
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("{test}: {why}");
+        }
+        eprintln!("SKIPPED {test}: {why}");
+        return None;
+    }
+    all_cpus_online();
+    Some(MasksGuard::save())
+}
+
+fn movable() -> Vec<(u32, String)> {
+    kthreads().into_iter().filter(|(_, _, f)| f & affinity_common::PF_NO_SETAFFINITY == 0).map(|(p, c, _)| (p, c)).collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Every movable kthread's mask is within `allowed` (a cpulist check by CPU).
+fn all_within(allowed: &[u32]) -> Result<(), Vec<String>> {
+    let bad: Vec<String> = movable()
+        .into_iter()
+        .filter(|(p, _)| alive(*p))
+        .filter_map(|(p, c)| {
+            let m = mask_of(p);
+            let cpus = parse(&m);
+            (!cpus.iter().all(|c| allowed.contains(c))).then(|| format!("{c}({p})={m}"))
+        })
+        .collect();
+    if bad.is_empty() { Ok(()) } else { Err(bad) }
+}
+
+fn parse(list: &str) -> Vec<u32> {
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .flat_map(|r| match r.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().unwrap()..=b.parse().unwrap()).collect::<Vec<_>>(),
+            None => vec![r.parse().unwrap()],
+        })
+        .collect()
+}
+
+fn wait_within(allowed: &[u32], within: Duration, what: &str) {
+    let mut last = Ok(());
+    if wait_for(within, || {
+        last = all_within(allowed);
+        last.is_ok().then_some(())
+    })
+    .is_none()
+    {
+        panic!("{what}: movable kthreads outside {allowed:?}: {:?}", last.unwrap_err());
+    }
+}
+
+#[test]
+fn default_policy_keeps_movable_kthreads_off_isolated_cpus_and_reports_runs_there() {
+    let Some(_masks) = in_vm("default_policy_keeps_movable_kthreads_off_isolated_cpus_and_reports_runs_there") else { return };
+    // A movable kthread someone put on isolated CPU 3.
+    let rcu = kthreads()
+        .into_iter()
+        .find(|(_, c, f)| (c == "rcu_sched" || c == "rcu_preempt") && f & affinity_common::PF_NO_SETAFFINITY == 0)
+        .map(|(p, _, _)| p)
+        .expect("an RCU grace-period kthread");
+    set_mask(rcu, "3");
+    {
+        // Observe: it runs there, and each run is a violation of the default policy.
+        let mut d = Daemon::start(&["--observe"]);
+        let v = d.wait_event(20 * SECOND, "a violation on isolated CPU 3", |e| e["type"] == "violation" && e["pid"] == rcu);
+        assert_eq!(v["cpu"], 3, "{v}");
+        assert_eq!(v["allowed"], "0-1", "{v}");
+    }
+    // Enforce: every movable kthread leaves CPUs 2-3.
+    let mut d = Daemon::start(&[]);
+    wait_within(&[0, 1], 5 * SECOND, "the default policy");
+    assert_eq!(mask_of(rcu), "0-1");
+    let pinned = d.events().iter().filter(|e| e["type"] == "pinned").count();
+    assert!(pinned > 0, "per-CPU kthreads are reported as pinned");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn hotplug_keeps_registered_masks_on_online_housekeeping_cpus() {
+    let Some(_masks) = in_vm("hotplug_keeps_registered_masks_on_online_housekeeping_cpus") else { return };
+    let khugepaged = pid_of("khugepaged");
+    let reaper = pid_of("oom_reaper");
+    set_mask(khugepaged, "0-3");
+    set_mask(reaper, "0-3");
+    // khugepaged prefers isolated CPUs only (never allowed: housekeeping wins),
+    // oom_reaper prefers cpu1 and an isolated one.
+    let config = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"2-3\"\n\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"1,3\"\n";
+    let mut d = Daemon::start_with_config(config, &[]);
+    let check = |k: &str, r: &str, step: &str| {
+        for (pid, want) in [(khugepaged, k), (reaper, r)] {
+            if wait_for(5 * SECOND, || (mask_of(pid) == want).then_some(())).is_none() {
+                panic!("{step}: pid {pid} mask {} expected {want}", mask_of(pid));
+            }
+        }
+    };
+    check("0-1", "1", "start");
+    {
+        let _cpu3 = CpuOffline::new(3);
+        check("0-1", "1", "cpu3 offline");
+        let _cpu2 = CpuOffline::new(2);
+        check("0-1", "1", "both isolated CPUs offline");
+        {
+            let _cpu1 = CpuOffline::new(1);
+            check("0", "0", "housekeeping cpu1 offline too");
+        }
+        check("0-1", "1", "cpu1 back");
+    }
+    check("0-1", "1", "all back");
+    assert!(d.is_alive());
+    let handled = d.events().iter().filter(|e| e["type"] == "hotplug_handled").count();
+    assert!(handled >= 6, "each transition handled: {handled}");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn kswapd_node_rule_survives_hotplug_like_the_6_14_kernel() {
+    let Some(_masks) = in_vm("kswapd_node_rule_survives_hotplug_like_the_6_14_kernel") else { return };
+    let kswapd = pid_of("kswapd0");
+    set_mask(kswapd, "0-3");
+    let config = "[[rule]]\nmatch = \"kswapd0\"\nprefer = \"node\"\n";
+    let mut d = Daemon::start_with_config(config, &[]);
+    // node 0 holds every CPU; housekeeping is 0-1.
+    let wait = |want: &str, step: &str| {
+        if wait_for(5 * SECOND, || (mask_of(kswapd) == want).then_some(())).is_none() {
+            panic!("{step}: kswapd0 mask {} expected {want}", mask_of(kswapd));
+        }
+    };
+    wait("0-1", "start");
+    for _ in 0..3 {
+        {
+            let _cpu1 = CpuOffline::new(1);
+            wait("0", "cpu1 offline");
+        }
+        wait("0-1", "cpu1 online: the node's CPU rejoins the preference");
+    }
+    // The kernel itself (6.1/6.12) does nothing for kswapd: nothing to report as kernel-managed.
+    assert!(!d.events().iter().any(|e| e["type"] == "kernel_managed"), "no kernel-managed kthreads before 6.14");
+    assert!(d.stop().success());
+}
