@@ -43,8 +43,8 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     }
     if let Some(pid) = task.pid() {
         // Stop judging a pid that may be reused before userspace catches up.
-        let _ = ALLOWED.remove(&pid);
-        let _ = LAST_REPORT.remove(&pid);
+        let _ = ALLOWED.remove(pid);
+        let _ = LAST_REPORT.remove(pid);
     }
     emit(task, flags, EventKind::KthreadExit, task.comm());
     0

@@ -46,7 +46,7 @@ fn check(task: Task, cpu: u32, kind: EventKind) {
         return;
     }
     let Some(pid) = task.pid() else { return };
-    let outside = match unsafe { ALLOWED.get(&pid) } {
+    let outside = match unsafe { ALLOWED.get(pid) } {
         Some(allowed) => !allowed.contains(cpu),
         // Unregistered: only the default policy applies, and only to
         // kthreads that could have been moved.
@@ -62,13 +62,13 @@ fn check(task: Task, cpu: u32, kind: EventKind) {
     }
     count(Counter::Violations);
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(last) = unsafe { LAST_REPORT.get(&pid) } {
-        if now.wrapping_sub(*last) < globals::get(&REPORT_INTERVAL_NS) {
-            count(Counter::Suppressed);
-            return;
-        }
+    if let Some(last) = unsafe { LAST_REPORT.get(pid) }
+        && now.wrapping_sub(*last) < globals::get(&REPORT_INTERVAL_NS)
+    {
+        count(Counter::Suppressed);
+        return;
     }
-    let _ = LAST_REPORT.insert(&pid, &now, 0);
+    let _ = LAST_REPORT.insert(pid, now, 0);
     let event = TaskEvent {
         header: Header {
             kind: kind as u32,

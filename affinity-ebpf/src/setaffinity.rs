@@ -36,13 +36,13 @@ pub fn sys_enter_sched_setaffinity(ctx: TracePointContext) -> i32 {
     };
     // pid 0 is the caller itself.
     let target = if pid == 0 { ctx.pid() } else { pid as u32 };
-    if unsafe { ALLOWED.get(&target) }.is_none() {
+    if unsafe { ALLOWED.get(target) }.is_none() {
         return 0;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     let _ = SETAFFINITY.insert(
-        &tid,
-        &PendingSetAffinity {
+        tid,
+        PendingSetAffinity {
             target_pid: target,
             _pad: 0,
         },
@@ -54,10 +54,10 @@ pub fn sys_enter_sched_setaffinity(ctx: TracePointContext) -> i32 {
 #[tracepoint]
 pub fn sys_exit_sched_setaffinity(ctx: TracePointContext) -> i32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(pending) = (unsafe { SETAFFINITY.get(&tid) }).copied() else {
+    let Some(pending) = (unsafe { SETAFFINITY.get(tid) }).copied() else {
         return 0;
     };
-    let _ = SETAFFINITY.remove(&tid);
+    let _ = SETAFFINITY.remove(tid);
     let ret = unsafe { ctx.read_at::<i64>(EXIT_RET_OFF) }.unwrap_or(0);
     let event = SetAffinityEvent {
         header: Header {

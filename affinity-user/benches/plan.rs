@@ -19,21 +19,41 @@ fn machine() -> Machine {
     let all = CpuSet::full(CPUS);
     let per = CPUS / NODES;
     let nodes: BTreeMap<u32, CpuSet> = (0..NODES)
-        .map(|n| (n, CpuSet::parse(&format!("{}-{}", n * per, (n + 1) * per - 1), CPUS).unwrap()))
+        .map(|n| {
+            (
+                n,
+                CpuSet::parse(&format!("{}-{}", n * per, (n + 1) * per - 1), CPUS).unwrap(),
+            )
+        })
         .collect();
     let kthreads = (0..KTHREADS)
         .map(|i| {
             let (comm, flags, mask) = match i % 10 {
                 0 => (format!("kswapd{}", i % NODES), PF_KTHREAD, all.clone()),
-                1 => (format!("ksoftirqd/{}", i % CPUS), PF_KTHREAD | PF_NO_SETAFFINITY, nodes[&0].clone()),
+                1 => (
+                    format!("ksoftirqd/{}", i % CPUS),
+                    PF_KTHREAD | PF_NO_SETAFFINITY,
+                    nodes[&0].clone(),
+                ),
                 _ => (format!("kworker-like/{i}"), PF_KTHREAD, all.clone()),
             };
-            Kthread { pid: i + 2, comm, flags, start_time: i as u64, cpus_allowed: mask }
+            Kthread {
+                pid: i + 2,
+                comm,
+                flags,
+                start_time: i as u64,
+                cpus_allowed: mask,
+            }
         })
         .collect();
     Machine {
         kernel: "6.12.0".into(),
-        topology: Topology { width: CPUS, possible: all.clone(), online: all, nodes },
+        topology: Topology {
+            width: CPUS,
+            possible: all.clone(),
+            online: all,
+            nodes,
+        },
         isolated: CpuSet::parse("4096-8191", CPUS).unwrap(),
         nohz_full: CpuSet::empty(CPUS),
         cpuset_isolated: CpuSet::empty(CPUS),
@@ -44,7 +64,9 @@ fn machine() -> Machine {
 fn bench(c: &mut Criterion) {
     let m = machine();
     let config = Config::embedded_default();
-    c.bench_function("plan 10k kthreads on 8192 CPUs", |b| b.iter(|| black_box(plan(&m, &config, &WhatIf::default()))));
+    c.bench_function("plan 10k kthreads on 8192 CPUs", |b| {
+        b.iter(|| black_box(plan(&m, &config, &WhatIf::default())))
+    });
 
     let hk = m.housekeeping(&config.housekeeping);
     let mut engine = Engine::new(m.topology.clone(), hk, config.rules.clone());

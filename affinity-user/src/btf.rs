@@ -53,10 +53,10 @@ impl KernelLayout {
 fn member_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u32, BtfError> {
     let missing = || BtfError::Missing(format!("struct {strukt} member {member}"));
     for ty in btf.resolve_types_by_name(strukt)? {
-        if let Type::Struct(s) = ty {
-            if let Some(bits) = find_member(btf, &s, member)? {
-                return Ok(bits / 8);
-            }
+        if let Type::Struct(s) = ty
+            && let Some(bits) = find_member(btf, &s, member)?
+        {
+            return Ok(bits / 8);
         }
     }
     Err(missing())
@@ -70,12 +70,11 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, name: &str) -> Result<Option<u32>,
         if m_name == name {
             return Ok(Some(m.bit_offset()));
         }
-        if m_name.is_empty() {
-            if let Type::Struct(inner) | Type::Union(inner) = btf.resolve_chained_type(m)? {
-                if let Some(off) = find_member(btf, &inner, name)? {
-                    return Ok(Some(m.bit_offset() + off));
-                }
-            }
+        if m_name.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) = btf.resolve_chained_type(m)?
+            && let Some(off) = find_member(btf, &inner, name)?
+        {
+            return Ok(Some(m.bit_offset() + off));
         }
     }
     Ok(None)

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use affinity_tests::{
-    CpuOffline, MasksGuard, all_cpus_online, daemon::Daemon, kernel_tests_can_run, kthreads, mask_of, pid_of, set_mask,
-    wait_for,
+    CpuOffline, MasksGuard, all_cpus_online, daemon::Daemon, kernel_tests_can_run, kthreads,
+    mask_of, pid_of, set_mask, wait_for,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -18,7 +18,10 @@ fn in_vm(test: &str) -> Option<MasksGuard> {
     }
     let isolated = std::fs::read_to_string("/sys/devices/system/cpu/isolated").unwrap_or_default();
     if std::env::var("AFFINITY_VM").as_deref() != Ok("1") || isolated.trim() != "2-3" {
-        let why = format!("needs the vm-test guest (AFFINITY_VM=1, isolated CPUs 2-3; here: {:?})", isolated.trim());
+        let why = format!(
+            "needs the vm-test guest (AFFINITY_VM=1, isolated CPUs 2-3; here: {:?})",
+            isolated.trim()
+        );
         if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
             panic!("{test}: {why}");
         }
@@ -30,7 +33,11 @@ fn in_vm(test: &str) -> Option<MasksGuard> {
 }
 
 fn movable() -> Vec<(u32, String)> {
-    kthreads().into_iter().filter(|(_, _, f)| f & affinity_common::PF_NO_SETAFFINITY == 0).map(|(p, c, _)| (p, c)).collect()
+    kthreads()
+        .into_iter()
+        .filter(|(_, _, f)| f & affinity_common::PF_NO_SETAFFINITY == 0)
+        .map(|(p, c, _)| (p, c))
+        .collect()
 }
 
 fn alive(pid: u32) -> bool {
@@ -69,24 +76,35 @@ fn wait_within(allowed: &[u32], within: Duration, what: &str) {
     })
     .is_none()
     {
-        panic!("{what}: movable kthreads outside {allowed:?}: {:?}", last.unwrap_err());
+        panic!(
+            "{what}: movable kthreads outside {allowed:?}: {:?}",
+            last.unwrap_err()
+        );
     }
 }
 
 #[test]
 fn default_policy_keeps_movable_kthreads_off_isolated_cpus_and_reports_runs_there() {
-    let Some(_masks) = in_vm("default_policy_keeps_movable_kthreads_off_isolated_cpus_and_reports_runs_there") else { return };
+    let Some(_masks) =
+        in_vm("default_policy_keeps_movable_kthreads_off_isolated_cpus_and_reports_runs_there")
+    else {
+        return;
+    };
     // A movable kthread someone put on isolated CPU 3.
     let rcu = kthreads()
         .into_iter()
-        .find(|(_, c, f)| (c == "rcu_sched" || c == "rcu_preempt") && f & affinity_common::PF_NO_SETAFFINITY == 0)
+        .find(|(_, c, f)| {
+            (c == "rcu_sched" || c == "rcu_preempt") && f & affinity_common::PF_NO_SETAFFINITY == 0
+        })
         .map(|(p, _, _)| p)
         .expect("an RCU grace-period kthread");
     set_mask(rcu, "3");
     {
         // Observe: it runs there, and each run is a violation of the default policy.
         let mut d = Daemon::start(&["--observe"]);
-        let v = d.wait_event(20 * SECOND, "a violation on isolated CPU 3", |e| e["type"] == "violation" && e["pid"] == rcu);
+        let v = d.wait_event(20 * SECOND, "a violation on isolated CPU 3", |e| {
+            e["type"] == "violation" && e["pid"] == rcu
+        });
         assert_eq!(v["cpu"], 3, "{v}");
         assert_eq!(v["allowed"], "0-1", "{v}");
     }
@@ -101,7 +119,9 @@ fn default_policy_keeps_movable_kthreads_off_isolated_cpus_and_reports_runs_ther
 
 #[test]
 fn hotplug_keeps_registered_masks_on_online_housekeeping_cpus() {
-    let Some(_masks) = in_vm("hotplug_keeps_registered_masks_on_online_housekeeping_cpus") else { return };
+    let Some(_masks) = in_vm("hotplug_keeps_registered_masks_on_online_housekeeping_cpus") else {
+        return;
+    };
     let khugepaged = pid_of("khugepaged");
     let reaper = pid_of("oom_reaper");
     set_mask(khugepaged, "0-3");
@@ -131,14 +151,20 @@ fn hotplug_keeps_registered_masks_on_online_housekeeping_cpus() {
     }
     check("0-1", "1", "all back");
     assert!(d.is_alive());
-    let handled = d.events().iter().filter(|e| e["type"] == "hotplug_handled").count();
+    let handled = d
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "hotplug_handled")
+        .count();
     assert!(handled >= 6, "each transition handled: {handled}");
     assert!(d.stop().success());
 }
 
 #[test]
 fn kswapd_node_rule_survives_hotplug_like_the_6_14_kernel() {
-    let Some(_masks) = in_vm("kswapd_node_rule_survives_hotplug_like_the_6_14_kernel") else { return };
+    let Some(_masks) = in_vm("kswapd_node_rule_survives_hotplug_like_the_6_14_kernel") else {
+        return;
+    };
     let kswapd = pid_of("kswapd0");
     set_mask(kswapd, "0-3");
     let config = "[[rule]]\nmatch = \"kswapd0\"\nprefer = \"node\"\n";
@@ -158,6 +184,9 @@ fn kswapd_node_rule_survives_hotplug_like_the_6_14_kernel() {
         wait("0-1", "cpu1 online: the node's CPU rejoins the preference");
     }
     // The kernel itself (6.1/6.12) does nothing for kswapd: nothing to report as kernel-managed.
-    assert!(!d.events().iter().any(|e| e["type"] == "kernel_managed"), "no kernel-managed kthreads before 6.14");
+    assert!(
+        !d.events().iter().any(|e| e["type"] == "kernel_managed"),
+        "no kernel-managed kthreads before 6.14"
+    );
     assert!(d.stop().success());
 }

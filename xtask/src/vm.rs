@@ -43,7 +43,10 @@ pub struct VmArgs {
 
 impl VmArgs {
     pub fn all_kernels() -> Self {
-        VmArgs { kernel: KernelChoice::All, timeout: 1200 }
+        VmArgs {
+            kernel: KernelChoice::All,
+            timeout: 1200,
+        }
     }
 }
 
@@ -55,8 +58,14 @@ struct DebianKernel {
 }
 
 const KERNELS: [DebianKernel; 2] = [
-    DebianKernel { label: "6.1", meta: "linux-image-cloud-amd64" },
-    DebianKernel { label: "6.12", meta: "linux-image-6.12-cloud-amd64" },
+    DebianKernel {
+        label: "6.1",
+        meta: "linux-image-cloud-amd64",
+    },
+    DebianKernel {
+        label: "6.12",
+        meta: "linux-image-6.12-cloud-amd64",
+    },
 ];
 
 const CACHE: &str = "/var/cache/affinity-vm";
@@ -75,28 +84,57 @@ fn ensure_tools() -> Result<Tools> {
     let why_qemu = "boots the test kernels (virtme-ng drives it)";
     ensure_apt(&[
         ("qemu-system-x86", why_qemu),
-        ("busybox-static", "virtme-ng builds the guest's initramfs from it"),
+        (
+            "busybox-static",
+            "virtme-ng builds the guest's initramfs from it",
+        ),
         ("kmod", "depmod for the trimmed kernel module trees"),
-        ("udev", "the guest finds its virtio serial ports through host udev rules"),
-        ("libcap-ng-dev", "virtiofsd is built from source and links it"),
-        ("libseccomp-dev", "virtiofsd is built from source and links it"),
-        ("pkg-config", "virtiofsd's build finds its libraries with it"),
+        (
+            "udev",
+            "the guest finds its virtio serial ports through host udev rules",
+        ),
+        (
+            "libcap-ng-dev",
+            "virtiofsd is built from source and links it",
+        ),
+        (
+            "libseccomp-dev",
+            "virtiofsd is built from source and links it",
+        ),
+        (
+            "pkg-config",
+            "virtiofsd's build finds its libraries with it",
+        ),
     ])?;
     let cache = Path::new(CACHE);
     fs::create_dir_all(cache).with_context(|| format!("creating {CACHE}"))?;
     let venv = cache.join("venv");
     let vng = venv.join("bin/vng");
     if !vng.exists() {
-        say(&format!("{VIRTME_NG} into {}", venv.display()), "runs the kernel tests in a VM on Debian's 6.1 and 6.12 kernels");
+        say(
+            &format!("{VIRTME_NG} into {}", venv.display()),
+            "runs the kernel tests in a VM on Debian's 6.1 and 6.12 kernels",
+        );
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
         run(Command::new(venv.join("bin/pip")).args(["install", "-q", VIRTME_NG]))?;
     }
     let fsd_root = cache.join("virtiofsd");
     if !fsd_root.join("bin/virtiofsd").exists() {
-        say(&format!("{VIRTIOFSD} (cargo install, ~2 min)"), "shares the host's filesystem with the guest (Debian's is too old for vng)");
-        run(Command::new("cargo").args(["install", "--locked", "--quiet", "--root"]).arg(&fsd_root).arg(VIRTIOFSD))?;
+        say(
+            &format!("{VIRTIOFSD} (cargo install, ~2 min)"),
+            "shares the host's filesystem with the guest (Debian's is too old for vng)",
+        );
+        run(Command::new("cargo")
+            .args(["install", "--locked", "--quiet", "--root"])
+            .arg(&fsd_root)
+            .arg(VIRTIOFSD))?;
     }
-    let path = format!("{}:{}:{}", fsd_root.join("bin").display(), venv.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}:{}",
+        fsd_root.join("bin").display(),
+        venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     Ok(Tools { vng, path })
 }
 
@@ -115,7 +153,16 @@ fn resolve_package(meta: &str) -> Result<String> {
 /// Modules the guest needs: the root overlay, virtio devices, virtiofs.
 /// Everything else is dropped: under emulation, guest udev loading kvm,
 /// ahci and friends doubles the boot time.
-const KEEP_MODULES: &[&str] = &["overlay", "virtio", "fuse", "virtiofs", "9p", "netfs", "failover", "net_failover"];
+const KEEP_MODULES: &[&str] = &[
+    "overlay",
+    "virtio",
+    "fuse",
+    "virtiofs",
+    "9p",
+    "netfs",
+    "failover",
+    "net_failover",
+];
 
 fn ensure_kernel(k: &DebianKernel) -> Result<(String, PathBuf)> {
     let pkg = resolve_package(k.meta)?;
@@ -124,17 +171,31 @@ fn ensure_kernel(k: &DebianKernel) -> Result<(String, PathBuf)> {
     let ready = tree.join(".affinity-ready");
     if !ready.exists() {
         fs::create_dir_all(&root)?;
-        say(&format!("kernel {pkg} into {}", tree.display()), &format!("the {} VM boots it", k.label));
-        if !root.read_dir()?.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&format!("{pkg}_"))) {
-            run(Command::new("apt-get").args(["download", "-q", &pkg]).current_dir(&root))
-                .with_context(|| format!("apt-get download {pkg}"))?;
+        say(
+            &format!("kernel {pkg} into {}", tree.display()),
+            &format!("the {} VM boots it", k.label),
+        );
+        if !root.read_dir()?.flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{pkg}_"))
+        }) {
+            run(Command::new("apt-get")
+                .args(["download", "-q", &pkg])
+                .current_dir(&root))
+            .with_context(|| format!("apt-get download {pkg}"))?;
         }
         let deb = root
             .read_dir()?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_"))))
-            .with_context(|| format!("apt-get download {pkg} left no .deb in {}", root.display()))?;
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_")))
+            })
+            .with_context(|| {
+                format!("apt-get download {pkg} left no .deb in {}", root.display())
+            })?;
         let _ = fs::remove_dir_all(&tree);
         run(Command::new("dpkg").arg("-x").arg(&deb).arg(&tree))?;
         trim_modules(&tree)?;
@@ -143,14 +204,21 @@ fn ensure_kernel(k: &DebianKernel) -> Result<(String, PathBuf)> {
     let vmlinuz = fs::read_dir(tree.join("boot"))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .with_context(|| format!("no vmlinuz in {}/boot", tree.display()))?;
     Ok((pkg, vmlinuz))
 }
 
 fn trim_modules(tree: &Path) -> Result<()> {
     let modules = tree.join("lib/modules");
-    let Some(version) = fs::read_dir(&modules)?.flatten().next().map(|e| e.file_name()) else {
+    let Some(version) = fs::read_dir(&modules)?
+        .flatten()
+        .next()
+        .map(|e| e.file_name())
+    else {
         bail!("no module tree under {}", modules.display());
     };
     let base = modules.join(&version);
@@ -182,7 +250,10 @@ fn guest_script(bins: &TestBinaries, label: &str) -> Result<PathBuf> {
         bins.affinity.display()
     );
     for (name, exe) in &bins.tests {
-        s.push_str(&format!("echo '== {name}'\n'{}' --test-threads=1 || rc=1\n", exe.display()));
+        s.push_str(&format!(
+            "echo '== {name}'\n'{}' --test-threads=1 || rc=1\n",
+            exe.display()
+        ));
     }
     s.push_str("exit $rc\n");
     let path = dir.join(format!("guest-{label}.sh"));
@@ -197,7 +268,14 @@ struct Boot {
     elapsed: Duration,
 }
 
-fn boot(tools: &Tools, vmlinuz: &Path, script: &Path, kvm: bool, timeout: Duration, quiet: bool) -> Result<Boot> {
+fn boot(
+    tools: &Tools,
+    vmlinuz: &Path,
+    script: &Path,
+    kvm: bool,
+    timeout: Duration,
+    quiet: bool,
+) -> Result<Boot> {
     let mut cmd = Command::new(&tools.vng);
     if kvm {
         cmd.arg("--force-kvm");
@@ -207,7 +285,15 @@ fn boot(tools: &Tools, vmlinuz: &Path, script: &Path, kvm: bool, timeout: Durati
     }
     cmd.arg("-r")
         .arg(vmlinuz)
-        .args(["--cpus", "4", "--memory", "2G", "--append", "isolcpus=2,3 nohz_full=2,3", "--rwdir"])
+        .args([
+            "--cpus",
+            "4",
+            "--memory",
+            "2G",
+            "--append",
+            "isolcpus=2,3 nohz_full=2,3",
+            "--rwdir",
+        ])
         .arg(workspace_root().join("target/vm"))
         .arg("--")
         .arg("sh")
@@ -220,7 +306,22 @@ fn boot(tools: &Tools, vmlinuz: &Path, script: &Path, kvm: bool, timeout: Durati
     let mut child = cmd.spawn().context("starting vng")?;
     let started = Arc::new(Mutex::new(false));
     let mut readers = Vec::new();
-    for (stream, is_err) in [(child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), false), (child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), true)] {
+    for (stream, is_err) in [
+        (
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            false,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            true,
+        ),
+    ] {
         let Some(stream) = stream else { continue };
         let started = started.clone();
         readers.push(std::thread::spawn(move || {
@@ -253,7 +354,12 @@ fn boot(tools: &Tools, vmlinuz: &Path, script: &Path, kvm: bool, timeout: Durati
         let _ = r.join();
     }
     let guest_started = *started.lock().unwrap();
-    Ok(Boot { code, timed_out, guest_started, elapsed: start.elapsed() })
+    Ok(Boot {
+        code,
+        timed_out,
+        guest_started,
+        elapsed: start.elapsed(),
+    })
 }
 
 /// Whether QEMU really runs guests with KVM here: a tiny boot with a short
@@ -289,18 +395,28 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
     }
     let bins = kernel_test_binaries()?;
     let kvm = kvm_works(&tools, &kernels[0].1.1)?;
-    let accel = if kvm { "KVM" } else { "TCG emulation (QEMU cannot use KVM here)" };
+    let accel = if kvm {
+        "KVM"
+    } else {
+        "TCG emulation (QEMU cannot use KVM here)"
+    };
     eprintln!("xtask: VMs run under {accel}");
     let timeout = Duration::from_secs(args.timeout);
     let mut report = Vec::new();
     for (k, (pkg, vmlinuz)) in &kernels {
         let script = guest_script(&bins, k.label)?;
-        eprintln!("\nxtask: ==> VM {} ({pkg}), 4 vCPUs, isolcpus=2,3 nohz_full=2,3", k.label);
+        eprintln!(
+            "\nxtask: ==> VM {} ({pkg}), 4 vCPUs, isolcpus=2,3 nohz_full=2,3",
+            k.label
+        );
         let mut b = boot(&tools, vmlinuz, &script, kvm, timeout, false)?;
         // A QEMU crash or hang before the guest ran anything may be retried
         // once; a failure after the guest started never is.
         if (b.code == 255 || b.timed_out) && !b.guest_started {
-            eprintln!("xtask: VM {} died before the guest started (exit {}); retrying once", k.label, b.code);
+            eprintln!(
+                "xtask: VM {} died before the guest started (exit {}); retrying once",
+                k.label, b.code
+            );
             b = boot(&tools, vmlinuz, &script, kvm, timeout, false)?;
         }
         let verdict = match (b.code, b.timed_out, b.guest_started) {
@@ -313,9 +429,16 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
     }
     eprintln!("\nxtask: VM results ({accel}):");
     for (label, pkg, verdict, elapsed) in &report {
-        eprintln!("  {label:<5} {pkg:<48} {verdict} in {:.0}s", elapsed.as_secs_f64());
+        eprintln!(
+            "  {label:<5} {pkg:<48} {verdict} in {:.0}s",
+            elapsed.as_secs_f64()
+        );
     }
-    let failed: Vec<_> = report.iter().filter(|r| r.2 != "passed").map(|r| r.0).collect();
+    let failed: Vec<_> = report
+        .iter()
+        .filter(|r| r.2 != "passed")
+        .map(|r| r.0)
+        .collect();
     if !failed.is_empty() {
         bail!("VM tests failed on kernel {}", failed.join(", "));
     }

@@ -32,7 +32,7 @@ pub struct UnpreferArgs {
     pub socket: PathBuf,
 }
 
-fn call(socket: &PathBuf, request: Request) -> Result<ExitCode> {
+fn call(socket: &std::path::Path, request: Request) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -246,15 +246,14 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
                 }
             }
             _ = rescan.tick() => {
-                if explicit.is_none() {
-                    if let Ok(m) = sysfs::Machine::read(&args.sys, &args.proc) {
+                if explicit.is_none()
+                    && let Ok(m) = sysfs::Machine::read(&args.sys, &args.proc) {
                         let hk = housekeeping(&m);
                         if &hk != core.engine.housekeeping() {
                             observer.set_isolated(m.topology.possible.and_not(&hk).words())?;
                             core.housekeeping_changed(hk, &mut observer);
                         }
                     }
-                }
                 core.rescan(&mut observer);
             }
             _ = counters.tick() => {

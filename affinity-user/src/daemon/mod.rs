@@ -244,9 +244,7 @@ impl<K: Kernel, W: Write> Core<K, W> {
                 if ret != 0 {
                     return None;
                 }
-                let Some(k) = self.kernel.kthread(target_pid) else {
-                    return None;
-                };
+                let k = self.kernel.kthread(target_pid)?;
                 self.engine.handle(Event::AffinityChanged {
                     pid: target_pid,
                     mask: k.cpus_allowed,

@@ -300,21 +300,21 @@ impl Config {
     ) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
         for rule in &self.rules {
-            if let Preference::Node(n) = rule.prefer {
-                if !topology.nodes.contains_key(&n) {
-                    let needle = format!("node:{n}");
-                    let (line, column) = text.find(&needle).map_or((0, 0), |o| line_col(text, o));
-                    let known: Vec<String> = topology.nodes.keys().map(u32::to_string).collect();
-                    errors.push(ConfigError {
-                        line,
-                        column,
-                        message: format!(
-                            "rule for {}: node {n} does not exist on this machine (nodes: {})",
-                            rule.target,
-                            known.join(", ")
-                        ),
-                    });
-                }
+            if let Preference::Node(n) = rule.prefer
+                && !topology.nodes.contains_key(&n)
+            {
+                let needle = format!("node:{n}");
+                let (line, column) = text.find(&needle).map_or((0, 0), |o| line_col(text, o));
+                let known: Vec<String> = topology.nodes.keys().map(u32::to_string).collect();
+                errors.push(ConfigError {
+                    line,
+                    column,
+                    message: format!(
+                        "rule for {}: node {n} does not exist on this machine (nodes: {})",
+                        rule.target,
+                        known.join(", ")
+                    ),
+                });
             }
             if let Preference::Cpus(cpus) = &rule.prefer {
                 let missing = cpus.and_not(&topology.possible);

@@ -51,10 +51,10 @@ impl CpuSet {
     /// Clears bits at or beyond `width` in the last word.
     fn trim(&mut self) {
         let rem = self.width % 64;
-        if rem != 0 {
-            if let Some(last) = self.words.last_mut() {
-                *last &= (1u64 << rem) - 1;
-            }
+        if rem != 0
+            && let Some(last) = self.words.last_mut()
+        {
+            *last &= (1u64 << rem) - 1;
         }
     }
 

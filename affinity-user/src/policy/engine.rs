@@ -220,11 +220,11 @@ impl Engine {
                 if !k.is_kthread() {
                     return actions;
                 }
-                if let Some(old) = self.entries.get(&k.pid) {
-                    if old.start_time != k.start_time {
-                        self.entries.remove(&k.pid);
-                        actions.push(Action::Forget { pid: k.pid });
-                    }
+                if let Some(old) = self.entries.get(&k.pid)
+                    && old.start_time != k.start_time
+                {
+                    self.entries.remove(&k.pid);
+                    actions.push(Action::Forget { pid: k.pid });
                 }
                 self.insert(k, &mut actions);
             }
@@ -288,15 +288,16 @@ impl Engine {
                 }
             }
             Event::Ran { pid, cpu } => {
-                if let Some(e) = self.entries.get(&pid) {
-                    if e.managed() && !e.applied.contains(cpu) {
-                        actions.push(Action::ReportViolation {
-                            pid,
-                            comm: e.comm.clone(),
-                            cpu,
-                            allowed: e.applied.clone(),
-                        });
-                    }
+                if let Some(e) = self.entries.get(&pid)
+                    && e.managed()
+                    && !e.applied.contains(cpu)
+                {
+                    actions.push(Action::ReportViolation {
+                        pid,
+                        comm: e.comm.clone(),
+                        cpu,
+                        allowed: e.applied.clone(),
+                    });
                 }
             }
         }
@@ -386,10 +387,10 @@ impl Engine {
         prefer: Preference,
         update: bool,
     ) -> Result<Vec<Action>, RegistryError> {
-        if let Preference::Node(n) = prefer {
-            if !self.topology.nodes.contains_key(&n) {
-                return Err(RegistryError::NoSuchNode(n));
-            }
+        if let Preference::Node(n) = prefer
+            && !self.topology.nodes.contains_key(&n)
+        {
+            return Err(RegistryError::NoSuchNode(n));
         }
         let pids: Vec<u32> = self
             .entries
