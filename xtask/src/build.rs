@@ -79,8 +79,15 @@ pub fn run_daemon(args: RunArgs) -> Result<()> {
     };
     cmd.arg("run").args(&args.args);
     eprintln!("xtask: {cmd:?}");
-    // Ctrl-C reaches the daemon through the terminal's process group; we
-    // just wait and pass its exit status on.
+    // Ctrl-C reaches the daemon through the terminal's process group. We
+    // must outlive it to pass its exit status on, so xtask catches SIGINT
+    // and SIGTERM with a handler that does nothing (a caught signal is reset
+    // to its default in the child at exec, unlike an ignored one).
+    extern "C" fn wait_for_the_daemon(_: libc::c_int) {}
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installing an async-signal-safe no-op handler.
+        unsafe { libc::signal(sig, wait_for_the_daemon as *const () as libc::sighandler_t) };
+    }
     let status = cmd.status().context("starting affinity")?;
     match status.code() {
         Some(0) => Ok(()),
