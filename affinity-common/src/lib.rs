@@ -9,6 +9,7 @@
 
 /// Widest CPU mask the eBPF side understands (the kernel's NR_CPUS maximum).
 pub const MAX_CPUS: usize = 8192;
+/// A power of two: [`CpuMask::contains`] bounds its index with a mask.
 pub const MASK_WORDS: usize = MAX_CPUS / 64;
 pub const TASK_COMM_LEN: usize = 16;
 
@@ -201,8 +202,12 @@ impl CpuMask {
     #[inline(always)]
     pub fn contains(&self, cpu: u32) -> bool {
         let word = (cpu / 64) as usize;
-        // The bound check also keeps the verifier happy.
-        word < MASK_WORDS && self.words[word] & (1 << (cpu % 64)) != 0
+        if word >= MASK_WORDS {
+            return false;
+        }
+        // The AND proves the bound to older verifiers (6.1), which lose the
+        // comparison above across the register copies LLVM makes.
+        self.words[word & (MASK_WORDS - 1)] & (1 << (cpu % 64)) != 0
     }
 }
 
