@@ -201,13 +201,16 @@ impl CpuMask {
 
     #[inline(always)]
     pub fn contains(&self, cpu: u32) -> bool {
-        let word = (cpu / 64) as usize;
-        if word >= MASK_WORDS {
+        if cpu as usize >= MAX_CPUS {
             return false;
         }
-        // The AND proves the bound to older verifiers (6.1), which lose the
-        // comparison above across the register copies LLVM makes.
-        self.words[word & (MASK_WORDS - 1)] & (1 << (cpu % 64)) != 0
+        // The 6.1 verifier loses a comparison's bound across the register
+        // copies LLVM makes, and LLVM folds a plain `& (MASK_WORDS - 1)` into
+        // that comparison. Going through memory hides the value from LLVM,
+        // so the AND stays, right before the access, where the verifier sees it.
+        // SAFETY: a volatile read of a local.
+        let word = unsafe { core::ptr::read_volatile(&(cpu / 64)) } as usize & (MASK_WORDS - 1);
+        self.words[word] & (1 << (cpu % 64)) != 0
     }
 }
 
