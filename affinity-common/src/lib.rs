@@ -40,6 +40,7 @@ pub mod programs {
     pub const CPUHP_EXIT: &str = "cpuhp_exit";
     pub const SCHED_SWITCH: &str = "sched_switch";
     pub const SCHED_MIGRATE_TASK: &str = "sched_migrate_task";
+    pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     pub const TASK_RENAME: &str = "task_rename";
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
     pub const SETAFFINITY_ENTER: &str = "sys_enter_sched_setaffinity";
@@ -52,6 +53,7 @@ pub mod programs {
         (CPUHP_EXIT, "cpuhp_exit"),
         (SCHED_SWITCH, "sched_switch"),
         (SCHED_MIGRATE_TASK, "sched_migrate_task"),
+        (SCHED_PROCESS_FORK, "sched_process_fork"),
         (TASK_RENAME, "task_rename"),
         (SCHED_PROCESS_EXIT, "sched_process_exit"),
     ];
@@ -109,7 +111,7 @@ pub enum EventKind {
     Violation = 2,
     /// A registered kthread was migrated to a CPU outside its policy mask.
     Migrate = 3,
-    /// A kthread was created (named).
+    /// A kthread was created, or renamed.
     KthreadNew = 4,
     KthreadExit = 5,
     /// Someone called sched_setaffinity on a registered kthread.

@@ -1,8 +1,10 @@
-//! Kthread creation and exit: `task_rename` and `sched_process_exit`.
+//! Kthread creation and exit: `sched_process_fork`, `task_rename` and
+//! `sched_process_exit`.
 //!
-//! kthreadd creates a kthread and its creator names it right after, so the
-//! rename of a PF_KTHREAD task is the first moment its final name is known.
-//! Userspace reads the rest from /proc once the creator has finished.
+//! kthreadd forks every kthread. Since 6.2 the child has its final name at
+//! fork; before, it is named "kthreadd" and renamed right after, so renames
+//! of kthreads are reported too. Userspace reads the rest from /proc once
+//! the creator has finished binding and naming it.
 
 use affinity_common::{Counter, EventKind, Header, PF_KTHREAD, TASK_COMM_LEN, TaskEvent};
 use aya_ebpf::{
@@ -15,6 +17,17 @@ use crate::{
     maps::{ALLOWED, EVENTS, LAST_REPORT, count},
     task::Task,
 };
+
+// TP_PROTO(struct task_struct *parent, struct task_struct *child)
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    let child = Task(ctx.arg(1));
+    let Some(flags) = child.flags() else { return 0 };
+    if flags & PF_KTHREAD != 0 {
+        emit(child, flags, EventKind::KthreadNew, child.comm());
+    }
+    0
+}
 
 // TP_PROTO(struct task_struct *task, const char *comm)
 #[btf_tracepoint(function = "task_rename")]

@@ -217,8 +217,14 @@ impl Observer {
 
     pub fn remove_allowed(&mut self, pid: u32) -> Result<(), ObserverError> {
         match self.allowed.remove(&pid) {
+            Ok(()) => Ok(()),
             // Already gone: the exit program removes entries itself.
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(map_err(maps::ALLOWED)(e)),
         }
     }

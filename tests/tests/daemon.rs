@@ -64,6 +64,11 @@ fn rule_follows_cpu1_offline_and_online() {
     d.wait_event(SECOND, "hotplug online", |e| {
         e["type"] == "hotplug" && e["cpu"] == 1 && e["online"] == true
     });
+    // The mask is in place before its report is read: wait for the report,
+    // then check nothing more came.
+    d.wait_event(SECOND, "the online step handled", |e| {
+        e["type"] == "hotplug_handled" && e["cpu"] == 1 && e["online"] == true
+    });
     let after: Vec<_> = d
         .events_since(before)
         .into_iter()
@@ -429,4 +434,97 @@ fn two_hundred_hotplug_cycles_end_consistent() {
             "drops are reported as they happen"
         );
     }
+}
+
+/// Unmounts and detaches on drop, whatever happened.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn rules_apply_to_kthreads_created_later_and_exits_are_forgotten() {
+    let Some(_masks) = setup("rules_apply_to_kthreads_created_later_and_exits_are_forgotten")
+    else {
+        return;
+    };
+    // Mounting ext4 makes the kernel create a journal kthread, jbd2/loopN-8.
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fs.img");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = |c: &mut Command| {
+        let out = c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{c:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(Command::new("truncate").args(["-s", "16M"]).arg(&img));
+    ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
+    // loop is a module on Debian's kernels; built in elsewhere.
+    let _ = Command::new("modprobe")
+        .arg("loop")
+        .stderr(std::process::Stdio::null())
+        .status();
+    let mut d = Daemon::start_with_config("[[rule]]\nmatch = \"jbd2/*\"\nprefer = \"1\"\n", &[]);
+    ok(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt));
+    let mounted = Mounted(mnt.clone());
+    let applied = d.wait_event(
+        5 * SECOND,
+        "the new jbd2 kthread registered and applied",
+        |e| {
+            e["type"] == "applied"
+                && e["comm"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("jbd2/loop"))
+                && e["mask"] == "1"
+        },
+    );
+    let pid = applied["pid"].as_u64().unwrap() as u32;
+    assert_eq!(mask_of(pid), "1");
+    drop(mounted);
+    d.wait_event(5 * SECOND, "the jbd2 kthread's exit", |e| {
+        is(e, "exited", pid)
+    });
+    assert!(d.stop().success());
+}
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    let Some(_masks) = setup("metrics_endpoint_serves_prometheus_text") else {
+        return;
+    };
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let pid = pid_of("khugepaged");
+    set_mask(pid, "0-1");
+    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &["--metrics", &addr.to_string()]);
+    d.wait_event(5 * SECOND, "khugepaged applied", |e| is(e, "applied", pid));
+    {
+        let _offline = CpuOffline::new(1);
+        wait_mask(pid, "0", SECOND);
+    }
+    wait_mask(pid, "1", SECOND);
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+    assert!(body.contains("affinity_hotplug_events_total 2"), "{body}");
+    assert!(
+        body.contains("affinity_reapplies_total 3"),
+        "start, offline, online: {body}"
+    );
+    assert!(body.contains("affinity_registered_kthreads 1"), "{body}");
+    assert!(body.contains("affinity_drops_total 0"), "{body}");
 }

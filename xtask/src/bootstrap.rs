@@ -170,7 +170,7 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
         ])?;
         say(
             "bpf-linker (cargo install, ~90 s)",
-            "links the eBPF crate into a BPF object with BTF",
+            "links the eBPF crate into a BPF object",
         );
         let path = format!(
             "/usr/lib/llvm-{LLVM_MAJOR}/bin:{}",

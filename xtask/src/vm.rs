@@ -169,7 +169,9 @@ fn ensure_kernel(k: &DebianKernel) -> Result<(String, PathBuf)> {
     let root = workspace_root().join("target/vm/kernels");
     let tree = root.join(&pkg);
     let ready = tree.join(".affinity-ready");
-    if !ready.exists() {
+    // The marker records what the tree was trimmed to: a changed list re-extracts.
+    let stamp = format!("{pkg} {}", KEEP_MODULES.join(","));
+    if fs::read_to_string(&ready).ok().as_deref() != Some(stamp.as_str()) {
         fs::create_dir_all(&root)?;
         say(
             &format!("kernel {pkg} into {}", tree.display()),
@@ -199,7 +201,7 @@ fn ensure_kernel(k: &DebianKernel) -> Result<(String, PathBuf)> {
         let _ = fs::remove_dir_all(&tree);
         run(Command::new("dpkg").arg("-x").arg(&deb).arg(&tree))?;
         trim_modules(&tree)?;
-        fs::write(&ready, &pkg)?;
+        fs::write(&ready, &stamp)?;
     }
     let vmlinuz = fs::read_dir(tree.join("boot"))?
         .flatten()

@@ -55,7 +55,7 @@ pub struct RunArgs {
     /// Control socket for `affinity prefer` / `unprefer`.
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Show the eBPF programs' own log records (aya-log) on stderr.
+    /// Show every record from the eBPF programs, and their own log (aya-log), on stderr.
     #[arg(long, short)]
     pub verbose: bool,
     /// Root of sysfs (for tests).
@@ -216,6 +216,9 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
                 core.stats.records += batch.len() as u64;
                 coalesce(&mut batch);
                 for event in batch.drain(..) {
+                    if args.verbose {
+                        eprintln!("affinity: record {event:?}");
+                    }
                     match event {
                         Ok(event) => {
                             if let Some(pid) = core.on_wire(event, &mut observer) {

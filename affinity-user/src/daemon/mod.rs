@@ -132,7 +132,6 @@ impl<K: Kernel, W: Write> Core<K, W> {
     }
 
     fn new_kthread(&mut self, k: Kthread, maps: &mut impl PolicyMaps) {
-        self.comms.insert(k.pid, k.comm.clone());
         if self.opts.restore_on_exit {
             self.originals
                 .entry(k.pid)
@@ -147,7 +146,12 @@ impl<K: Kernel, W: Write> Core<K, W> {
                 comm: k.comm.clone(),
             });
         }
+        let (pid, comm) = (k.pid, k.comm.clone());
         let actions = self.engine.handle(Event::KthreadNew(k));
+        // Exits are reported for the kthreads we manage, by name.
+        if self.engine.entry(pid).is_some_and(|e| e.managed()) {
+            self.comms.insert(pid, comm);
+        }
         self.execute(actions, maps);
     }
 
@@ -155,10 +159,13 @@ impl<K: Kernel, W: Write> Core<K, W> {
     pub fn kthread_created(&mut self, pid: u32, maps: &mut impl PolicyMaps) {
         if let Some(k) = self.kernel.kthread(pid) {
             if let Some(e) = self.engine.entry(pid) {
-                if e.start_time == k.start_time {
-                    // A rename of a kthread we already know: nothing new.
+                if e.start_time == k.start_time && e.comm == k.comm {
+                    // Fork and rename of one kthread, both seen: nothing new.
                     return;
                 }
+                // A renamed kthread (a rule may match its new name), or a
+                // reused pid: the old entry goes first, without an exit report.
+                self.comms.remove(&pid);
                 let actions = self.engine.handle(Event::KthreadExit { pid });
                 self.execute(actions, maps);
             }
@@ -228,8 +235,8 @@ impl<K: Kernel, W: Write> Core<K, W> {
             }
             WireEvent::KthreadNew { task, .. } => return Some(task.pid),
             WireEvent::KthreadExit { task, .. } => {
+                // comms stays until Forget, which reports the exit by name.
                 self.originals.remove(&task.pid);
-                self.comms.remove(&task.pid);
                 self.pinned_reported.remove(&task.pid);
                 self.kernel_managed_reported.remove(&task.pid);
                 self.engine.handle(Event::KthreadExit { pid: task.pid })
@@ -777,6 +784,31 @@ mod tests {
                 changed["mask"].clone()
             ),
             (4242.into(), "taskset".into(), "3".into())
+        );
+    }
+
+    #[test]
+    fn an_exiting_kthread_is_reported_and_leaves_the_map() {
+        let mut c = core(
+            false,
+            vec![rule("khugepaged", "1")],
+            &[kt(38, "khugepaged", 0, "0-3")],
+        );
+        let mut maps = FakeMaps::default();
+        c.start(&mut maps);
+        let task = TaskRecord {
+            pid: 38,
+            tgid: 38,
+            flags: PF_KTHREAD,
+            comm: "khugepaged".into(),
+        };
+        c.on_wire(WireEvent::KthreadExit { ts_ns: 0, task }, &mut maps);
+        assert!(!maps.0.contains_key(&38));
+        assert!(c.engine.entry(38).is_none());
+        assert!(
+            reports(&mut c)
+                .iter()
+                .any(|e| e["type"] == "exited" && e["pid"] == 38 && e["comm"] == "khugepaged")
         );
     }
 
