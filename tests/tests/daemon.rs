@@ -130,11 +130,17 @@ fn isolate_moves_every_movable_kthread_off_cpu1() {
     let Some(_masks) = setup("isolate_moves_every_movable_kthread_off_cpu1") else {
         return;
     };
-    let mut d = Daemon::start(&["--isolate", "1", "--restore-on-exit"]);
     let movable: Vec<_> = kthreads()
         .into_iter()
         .filter(|(_, _, f)| f & affinity_common::PF_NO_SETAFFINITY == 0)
         .collect();
+    let alive = |p: u32| std::path::Path::new(&format!("/proc/{p}")).exists();
+    // Spread them over both CPUs first, so the restore below is visible.
+    for (p, _, _) in &movable {
+        set_mask(*p, "0-1");
+    }
+    let before: Vec<(u32, String)> = movable.iter().map(|(p, _, _)| (*p, mask_of(*p))).collect();
+    let mut d = Daemon::start(&["--isolate", "1", "--restore-on-exit"]);
     assert!(!movable.is_empty());
     let stuck = wait_for(3 * SECOND, || {
         let on1: Vec<_> = movable
@@ -167,15 +173,15 @@ fn isolate_moves_every_movable_kthread_off_cpu1() {
     pinned.dedup();
     assert_eq!(n, pinned.len(), "each pinned kthread is reported once");
     assert!(d.stop().success());
-    // --restore-on-exit put the masks back.
-    let ksoftirqd_free: Vec<_> = movable
+    // --restore-on-exit put every mask back as it was.
+    let after: Vec<(u32, String)> = before
         .iter()
-        .filter(|(p, _, _)| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .filter(|(p, _)| alive(*p))
+        .map(|(p, _)| (*p, mask_of(*p)))
         .collect();
-    assert!(
-        ksoftirqd_free
-            .iter()
-            .any(|(p, _, _)| mask_of(*p).contains('1')),
+    let before: Vec<(u32, String)> = before.into_iter().filter(|(p, _)| alive(*p)).collect();
+    assert_eq!(
+        after, before,
         "--restore-on-exit restores the original masks"
     );
 }
@@ -452,10 +458,8 @@ fn rules_apply_to_kthreads_created_later_and_exits_are_forgotten() {
         return;
     };
     // Mounting ext4 makes the kernel create a journal kthread, jbd2/loopN-8.
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("fs.img");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
+    // The image lives on a tmpfs of our own: in the VM guest /tmp is an
+    // overlay that loop devices cannot back.
     let ok = |c: &mut Command| {
         let out = c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"));
         assert!(
@@ -464,6 +468,16 @@ fn rules_apply_to_kthreads_created_later_and_exits_are_forgotten() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = dir.path().join("scratch");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&scratch).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    ok(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32m", "affinity-test"])
+        .arg(&scratch));
+    let _scratch = Mounted(scratch.clone());
+    let img = scratch.join("fs.img");
     ok(Command::new("truncate").args(["-s", "16M"]).arg(&img));
     ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
     // loop is a module on Debian's kernels; built in elsewhere.

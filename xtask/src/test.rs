@@ -20,20 +20,24 @@ pub struct TestArgs {
     pub unit_only: bool,
 }
 
-fn step(name: &str) -> Instant {
-    eprintln!("\nxtask: ==> {name}");
-    Instant::now()
+/// Prints a step's name, and how long the whole run has taken so far, so
+/// CI logs show where the time goes.
+fn step(started: Instant, name: &str) {
+    eprintln!(
+        "\nxtask: ==> {name} (at {:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 pub fn test(args: TestArgs) -> Result<()> {
     let started = Instant::now();
     bootstrap::ensure_ebpf_toolchain()?;
 
-    step("cargo fmt --check");
+    step(started, "cargo fmt --check");
     run(&mut cargo(&["fmt", "--all", "--", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
 
-    step("clippy: host crates");
+    step(started, "clippy: host crates");
     run(&mut cargo(&[
         "clippy",
         "--workspace",
@@ -43,7 +47,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         "warnings",
     ]))?;
 
-    step("clippy: eBPF crate for bpfel-unknown-none");
+    step(started, "clippy: eBPF crate for bpfel-unknown-none");
     let mut ebpf_clippy = Command::new("rustup");
     ebpf_clippy
         .args([
@@ -72,7 +76,7 @@ pub fn test(args: TestArgs) -> Result<()> {
     }
     run(&mut ebpf_clippy)?;
 
-    step("unit, property and CLI tests");
+    step(started, "unit, property and CLI tests");
     run(&mut cargo(&[
         "test",
         "--workspace",
@@ -83,7 +87,10 @@ pub fn test(args: TestArgs) -> Result<()> {
         return Ok(());
     }
 
-    step("kernel tests on this host (root, BPF, hotplug of cpu1; one thread)");
+    step(
+        started,
+        "kernel tests on this host (root, BPF, hotplug of cpu1; one thread)",
+    );
     if !bootstrap::is_root() {
         bail!(
             "the kernel tests need root (BPF, sched_setaffinity, CPU hotplug); run as root, or pass --unit-only"
@@ -111,7 +118,10 @@ pub fn test(args: TestArgs) -> Result<()> {
     }
 
     if !args.no_vm {
-        step("kernel tests in virtme-ng VMs (Debian 6.1 and 6.12 kernels)");
+        step(
+            started,
+            "kernel tests in virtme-ng VMs (Debian 6.1 and 6.12 kernels)",
+        );
         vm::vm_test(&vm::VmArgs::all_kernels())?;
     }
     eprintln!("\nxtask: all tests passed in {:.0?}", started.elapsed());
