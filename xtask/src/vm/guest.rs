@@ -1,0 +1,401 @@
+//! One VM boot: the guest script, vng under a deadline with its output
+//! streamed and logged, and the retry rule.
+
+use std::{
+    fmt,
+    fs::{self, File},
+    io::{BufRead, BufReader, Read, Write},
+    os::unix::process::{CommandExt, ExitStatusExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{kernel::Kernel, tools::Accel, tools::Tools};
+use crate::build::{TestBinaries, workspace_root};
+
+pub const CPUS: &str = "4";
+pub const APPEND: &str = "isolcpus=2,3 nohz_full=2,3";
+
+/// The guest script's first line: after it, a failure is the tests' and is
+/// never retried.
+const STARTED: &str = "affinity-vm-guest: started";
+/// Printed for every failed test executable: `... failed NAME (exit N)`.
+const FAILED: &str = "affinity-vm-guest: failed ";
+/// The script's last line.
+const DONE: &str = "affinity-vm-guest: done";
+
+/// Single-quoted for sh.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn quote_path(p: &Path) -> Result<String> {
+    p.to_str()
+        .map(quote)
+        .with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+/// Writes the script the guest runs: every test executable with one test
+/// thread, from the tests package's directory as `cargo test` would.
+pub fn write_script(bins: &TestBinaries, label: &str, vm_dir: &Path) -> Result<PathBuf> {
+    let mut s = format!("#!/bin/sh\necho {}\n", quote(STARTED));
+    s.push_str(&format!(
+        "export AFFINITY_BIN={} AFFINITY_VM=1 AFFINITY_VM_KERNEL={}\n",
+        quote_path(&bins.affinity)?,
+        quote(label)
+    ));
+    if let Ok(ci) = std::env::var("CI") {
+        s.push_str(&format!("export CI={}\n", quote(&ci)));
+    }
+    s.push_str(&format!(
+        "cd {} || exit 1\n",
+        quote_path(&workspace_root().join("tests"))?
+    ));
+    s.push_str(
+        "echo \"affinity-vm-guest: kernel $(uname -r), online $(cat /sys/devices/system/cpu/online), \
+         isolated $(cat /sys/devices/system/cpu/isolated), nohz_full $(cat /sys/devices/system/cpu/nohz_full)\"\n\
+         rc=0\n",
+    );
+    for (name, exe) in &bins.tests {
+        let name = quote(name);
+        s.push_str(&format!(
+            "echo \"affinity-vm-guest: running \"{name}\n\
+             {} --test-threads=1\n\
+             r=$?\n\
+             if [ $r -ne 0 ]; then rc=1; echo \"{FAILED}\"{name}\" (exit $r)\"; fi\n",
+            quote_path(exe)?
+        ));
+    }
+    s.push_str(&format!("echo \"{DONE} (exit $rc)\"\nexit $rc\n"));
+    fs::create_dir_all(vm_dir)?;
+    let path = vm_dir.join(format!("guest-{label}.sh"));
+    fs::write(&path, s).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The KVM probe's guest script: only the start marker.
+pub fn write_probe(vm_dir: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(vm_dir)?;
+    let path = vm_dir.join("kvm-probe.sh");
+    fs::write(&path, format!("#!/bin/sh\necho {}\n", quote(STARTED)))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+pub struct Boot {
+    /// vng's exit code; None when killed (timeout, signal).
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    /// The signal that killed vng, if one did.
+    pub signal: Option<i32>,
+    /// When the guest script printed its first line.
+    pub guest_started: Option<Duration>,
+    pub done: bool,
+    pub failed_tests: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl Boot {
+    /// A QEMU crash or hang before the guest ran anything (VM.md: 1 in ~40
+    /// boots on QEMU 7.2): the only case worth a second boot.
+    fn retryable(&self) -> bool {
+        self.guest_started.is_none() && (self.code == Some(255) || self.timed_out)
+    }
+
+    /// "exit 3", "killed by signal 9", "timed out".
+    fn status(&self) -> String {
+        match (self.timed_out, self.code, self.signal) {
+            (true, _, _) => "timed out".into(),
+            (_, Some(c), _) => format!("vng exit {c}"),
+            (_, None, Some(s)) => format!("vng killed by signal {s}"),
+            (_, None, None) => "vng status unknown".into(),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    TestsFailed {
+        status: String,
+        tests: Vec<String>,
+    },
+    TimedOut {
+        guest_started: bool,
+    },
+    NeverStarted {
+        status: String,
+    },
+    /// vng exited 0 but the script never finished: not a pass.
+    Incomplete,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Passed => write!(f, "passed"),
+            Verdict::TestsFailed { status, tests } if tests.is_empty() => {
+                write!(f, "the guest failed ({status})")
+            }
+            Verdict::TestsFailed { status, tests } => {
+                write!(f, "{} failed ({status})", tests.join(", "))
+            }
+            Verdict::TimedOut {
+                guest_started: true,
+            } => write!(f, "timed out in the tests"),
+            Verdict::TimedOut {
+                guest_started: false,
+            } => write!(f, "timed out before the guest started"),
+            Verdict::NeverStarted { status } => {
+                write!(f, "the VM died before the guest started ({status})")
+            }
+            Verdict::Incomplete => write!(f, "the guest script did not finish"),
+        }
+    }
+}
+
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub elapsed: Duration,
+    /// Time until the guest script started.
+    pub boot: Option<Duration>,
+    pub retried: bool,
+}
+
+/// Boots `kernel` running `script`, once more only if QEMU died before the
+/// guest started.
+pub fn run_with_retry(
+    tools: &Tools,
+    kernel: &Kernel,
+    script: &Path,
+    accel: Accel,
+    timeout: Duration,
+    log: &Path,
+) -> Result<Outcome> {
+    let mut log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut b = boot(
+        tools,
+        &kernel.vmlinuz,
+        script,
+        accel,
+        timeout,
+        Some(&mut log_file),
+        kernel.label,
+    )?;
+    let mut retried = false;
+    if b.retryable() {
+        eprintln!(
+            "xtask: VM {}: QEMU died before the guest started ({}); retrying once",
+            kernel.label,
+            b.status()
+        );
+        writeln!(log_file, "==== retry ====")?;
+        retried = true;
+        b = boot(
+            tools,
+            &kernel.vmlinuz,
+            script,
+            accel,
+            timeout,
+            Some(&mut log_file),
+            kernel.label,
+        )?;
+    }
+    let verdict = if b.timed_out {
+        Verdict::TimedOut {
+            guest_started: b.guest_started.is_some(),
+        }
+    } else if b.guest_started.is_none() {
+        Verdict::NeverStarted { status: b.status() }
+    } else if b.code != Some(0) || !b.failed_tests.is_empty() {
+        Verdict::TestsFailed {
+            status: b.status(),
+            tests: b.failed_tests,
+        }
+    } else if !b.done {
+        Verdict::Incomplete
+    } else {
+        Verdict::Passed
+    };
+    Ok(Outcome {
+        verdict,
+        elapsed: b.elapsed,
+        boot: b.guest_started,
+        retried,
+    })
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn interrupted(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// One vng run under a deadline, its output streamed with a `[label]` prefix
+/// and copied to `log`.
+pub fn boot(
+    tools: &Tools,
+    vmlinuz: &Path,
+    script: &Path,
+    accel: Accel,
+    timeout: Duration,
+    mut log: Option<&mut File>,
+    label: &str,
+) -> Result<Boot> {
+    let mut cmd = Command::new(&tools.vng);
+    if accel == Accel::Tcg {
+        // One TCG thread: multi-threaded TCG crashed QEMU early in boot in
+        // 1 of 42 runs on 7.2 (VM.md); single-threaded gave 16 of 16.
+        cmd.args(["--disable-kvm", "--qemu-opts=-accel tcg,thread=single"]);
+    }
+    // Without --disable-kvm, vng uses KVM whenever /dev/kvm is accessible.
+    cmd.arg("--run")
+        .arg(vmlinuz)
+        .args(["--cpus", CPUS, "--memory", "2G", "--append", APPEND])
+        .arg("--rwdir")
+        .arg(
+            script
+                .parent()
+                .context("guest script without a directory")?,
+        )
+        .arg("--")
+        .arg("sh")
+        .arg(script)
+        .env("PATH", &tools.path)
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills QEMU and virtiofsd too.
+        .process_group(0);
+
+    // Ctrl-C no longer reaches the VM through the terminal: forward it.
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(sig, interrupted as *const () as libc::sighandler_t) };
+    }
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("starting vng")?;
+    let pgid = child.id() as libc::pid_t;
+    let kill_group = || {
+        // SAFETY: signalling the process group we created.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    };
+
+    let (tx, rx) = mpsc::channel::<(bool, String)>();
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    for (is_err, stream) in [(false, stdout), (true, stderr)] {
+        let Some(stream) = stream else { continue };
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send((is_err, line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let mut b = Boot {
+        code: None,
+        signal: None,
+        timed_out: false,
+        guest_started: None,
+        done: false,
+        failed_tests: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
+    let mut exited_at: Option<Instant> = None;
+    let mut streams_open = true;
+    loop {
+        let next = if streams_open {
+            rx.recv_timeout(Duration::from_millis(100))
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        };
+        match next {
+            Ok((is_err, line)) => {
+                if line.contains(STARTED) && b.guest_started.is_none() {
+                    b.guest_started = Some(start.elapsed());
+                }
+                if line.contains(DONE) {
+                    b.done = true;
+                }
+                if let Some(rest) = line.split(FAILED).nth(1) {
+                    let name = rest.rsplit_once(" (exit").map_or(rest, |(n, _)| n);
+                    b.failed_tests.push(name.to_string());
+                }
+                if let Some(log) = log.as_deref_mut() {
+                    writeln!(log, "{line}")?;
+                }
+                if is_err {
+                    eprintln!("[{label}] {line}");
+                } else {
+                    println!("[{label}] {line}");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => streams_open = false,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if exited_at.is_none() {
+            if let Some(status) = child.try_wait()? {
+                b.code = status.code();
+                b.signal = status.signal();
+                exited_at = Some(Instant::now());
+                // Whatever vng left behind would hold the pipes open.
+                kill_group();
+            } else if start.elapsed() > timeout {
+                b.timed_out = true;
+                kill_group();
+                let status = child.wait()?;
+                b.code = status.code();
+                b.signal = status.signal();
+                exited_at = Some(Instant::now());
+            } else if INTERRUPTED.load(Ordering::SeqCst) {
+                kill_group();
+                let _ = child.wait();
+                bail!("interrupted; the VM was killed");
+            }
+        }
+        // vng is gone; its output is complete once the pipes close (or,
+        // should something outlive the group kill, 5 s later).
+        if exited_at.is_some_and(|t| !streams_open || t.elapsed() > Duration::from_secs(5)) {
+            break;
+        }
+    }
+    b.elapsed = start.elapsed();
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: restoring the default disposition.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    if let Some(log) = log {
+        writeln!(
+            log,
+            "==== vng exit {:?}, signal {:?}, timed out {}, {:.1} s ====",
+            b.code,
+            b.signal,
+            b.timed_out,
+            b.elapsed.as_secs_f64()
+        )?;
+    }
+    Ok(b)
+}

@@ -1,0 +1,193 @@
+//! `cargo xtask vm-test`: the kernel tests inside virtme-ng VMs booting
+//! Debian's 6.1 and 6.12 cloud kernels, with 4 vCPUs and CPUs 2-3 isolated
+//! (`isolcpus=2,3 nohz_full=2,3`).
+//!
+//! - [`tools`]: QEMU and friends from apt; virtme-ng (a venv) and virtiofsd
+//!   (`cargo install`) in a cache outside the repository
+//!   (`/var/cache/affinity-vm`, or `$AFFINITY_VM_CACHE`) so clean clones
+//!   reuse them; the accelerator probe (on these machines QEMU cannot use
+//!   /dev/kvm, see shared/VM.md, and TCG emulation is the fallback).
+//! - [`kernel`]: the current Debian images, downloaded once into
+//!   `target/vm/kernels`, unpacked, trimmed to the modules the guest needs.
+//! - [`guest`]: one boot per kernel running every test executable, with one
+//!   retry only when QEMU died before the guest started.
+
+mod guest;
+mod kernel;
+mod tools;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+
+use crate::{
+    bootstrap,
+    build::{TestBinaries, kernel_test_binaries, workspace_root},
+};
+
+use self::{
+    guest::{Outcome, Verdict},
+    kernel::KERNELS,
+    tools::Accel,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelChoice {
+    #[value(name = "6.1")]
+    V6_1,
+    #[value(name = "6.12")]
+    V6_12,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelChoice {
+    /// KVM if a probe shows QEMU really runs guests with it, else TCG.
+    Auto,
+    Kvm,
+    /// TCG emulation (what works on machines with a nested /dev/kvm).
+    Tcg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VmArgs {
+    /// Which Debian kernel(s) to boot.
+    #[arg(long, value_enum, default_value = "all")]
+    pub kernel: KernelChoice,
+    /// QEMU accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelChoice,
+    /// Seconds one boot may run before it counts as hung.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+    /// Run these test executables instead of building the affinity-tests
+    /// ones (repeatable; AFFINITY_BIN is then target/debug/affinity).
+    #[arg(long = "test-exe", value_name = "PATH")]
+    pub test_exes: Vec<PathBuf>,
+}
+
+impl VmArgs {
+    pub fn all_kernels() -> Self {
+        VmArgs {
+            kernel: KernelChoice::All,
+            accel: AccelChoice::Auto,
+            timeout: 900,
+            test_exes: Vec::new(),
+        }
+    }
+}
+
+pub fn vm_test(args: &VmArgs) -> Result<()> {
+    if !bootstrap::is_root() {
+        bail!("vm-test needs root: it installs QEMU and virtme-ng and boots VMs");
+    }
+    let setup = Instant::now();
+    let tools = tools::ensure()?;
+    let vm_dir = workspace_root().join("target/vm");
+    // One vm-test at a time per workspace: the kernel cache, the guest
+    // scripts and the logs live here, and two TCG VMs on two cores would
+    // only time each other out.
+    let _lock = tools::lock(&vm_dir.join(".lock"), "another vm-test in this workspace")?;
+
+    let chosen: Vec<_> = KERNELS
+        .iter()
+        .filter(|k| match args.kernel {
+            KernelChoice::All => true,
+            KernelChoice::V6_1 => k.label == "6.1",
+            KernelChoice::V6_12 => k.label == "6.12",
+        })
+        .collect();
+    let kernels = chosen
+        .iter()
+        .map(|k| kernel::ensure(k, &vm_dir.join("kernels")))
+        .collect::<Result<Vec<_>>>()?;
+    let setup_time = setup.elapsed();
+
+    let bins = if args.test_exes.is_empty() {
+        kernel_test_binaries()?
+    } else {
+        TestBinaries {
+            affinity: workspace_root().join("target/debug/affinity"),
+            tests: args
+                .test_exes
+                .iter()
+                .map(|p| {
+                    let name = p
+                        .file_name()
+                        .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into());
+                    (name, p.clone())
+                })
+                .collect(),
+        }
+    };
+
+    let Some(first) = kernels.first() else {
+        bail!("no kernel chosen");
+    };
+    let (accel, why) = tools::choose_accel(args.accel, &tools, &first.vmlinuz, &vm_dir)?;
+    eprintln!("xtask: VMs run under {accel} ({why})");
+
+    let timeout = Duration::from_secs(args.timeout);
+    let mut results = Vec::new();
+    for k in &kernels {
+        let script = guest::write_script(&bins, k.label, &vm_dir)?;
+        let log = vm_dir.join(format!("log-{}.txt", k.label));
+        eprintln!(
+            "\nxtask: ==> VM {} ({}): {} vCPUs, {}, {accel}, {} test executable(s)",
+            k.label,
+            k.package,
+            guest::CPUS,
+            guest::APPEND,
+            bins.tests.len()
+        );
+        let outcome = guest::run_with_retry(&tools, k, &script, accel, timeout, &log)?;
+        results.push((k, outcome, log));
+    }
+
+    eprintln!(
+        "\nxtask: VM results ({accel}; tools and kernels ready in {:.0} s):",
+        setup_time.as_secs_f64()
+    );
+    for (k, o, log) in &results {
+        eprintln!("  {:<5} {:<48} {}", k.label, k.package, summary(o, log));
+    }
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(_, o, _)| o.verdict != Verdict::Passed)
+        .map(|(k, _, _)| k.label)
+        .collect();
+    if !failed.is_empty() {
+        bail!("VM tests failed on kernel {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn summary(o: &Outcome, log: &std::path::Path) -> String {
+    let mut s = match &o.verdict {
+        Verdict::Passed => "passed".to_string(),
+        v => format!("FAILED: {v}"),
+    };
+    s.push_str(&format!(" in {:.0} s", o.elapsed.as_secs_f64()));
+    if let Some(boot) = o.boot {
+        s.push_str(&format!(" (guest up after {:.0} s)", boot.as_secs_f64()));
+    }
+    if o.retried {
+        s.push_str(", after one retry (QEMU died before the guest started)");
+    }
+    if o.verdict != Verdict::Passed {
+        s.push_str(&format!("; log: {}", log.display()));
+    }
+    s
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG emulation",
+        })
+    }
+}
