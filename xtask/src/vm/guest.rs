@@ -403,3 +403,38 @@ pub fn boot(
     }
     Ok(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot(code: Option<i32>, timed_out: bool, started: bool) -> Boot {
+        Boot {
+            code,
+            signal: None,
+            timed_out,
+            guest_started: started.then_some(Duration::from_secs(10)),
+            done: false,
+            failed_tests: Vec::new(),
+            elapsed: Duration::from_secs(20),
+        }
+    }
+
+    #[test]
+    fn only_a_crash_or_hang_before_the_guest_started_is_retried() {
+        assert!(boot(Some(255), false, false).retryable());
+        assert!(boot(None, true, false).retryable());
+        // The guest ran: whatever happened is the tests' business.
+        assert!(!boot(Some(255), false, true).retryable());
+        assert!(!boot(None, true, true).retryable());
+        // Other early failures are not QEMU crashes.
+        assert!(!boot(Some(1), false, false).retryable());
+        assert!(!boot(Some(101), false, true).retryable());
+    }
+
+    #[test]
+    fn sh_quoting() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+}

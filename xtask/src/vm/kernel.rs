@@ -254,3 +254,23 @@ fn module_name(path: &str) -> &str {
     let file = path.rsplit('/').next().unwrap_or(path);
     file.split_once(".ko").map_or(file, |(name, _)| name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_and_the_keep_list() {
+        assert_eq!(module_name("kernel/fs/fuse/virtiofs.ko"), "virtiofs");
+        assert_eq!(
+            module_name("kernel/drivers/virtio/virtio_pci.ko.xz"),
+            "virtio_pci"
+        );
+        for m in ["virtiofs", "fuse", "overlay", "virtio_pci", "virtio-rng"] {
+            assert!(wanted(m), "{m}");
+        }
+        for m in ["kvm", "ahci", "fuse_extra", "vmw_vsock_virtio_transport"] {
+            assert!(!wanted(m), "{m}");
+        }
+    }
+}
