@@ -27,10 +27,10 @@ pub mod maps {
     pub const HOTPLUG: &str = "HOTPLUG";
     /// per-CPU counters, indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// tid → pending sched_setaffinity call (target pid), between syscall entry and exit.
+    pub const SETAFFINITY: &str = "SETAFFINITY";
     /// pid → last time a violation of it was reported (rate limit).
     pub const LAST_REPORT: &str = "LAST_REPORT";
-    /// tid → pending sched_setaffinity call (target pid), between enter and exit.
-    pub const SETAFFINITY: &str = "SETAFFINITY";
 }
 
 /// Names of the programs, which are also the names of what they attach to.
@@ -43,6 +43,7 @@ pub mod programs {
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     pub const TASK_RENAME: &str = "task_rename";
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    pub const SETAFFINITY_FEXIT: &str = "sched_setaffinity_exit";
     pub const SETAFFINITY_ENTER: &str = "sys_enter_sched_setaffinity";
     pub const SETAFFINITY_EXIT: &str = "sys_exit_sched_setaffinity";
 
@@ -57,8 +58,10 @@ pub mod programs {
         (TASK_RENAME, "task_rename"),
         (SCHED_PROCESS_EXIT, "sched_process_exit"),
     ];
-    /// (program, category, name) for the classic syscall tracepoints.
-    pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    /// (program, kernel function) for the fexit programs.
+    pub const FEXITS: &[(&str, &str)] = &[(SETAFFINITY_FEXIT, "sched_setaffinity")];
+    /// (program, category, name): the fallback where fexit is refused.
+    pub const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
         (SETAFFINITY_ENTER, "syscalls", "sys_enter_sched_setaffinity"),
         (SETAFFINITY_EXIT, "syscalls", "sys_exit_sched_setaffinity"),
     ];
@@ -230,5 +233,4 @@ mod pod {
     // SAFETY: all are #[repr(C)], Copy, contain only integers, and every bit
     // pattern is a valid value; padding is explicit.
     unsafe impl aya::Pod for CpuMask {}
-    unsafe impl aya::Pod for PendingSetAffinity {}
 }

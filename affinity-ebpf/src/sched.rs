@@ -25,8 +25,7 @@ use crate::{
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let next = Task(ctx.arg(2));
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    check(next, cpu, EventKind::Violation);
+    check(next, None, EventKind::Violation);
     0
 }
 
@@ -35,16 +34,19 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 pub fn sched_migrate_task(ctx: BtfTracePointContext) -> i32 {
     let task = Task(ctx.arg(0));
     let dest: u32 = ctx.arg(1);
-    check(task, dest, EventKind::Migrate);
+    check(task, Some(dest), EventKind::Migrate);
     0
 }
 
 #[inline(always)]
-fn check(task: Task, cpu: u32, kind: EventKind) {
+/// `cpu`: where the task is going; None for "this CPU", read only once the
+/// task is known to be a kthread (the common case must stay cheap).
+fn check(task: Task, cpu: Option<u32>, kind: EventKind) {
     let Some(flags) = task.flags() else { return };
     if flags & PF_KTHREAD == 0 {
         return;
     }
+    let cpu = cpu.unwrap_or_else(|| unsafe { bpf_get_smp_processor_id() });
     let Some(pid) = task.pid() else { return };
     let outside = match unsafe { ALLOWED.get(pid) } {
         Some(allowed) => !allowed.contains(cpu),

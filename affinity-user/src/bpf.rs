@@ -9,7 +9,7 @@ use affinity_common::{COUNTERS_LEN, Counter, CpuMask, MASK_WORDS, globals, maps,
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, FExit, TracePoint},
 };
 use aya_log::EbpfLogger;
 use thiserror::Error;
@@ -146,19 +146,34 @@ impl Observer {
             prog.attach()
                 .map_err(|source| ObserverError::Program { program, source })?;
         }
-        // Who-moved-it attribution needs CONFIG_FTRACE_SYSCALLS; without it
-        // the daemon still restores masks, it just cannot name the caller.
+        // Who moved a kthread: fexit where BPF trampolines work, else the
+        // syscall tracepoints (which tax every syscall), else nobody named:
+        // the daemon still restores masks.
         let mut unavailable = Vec::new();
-        for &(program, category, name) in programs::TRACEPOINTS {
-            let result = (|| -> Result<(), aya::programs::ProgramError> {
-                let prog: &mut TracePoint =
-                    ebpf.program_mut(program).expect("in object").try_into()?;
-                prog.load()?;
-                prog.attach(category, name)?;
+        let fexit = (|| -> Result<(), aya::programs::ProgramError> {
+            for &(program, function) in programs::FEXITS {
+                let prog: &mut FExit = ebpf.program_mut(program).expect("in object").try_into()?;
+                prog.load(function, &btf)?;
+                prog.attach()?;
+            }
+            Ok(())
+        })();
+        if let Err(fexit_err) = fexit {
+            ensure_tracefs();
+            let tracepoints = (|| -> Result<(), aya::programs::ProgramError> {
+                for &(program, category, name) in programs::SYSCALL_TRACEPOINTS {
+                    let prog: &mut TracePoint =
+                        ebpf.program_mut(program).expect("in object").try_into()?;
+                    prog.load()?;
+                    prog.attach(category, name)?;
+                }
                 Ok(())
             })();
-            if let Err(e) = result {
-                unavailable.push((program, format!("{e:#}")));
+            if let Err(tp_err) = tracepoints {
+                unavailable.push((
+                    programs::SETAFFINITY_FEXIT,
+                    format!("fexit: {fexit_err:#}; syscall tracepoints: {tp_err:#}"),
+                ));
             }
         }
 
@@ -269,6 +284,26 @@ impl Observer {
 pub fn enable_run_time_stats() -> std::io::Result<OwnedFd> {
     aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Classic tracepoints attach through tracefs, which a minimal system may
+/// not have mounted. Mount it where the kernel expects it; if that fails the
+/// attach below fails and says so.
+fn ensure_tracefs() {
+    let dir = std::path::Path::new("/sys/kernel/tracing");
+    if dir.join("events").exists() || !dir.is_dir() {
+        return;
+    }
+    // SAFETY: NUL-terminated literals; mount(2) reads them only.
+    unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        );
+    }
 }
 
 fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {

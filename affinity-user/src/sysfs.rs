@@ -18,6 +18,29 @@ use crate::{
     policy::{self, Config, CpuSet, HousekeepingSpec, Kthread, MAX_CPUS, PF_KTHREAD, Topology},
 };
 
+/// The kernel's CPU isolation settings, which can change at run time
+/// (cpuset partitions): cheap to re-read, unlike a whole [`Machine`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Isolation {
+    pub isolated: CpuSet,
+    pub nohz_full: CpuSet,
+    pub cpuset_isolated: CpuSet,
+}
+
+impl Isolation {
+    pub fn read(sys_root: &Path, width: u32) -> Result<Isolation> {
+        let cpu = sys_root.join("devices/system/cpu");
+        Ok(Isolation {
+            isolated: optional_list(&cpu.join("isolated"), width)?,
+            nohz_full: optional_list(&cpu.join("nohz_full"), width)?,
+            cpuset_isolated: optional_list(
+                &sys_root.join("fs/cgroup/cpuset.cpus.isolated"),
+                width,
+            )?,
+        })
+    }
+}
+
 /// Everything the policy needs to know about a machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Machine {

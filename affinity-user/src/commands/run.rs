@@ -137,7 +137,6 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
             "`affinity run` needs root: it loads BPF programs and sets kthread affinity (even --observe loads BPF)"
         );
     }
-    ensure_tracefs(&args.sys);
     let layout = KernelLayout::from_btf_file(&args.sys.join("kernel/btf/vmlinux"))
         .context("this kernel has no usable BTF (CONFIG_DEBUG_INFO_BTF), which affinity needs")?;
     let obs_cfg = ObserverConfig {
@@ -250,7 +249,16 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
             }
             _ = rescan.tick() => {
                 if explicit.is_none()
-                    && let Ok(m) = sysfs::Machine::read(&args.sys, &args.proc) {
+                    // Only the isolation files: a whole Machine::read would
+                    // scan /proc a second time on every tick.
+                    && let Ok(iso) = sysfs::Isolation::read(&args.sys, width) {
+                        let m = sysfs::Machine {
+                            isolated: iso.isolated,
+                            nohz_full: iso.nohz_full,
+                            cpuset_isolated: iso.cpuset_isolated,
+                            kthreads: Vec::new(),
+                            ..machine.clone()
+                        };
                         let hk = housekeeping(&m);
                         if &hk != core.engine.housekeeping() {
                             observer.set_isolated(m.topology.possible.and_not(&hk).words())?;
@@ -317,27 +325,5 @@ fn handle_request(
     match result {
         Ok(message) => Response { ok: true, message },
         Err(message) => Response { ok: false, message },
-    }
-}
-
-/// The syscall tracepoints are attached through tracefs, which a minimal
-/// system may not have mounted. Mount it where the kernel expects it; if
-/// that fails the daemon still runs, without naming who moved a kthread.
-fn ensure_tracefs(sys: &std::path::Path) {
-    let dir = sys.join("kernel/tracing");
-    if dir.join("events").exists() || !dir.is_dir() {
-        return;
-    }
-    if let Err(e) = nix::mount::mount(
-        Some("tracefs"),
-        &dir,
-        Some("tracefs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    ) {
-        eprintln!(
-            "affinity: warning: mounting tracefs on {}: {e}",
-            dir.display()
-        );
     }
 }
