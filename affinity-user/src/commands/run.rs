@@ -274,6 +274,7 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
                     core.reporter.report(&Report::Drops { count: now.dropped - seen_counters.dropped });
                 }
                 core.stats.suppressed = now.suppressed;
+                core.stats.violations_seen = now.violations;
                 seen_counters = now;
             }
             _ = summary.tick() => {

@@ -47,6 +47,9 @@ pub struct Stats {
     pub errors: u64,
     /// Records received from the eBPF programs.
     pub records: u64,
+    /// Runs outside the allowed set as the kernel counted them, reported or
+    /// not (rate limit, or the mask changed again before we read the record).
+    pub violations_seen: u64,
 }
 
 impl Stats {
@@ -478,6 +481,7 @@ impl<K: Kernel, W: Write> Core<K, W> {
             hotplug: self.stats.hotplug,
             drops: self.stats.drops,
             records: self.stats.records,
+            violations_seen: self.stats.violations_seen,
             registered: self.managed_count(),
             pinned: self.pinned_count(),
         }

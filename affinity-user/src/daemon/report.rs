@@ -94,6 +94,7 @@ pub enum Report {
         hotplug: u64,
         drops: u64,
         records: u64,
+        violations_seen: u64,
         registered: usize,
         pinned: usize,
     },
@@ -277,13 +278,14 @@ fn human(r: &Report, color: bool) -> String {
             hotplug,
             drops,
             records,
+            violations_seen,
             registered,
             pinned,
         } => (
             "summary",
             "1",
             format!(
-                "{violations} violations ({suppressed} rate-limited), {applied} masks applied, {hotplug} hotplug events, {records} records, {drops} drops; {registered} managed, {pinned} pinned"
+                "{violations} violations reported ({violations_seen} seen by the kernel, {suppressed} rate-limited), {applied} masks applied, {hotplug} hotplug events, {records} records, {drops} drops; {registered} managed, {pinned} pinned"
             ),
         ),
         Report::Stopped { restored } => (
