@@ -42,6 +42,17 @@ pub fn kernel_tests_can_run(test: &str) -> bool {
     }
 }
 
+/// The common start of a kernel test: None when it cannot run here (see
+/// [`kernel_tests_can_run`]); otherwise every CPU online and every kthread
+/// mask saved, restored when the returned guard drops.
+pub fn setup(test: &str) -> Option<MasksGuard> {
+    if !kernel_tests_can_run(test) {
+        return None;
+    }
+    all_cpus_online();
+    Some(MasksGuard::save())
+}
+
 fn online_path(cpu: u32) -> PathBuf {
     Path::new(SYS_CPU).join(format!("cpu{cpu}/online"))
 }

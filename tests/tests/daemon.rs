@@ -5,21 +5,13 @@
 use std::{process::Command, time::Duration};
 
 use affinity_tests::{
-    CpuOffline, MasksGuard, all_cpus_online,
+    CpuOffline,
     daemon::{Daemon, affinity_bin},
-    kernel_tests_can_run, kthreads, mask_of, pid_of, set_mask, wait_for,
+    kthreads, mask_of, pid_of, set_mask, setup, wait_for,
 };
 use serde_json::Value;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn setup(test: &str) -> Option<MasksGuard> {
-    if !kernel_tests_can_run(test) {
-        return None;
-    }
-    all_cpus_online();
-    Some(MasksGuard::save())
-}
 
 fn wait_mask(pid: u32, want: &str, within: Duration) {
     if wait_for(within, || (mask_of(pid) == want).then_some(())).is_none() {

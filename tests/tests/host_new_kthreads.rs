@@ -7,18 +7,10 @@
 
 use std::{process::Command, time::Duration};
 
-use affinity_tests::{MasksGuard, all_cpus_online, daemon::Daemon, kernel_tests_can_run, mask_of};
+use affinity_tests::{daemon::Daemon, mask_of, setup};
 use serde_json::Value;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn setup(test: &str) -> Option<MasksGuard> {
-    if !kernel_tests_can_run(test) {
-        return None;
-    }
-    all_cpus_online();
-    Some(MasksGuard::save())
-}
 
 fn is(v: &Value, ty: &str, pid: u32) -> bool {
     v["type"] == ty && v["pid"] == pid
