@@ -152,7 +152,9 @@ fn download(spec: &KernelSpec, package: &str, dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(&scratch)?;
     let get = || {
         run(Command::new("apt-get")
-            .args(["download", "-q", package])
+            // Root downloads into a root-owned directory: no _apt sandbox
+            // (it only warns that it cannot use it).
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
             .current_dir(&scratch))
     };
     get()
