@@ -102,7 +102,7 @@ pub fn ensure_apt(packages: &[(&str, &str)]) -> Result<()> {
             run(Command::new("apt-get").args(["update", "-q"]))?;
         }
         run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&names)
             .env("DEBIAN_FRONTEND", "noninteractive"))
     };

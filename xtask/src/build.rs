@@ -53,10 +53,12 @@ pub fn build(args: &BuildArgs) -> Result<PathBuf> {
     }
     run(&mut cmd).context("building affinity")?;
     let profile = if args.release { "release" } else { "debug" };
-    Ok(workspace_root()
-        .join("target")
-        .join(profile)
-        .join("affinity"))
+    // A relative CARGO_TARGET_DIR is relative to where cargo runs: the workspace.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || workspace_root().join("target"),
+        |d| workspace_root().join(d),
+    );
+    Ok(target.join(profile).join("affinity"))
 }
 
 pub fn run_daemon(args: RunArgs) -> Result<()> {
