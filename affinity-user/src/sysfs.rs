@@ -168,14 +168,12 @@ impl Machine {
         if nodes.is_empty() {
             nodes.insert(0, possible.clone());
         }
+        let iso = Isolation::read(sys_root, width)?;
         Ok(Machine {
             kernel: read_trimmed(&proc_root.join("sys/kernel/osrelease"))?,
-            isolated: optional_list(&cpu.join("isolated"), width)?,
-            nohz_full: optional_list(&cpu.join("nohz_full"), width)?,
-            cpuset_isolated: optional_list(
-                &sys_root.join("fs/cgroup/cpuset.cpus.isolated"),
-                width,
-            )?,
+            isolated: iso.isolated,
+            nohz_full: iso.nohz_full,
+            cpuset_isolated: iso.cpuset_isolated,
             kthreads: read_kthreads(proc_root, width),
             topology: Topology {
                 width,
