@@ -18,9 +18,21 @@ pub const PF_NO_SETAFFINITY: u32 = 0x0400_0000;
 
 /// Names of the maps in the eBPF object.
 pub mod maps {
+    /// Ring buffer for everything but hotplug records.
     pub const EVENTS: &str = "EVENTS";
-    /// pid → policy mask of a registered kthread (written by userspace).
+    /// Hotplug records only: a small ring of their own, so no flood of other
+    /// records can crowd them out, drained first.
+    pub const HOTPLUG_EVENTS: &str = "HOTPLUG_EVENTS";
+    /// pid → [`super::Policy`] of a registered kthread (written by userspace).
     pub const ALLOWED: &str = "ALLOWED";
+    /// index 0: [`super::HotplugView`], the online CPUs as the cpuhp programs
+    /// saw them change (written by the programs, seeded by userspace).
+    pub const CPUHP_VIEW: &str = "CPUHP_VIEW";
+    /// index 0: the last [`super::HotplugView::seq`] userspace has acted on
+    /// (written by userspace only).
+    pub const HOTPLUG_ACK: &str = "HOTPLUG_ACK";
+    /// cpu → the kthread now running there outside its policy, since when.
+    pub const RUNNING: &str = "RUNNING";
     /// index 0: CPUs no movable kthread should run on (non-housekeeping).
     pub const ISOLATED: &str = "ISOLATED";
     /// cpu → hotplug progress, so each transition is reported once.
@@ -65,6 +77,22 @@ pub mod programs {
         (SETAFFINITY_ENTER, "syscalls", "sys_enter_sched_setaffinity"),
         (SETAFFINITY_EXIT, "syscalls", "sys_exit_sched_setaffinity"),
     ];
+
+    /// Every program in the object, in load order: the one list the loader,
+    /// the tests and the bench take names from.
+    pub const ALL: &[&str] = &[
+        CPUHP_ENTER,
+        CPUHP_MULTI_ENTER,
+        CPUHP_EXIT,
+        SCHED_SWITCH,
+        SCHED_MIGRATE_TASK,
+        SCHED_PROCESS_FORK,
+        TASK_RENAME,
+        SCHED_PROCESS_EXIT,
+        SETAFFINITY_FEXIT,
+        SETAFFINITY_ENTER,
+        SETAFFINITY_EXIT,
+    ];
 }
 
 /// Names of the read-only globals userspace sets at load time.
@@ -82,6 +110,12 @@ pub mod globals {
     pub const DAEMON_TGID: &str = "DAEMON_TGID";
     /// Minimum nanoseconds between two violation reports for one pid.
     pub const REPORT_INTERVAL_NS: &str = "REPORT_INTERVAL_NS";
+    /// 64-bit words that cover every possible CPU: bounds the mask loops.
+    pub const MASK_WORDS_USED: &str = "MASK_WORDS_USED";
+    /// st_dev and st_ino of the initial pid namespace (`/proc/self/ns/pid` of
+    /// the daemon): only callers in it name kthreads by their global pid.
+    pub const INIT_PIDNS_DEV: &str = "INIT_PIDNS_DEV";
+    pub const INIT_PIDNS_INO: &str = "INIT_PIDNS_INO";
 }
 
 /// Per-CPU counters in [`maps::COUNTERS`].
@@ -94,8 +128,10 @@ pub enum Counter {
     Suppressed = 1,
     /// Violations seen (reported or not).
     Violations = 2,
+    /// Hotplug records lost because their own ring was full.
+    HotplugDropped = 3,
 }
-pub const COUNTERS_LEN: u32 = 3;
+pub const COUNTERS_LEN: u32 = 4;
 
 /// Hotplug progress per CPU in [`maps::HOTPLUG`].
 pub mod hotplug_state {
@@ -153,6 +189,10 @@ pub mod phase {
     pub const OFFLINE_DONE: u32 = 2;
     /// The CPU is active: the scheduler may place tasks on it.
     pub const ONLINE_DONE: u32 = 3;
+    /// A teardown step failed: the kernel rolled the CPU back online.
+    pub const OFFLINE_ABORTED: u32 = 4;
+    /// A bring-up step failed: the kernel rolled the CPU back offline.
+    pub const ONLINE_ABORTED: u32 = 5;
 }
 
 #[repr(C)]
@@ -164,7 +204,11 @@ pub struct HotplugEvent {
     pub phase: u32,
     /// The `enum cpuhp_state` step that triggered the report.
     pub state: i32,
-    pub _pad: u32,
+    /// The failing step's return value for the aborted phases, else 0.
+    pub ret: i32,
+    /// [`HotplugView::seq`] after this step: what userspace acknowledges
+    /// in [`maps::HOTPLUG_ACK`] once it has acted on it.
+    pub seq: u64,
 }
 
 /// Violation, Migrate, KthreadNew and KthreadExit records.
@@ -178,6 +222,8 @@ pub struct TaskEvent {
     /// Violation: the CPU it ran on; Migrate: destination CPU; otherwise 0.
     pub cpu: u32,
     pub comm: [u8; TASK_COMM_LEN],
+    /// Violation: how long it ran there before it was switched out; else 0.
+    pub run_ns: u64,
 }
 
 #[repr(C)]
@@ -205,6 +251,24 @@ impl CpuMask {
     };
 
     #[inline(always)]
+    pub fn insert(&mut self, cpu: u32) {
+        if (cpu as usize) < MAX_CPUS {
+            // SAFETY: a volatile read of a local (see `contains`).
+            let word = unsafe { core::ptr::read_volatile(&(cpu / 64)) } as usize & (MASK_WORDS - 1);
+            self.words[word] |= 1 << (cpu % 64);
+        }
+    }
+
+    #[inline(always)]
+    pub fn remove(&mut self, cpu: u32) {
+        if (cpu as usize) < MAX_CPUS {
+            // SAFETY: a volatile read of a local (see `contains`).
+            let word = unsafe { core::ptr::read_volatile(&(cpu / 64)) } as usize & (MASK_WORDS - 1);
+            self.words[word] &= !(1 << (cpu % 64));
+        }
+    }
+
+    #[inline(always)]
     pub fn contains(&self, cpu: u32) -> bool {
         if cpu as usize >= MAX_CPUS {
             return false;
@@ -217,6 +281,42 @@ impl CpuMask {
         let word = unsafe { core::ptr::read_volatile(&(cpu / 64)) } as usize & (MASK_WORDS - 1);
         self.words[word] & (1 << (cpu % 64)) != 0
     }
+}
+
+/// The value type of [`maps::ALLOWED`]: what the programs need to judge a
+/// run of a registered kthread against the policy for *any* online set, so
+/// that runs a hotplug step's old or new set allows are not violations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The mask userspace applied (the fast path: a run inside it is fine).
+    pub applied: CpuMask,
+    /// P(k), the preferred CPUs; empty when the preference resolves to none.
+    pub preferred: CpuMask,
+}
+
+/// The value type of [`maps::CPUHP_VIEW`]. Between a hotplug step and
+/// userspace's acknowledgement of it (`seq` ≠ the ack) a run is judged
+/// against `online`, `low` and `high`: the sets the machine had since the
+/// last acknowledged step (`low` ⊆ every one of them ⊆ `high`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HotplugView {
+    /// Bumped by every reported hotplug step.
+    pub seq: u64,
+    pub online: CpuMask,
+    pub low: CpuMask,
+    pub high: CpuMask,
+}
+
+/// The value type of [`maps::RUNNING`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Running {
+    /// 0: nobody (the idle task is never judged).
+    pub pid: u32,
+    pub _pad: u32,
+    pub since_ns: u64,
 }
 
 /// Pending sched_setaffinity, keyed by the caller's tid.
@@ -233,4 +333,8 @@ mod pod {
     // SAFETY: all are #[repr(C)], Copy, contain only integers, and every bit
     // pattern is a valid value; padding is explicit.
     unsafe impl aya::Pod for CpuMask {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Policy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for HotplugView {}
 }

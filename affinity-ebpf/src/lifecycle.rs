@@ -22,7 +22,7 @@ use crate::{
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let child = Task(ctx.arg(1));
-    let Some(flags) = child.flags() else { return 0 };
+    let flags = child.flags();
     if flags & PF_KTHREAD != 0 {
         emit(child, flags, EventKind::KthreadNew, child.comm());
     }
@@ -33,12 +33,13 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "task_rename")]
 pub fn task_rename(ctx: BtfTracePointContext) -> i32 {
     let task = Task(ctx.arg(0));
-    let Some(flags) = task.flags() else { return 0 };
+    let flags = task.flags();
     if flags & PF_KTHREAD == 0 {
         return 0;
     }
     let name: *const u8 = ctx.arg(1);
     let mut comm = [0u8; TASK_COMM_LEN];
+    // SAFETY: the helper checks the address and bounds the copy by `comm`.
     if unsafe { bpf_probe_read_kernel_str_bytes(name, &mut comm) }.is_err() {
         comm = task.comm();
     }
@@ -50,25 +51,26 @@ pub fn task_rename(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let task = Task(ctx.arg(0));
-    let Some(flags) = task.flags() else { return 0 };
+    let flags = task.flags();
     if flags & PF_KTHREAD == 0 {
         return 0;
     }
-    if let Some(pid) = task.pid() {
-        // Stop judging a pid that may be reused before userspace catches up.
-        let _ = ALLOWED.remove(pid);
-        let _ = LAST_REPORT.remove(pid);
-    }
+    // Stop judging a pid that may be reused before userspace catches up.
+    let pid = task.pid();
+    let _ = ALLOWED.remove(pid);
+    let _ = LAST_REPORT.remove(pid);
     emit(task, flags, EventKind::KthreadExit, task.comm());
     0
 }
 
 fn emit(task: Task, flags: u32, kind: EventKind, comm: [u8; TASK_COMM_LEN]) {
-    let Some(pid) = task.pid() else { return };
+    let pid = task.pid();
     let event = TaskEvent {
         header: Header {
             kind: kind as u32,
+            // SAFETY: helpers without preconditions.
             cpu: unsafe { bpf_get_smp_processor_id() },
+            // SAFETY: as above.
             ts_ns: unsafe { bpf_ktime_get_ns() },
         },
         pid,
@@ -76,6 +78,7 @@ fn emit(task: Task, flags: u32, kind: EventKind, comm: [u8; TASK_COMM_LEN]) {
         flags,
         cpu: 0,
         comm,
+        run_ns: 0,
     };
     if EVENTS.output::<TaskEvent>(&event, 0).is_err() {
         count(Counter::Dropped);

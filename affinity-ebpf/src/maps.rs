@@ -1,6 +1,9 @@
 //! Maps and load-time globals shared by the programs.
 
-use affinity_common::{COUNTERS_LEN, Counter, CpuMask, MAX_CPUS, PendingSetAffinity};
+use affinity_common::{
+    COUNTERS_LEN, Counter, CpuMask, HotplugView, MASK_WORDS, MAX_CPUS, PendingSetAffinity, Policy,
+    Running,
+};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -12,8 +15,22 @@ const NO_PREALLOC: u32 = 1;
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
+/// 64 KiB: hotplug records are 48 bytes and come a few per step.
+#[map(name = "HOTPLUG_EVENTS")]
+pub static HOTPLUG_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 16, 0);
+
 #[map(name = "ALLOWED")]
-pub static ALLOWED: HashMap<u32, CpuMask> = HashMap::with_max_entries(16384, NO_PREALLOC);
+pub static ALLOWED: HashMap<u32, Policy> = HashMap::with_max_entries(16384, NO_PREALLOC);
+
+#[map(name = "CPUHP_VIEW")]
+pub static CPUHP_VIEW: Array<HotplugView> = Array::with_max_entries(1, 0);
+
+#[map(name = "HOTPLUG_ACK")]
+pub static HOTPLUG_ACK: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Indexed by CPU, written only by programs running on that CPU.
+#[map(name = "RUNNING")]
+pub static RUNNING: Array<Running> = Array::with_max_entries(MAX_CPUS as u32, 0);
 
 #[map(name = "ISOLATED")]
 pub static ISOLATED: Array<CpuMask> = Array::with_max_entries(1, 0);
@@ -57,9 +74,44 @@ pub mod globals {
     pub static DAEMON_TGID: u32 = 0;
     #[unsafe(no_mangle)]
     pub static REPORT_INTERVAL_NS: u64 = 0;
+    #[unsafe(no_mangle)]
+    pub static MASK_WORDS_USED: u32 = 0;
+    #[unsafe(no_mangle)]
+    pub static INIT_PIDNS_DEV: u64 = 0;
+    #[unsafe(no_mangle)]
+    pub static INIT_PIDNS_INO: u64 = 0;
 
     #[inline(always)]
     pub fn get<T: Copy>(v: &'static T) -> T {
         unsafe { core::ptr::read_volatile(v) }
+    }
+}
+
+/// Whether some CPU is in `a` and `b` but not in `not`: one pass over the
+/// words that cover the possible CPUs (a frozen global, so the verifier
+/// sees a constant bound).
+#[inline(always)]
+pub fn intersects(a: &CpuMask, b: &CpuMask, not: &CpuMask) -> bool {
+    let n = globals::get(&globals::MASK_WORDS_USED) as usize;
+    for i in 0..MASK_WORDS {
+        if i >= n {
+            break;
+        }
+        if a.words[i] & b.words[i] & !not.words[i] != 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// `dst = src` over the words in use.
+#[inline(always)]
+pub fn copy_mask(dst: &mut CpuMask, src: &CpuMask) {
+    let n = globals::get(&globals::MASK_WORDS_USED) as usize;
+    for i in 0..MASK_WORDS {
+        if i >= n {
+            break;
+        }
+        dst.words[i] = src.words[i];
     }
 }

@@ -1,12 +1,25 @@
 //! Where kthreads run: `sched_switch` and `sched_migrate_task`.
 //!
 //! sched_switch is the hottest path in the kernel, so the common case costs
-//! one probe read: tasks without PF_KTHREAD return at once. Only a kthread on
-//! a CPU outside its policy mask (a registered one), or a movable kthread on
-//! a non-housekeeping CPU (the default policy), is reported, at most once
-//! per pid per REPORT_INTERVAL_NS.
+//! two plain loads: tasks without PF_KTHREAD return at once. A kthread on a
+//! CPU inside the mask userspace applied returns after one map lookup.
+//! Only then is the run judged against the policy itself — P∩H∩O, else
+//! H∩O, else O — for every online set the machine had since the last
+//! hotplug step userspace acknowledged ([`HotplugView`]), so a run that the
+//! old or the new set allows is never a violation, and one that no set
+//! allows (an isolated CPU after the kernel's fallback widened a mask) always
+//! is, even if the mask is fixed before userspace reads the record.
+//!
+//! A violating run is timed: the record is sent when the kthread switches
+//! out, with how long it ran there, at most once per pid per
+//! REPORT_INTERVAL_NS (every run is counted). A migration onto a CPU no
+//! set allows is reported at once (run time 0), and does not take the rate
+//! limit's slot from the run that follows it.
 
-use affinity_common::{Counter, EventKind, Header, PF_KTHREAD, PF_NO_SETAFFINITY, TaskEvent};
+use affinity_common::{
+    Counter, CpuMask, EventKind, Header, HotplugView, PF_KTHREAD, PF_NO_SETAFFINITY, Policy,
+    Running, TaskEvent,
+};
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::btf_tracepoint,
@@ -15,8 +28,9 @@ use aya_ebpf::{
 
 use crate::{
     maps::{
-        ALLOWED, EVENTS, ISOLATED, LAST_REPORT, count,
+        ALLOWED, CPUHP_VIEW, EVENTS, HOTPLUG_ACK, ISOLATED, LAST_REPORT, RUNNING, count,
         globals::{self, REPORT_INTERVAL_NS},
+        intersects,
     },
     task::Task,
 };
@@ -24,6 +38,10 @@ use crate::{
 // TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...)
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let prev = Task(ctx.arg(1));
+    if prev.flags() & PF_KTHREAD != 0 {
+        switched_out(prev);
+    }
     let next = Task(ctx.arg(2));
     check(next, None, EventKind::Violation);
     0
@@ -38,42 +56,152 @@ pub fn sched_migrate_task(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// A kthread leaves this CPU: if its run here was a violation, report it
+/// now that its length is known.
 #[inline(always)]
+fn switched_out(prev: Task) {
+    let pid = prev.pid();
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(slot) = RUNNING.get_ptr_mut(cpu) else {
+        return;
+    };
+    // SAFETY: a valid array slot that only programs on this CPU write, and
+    // sched_switch does not nest on one CPU.
+    let running = unsafe { &mut *slot };
+    if running.pid != pid {
+        return;
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let run_ns = now.wrapping_sub(running.since_ns);
+    running.pid = 0;
+    emit(prev, prev.flags(), EventKind::Violation, cpu, now, run_ns);
+}
+
 /// `cpu`: where the task is going; None for "this CPU", read only once the
 /// task is known to be a kthread (the common case must stay cheap).
+#[inline(always)]
 fn check(task: Task, cpu: Option<u32>, kind: EventKind) {
-    let Some(flags) = task.flags() else { return };
+    let flags = task.flags();
     if flags & PF_KTHREAD == 0 {
         return;
     }
+    let pid = task.pid();
+    // The idle tasks (pid 0): PF_KTHREAD and, before 5.13 or so, movable.
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: helper without preconditions.
     let cpu = cpu.unwrap_or_else(|| unsafe { bpf_get_smp_processor_id() });
-    let Some(pid) = task.pid() else { return };
-    let outside = match unsafe { ALLOWED.get(pid) } {
-        Some(allowed) => !allowed.contains(cpu),
+    // SAFETY: the value is only read, and userspace replaces values whole.
+    let policy = unsafe { ALLOWED.get(pid) };
+    match policy {
+        Some(p) if p.applied.contains(cpu) => return,
+        Some(_) => {}
         // Unregistered: only the default policy applies, and only to
         // kthreads that could have been moved.
-        None => {
-            flags & PF_NO_SETAFFINITY == 0
-                && ISOLATED
-                    .get(0)
-                    .is_some_and(|isolated| isolated.contains(cpu))
-        }
+        None if flags & PF_NO_SETAFFINITY != 0 => return,
+        None => {}
+    }
+    let Some(isolated) = ISOLATED.get(0) else {
+        return;
     };
-    if !outside {
+    if policy.is_none() && !isolated.contains(cpu) {
+        return;
+    }
+    if allowed_by_some_online_set(policy, isolated, cpu) {
         return;
     }
     count(Counter::Violations);
+    // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the value is a plain u64 read once.
     if let Some(last) = unsafe { LAST_REPORT.get(pid) }
         && now.wrapping_sub(*last) < globals::get(&REPORT_INTERVAL_NS)
     {
         count(Counter::Suppressed);
         return;
     }
-    let _ = LAST_REPORT.insert(pid, now, 0);
+    if kind == EventKind::Violation {
+        // Only runs take the rate limit's slot: the migration that put a
+        // kthread on a CPU must not hide its run there.
+        let _ = LAST_REPORT.insert(pid, now, 0);
+        // Reported when it switches out, with its run time.
+        if let Some(slot) = RUNNING.get_ptr_mut(cpu) {
+            // SAFETY: this CPU's own slot, see `switched_out`.
+            unsafe {
+                *slot = Running {
+                    pid,
+                    _pad: 0,
+                    since_ns: now,
+                }
+            };
+        }
+    } else {
+        emit(task, flags, kind, cpu, now, 0);
+    }
+}
+
+/// Whether the policy allows `cpu` for the online set now, or, while a
+/// hotplug step is unacknowledged, for any set since the last one that was.
+#[inline(always)]
+fn allowed_by_some_online_set(policy: Option<&Policy>, isolated: &CpuMask, cpu: u32) -> bool {
+    let Some(view) = CPUHP_VIEW.get(0) else {
+        return true;
+    };
+    let preferred = policy.map(|p| &p.preferred);
+    if allowed_under(&view.online, preferred, isolated, cpu) {
+        return true;
+    }
+    let ack = HOTPLUG_ACK.get(0).copied().unwrap_or(0);
+    in_window(view, ack)
+        && (allowed_under(&view.low, preferred, isolated, cpu)
+            || allowed_under(&view.high, preferred, isolated, cpu))
+}
+
+#[inline(always)]
+fn in_window(view: &HotplugView, ack: u64) -> bool {
+    view.seq != ack
+}
+
+/// `cpu` ∈ P∩H∩O, else H∩O, else O, for the online set `online`.
+#[inline(always)]
+fn allowed_under(
+    online: &CpuMask,
+    preferred: Option<&CpuMask>,
+    isolated: &CpuMask,
+    cpu: u32,
+) -> bool {
+    if !online.contains(cpu) {
+        return false;
+    }
+    let housekeeping = !isolated.contains(cpu);
+    if let Some(p) = preferred {
+        if housekeeping && p.contains(cpu) {
+            return true;
+        }
+        if intersects(p, online, isolated) {
+            return false;
+        }
+    }
+    if housekeeping {
+        return true;
+    }
+    // Not housekeeping: allowed only when no online CPU is.
+    !intersects(online, online, isolated)
+}
+
+#[inline(always)]
+fn emit(task: Task, flags: u32, kind: EventKind, cpu: u32, now: u64, run_ns: u64) {
+    let pid = task.pid();
     let event = TaskEvent {
         header: Header {
             kind: kind as u32,
+            // SAFETY: helper without preconditions.
             cpu: unsafe { bpf_get_smp_processor_id() },
             ts_ns: now,
         },
@@ -82,6 +210,7 @@ fn check(task: Task, cpu: Option<u32>, kind: EventKind) {
         flags,
         cpu,
         comm: task.comm(),
+        run_ns,
     };
     if EVENTS.output::<TaskEvent>(&event, 0).is_err() {
         count(Counter::Dropped);

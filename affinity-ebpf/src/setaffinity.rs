@@ -5,12 +5,21 @@
 //! syscall tracepoints (entry remembers the target per calling thread, exit
 //! reports with the result) do the same job, at a price: enabling them
 //! sends every syscall of every task through the slow tracing path.
+//!
+//! Only calls that succeeded are reported: anyone may call
+//! sched_setaffinity() on a kthread's pid and get EPERM, and a loop doing
+//! that must not be able to fill the ring. The target pid is the caller's
+//! pid number, which names a global pid only for callers in the initial pid
+//! namespace; kthreads live only there, so callers elsewhere cannot have
+//! moved one and are ignored.
 
 use affinity_common::{Counter, EventKind, Header, PendingSetAffinity, SetAffinityEvent};
 use aya_ebpf::{
     EbpfContext,
+    bindings::bpf_pidns_info,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        generated::bpf_get_ns_current_pid_tgid,
     },
     macros::{fexit, tracepoint},
     programs::{FExitContext, TracePointContext},
@@ -18,40 +27,63 @@ use aya_ebpf::{
 
 use crate::maps::{
     ALLOWED, EVENTS, SETAFFINITY, count,
-    globals::{self, DAEMON_TGID},
+    globals::{self, DAEMON_TGID, INIT_PIDNS_DEV, INIT_PIDNS_INO},
 };
+
+/// Whether the current task's pid numbers are global ones.
+#[inline(always)]
+fn in_init_pidns() -> bool {
+    let mut info = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `info` is a valid out buffer of the size passed.
+    let ret = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            globals::get(&INIT_PIDNS_DEV),
+            globals::get(&INIT_PIDNS_INO),
+            &mut info,
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    ret == 0
+}
+
+/// The registered kthread a call by the current task on `pid` targets.
+#[inline(always)]
+fn registered_target(pid: i64, own_pid: u32) -> Option<u32> {
+    // pid 0 is the caller itself.
+    let target = if pid == 0 { own_pid } else { pid as u32 };
+    ALLOWED.get_ptr(target)?;
+    in_init_pidns().then_some(target)
+}
 
 // long sched_setaffinity(pid_t pid, const struct cpumask *in_mask)
 #[fexit(function = "sched_setaffinity")]
 pub fn sched_setaffinity_exit(ctx: FExitContext) -> i32 {
-    let tgid = ctx.tgid();
-    if tgid == globals::get(&DAEMON_TGID) {
+    let ret: i64 = ctx.arg(2);
+    if ret != 0 || ctx.tgid() == globals::get(&DAEMON_TGID) {
         return 0;
     }
     let pid: i32 = ctx.arg(0);
-    let ret: i64 = ctx.arg(2);
-    // pid 0 is the caller itself.
-    let target = if pid == 0 { ctx.pid() } else { pid as u32 };
-    if ALLOWED.get_ptr(target).is_none() {
-        return 0;
+    if let Some(target) = registered_target(pid as i64, ctx.pid()) {
+        emit(target);
     }
-    emit(target, ret as i32);
     0
 }
 
-/// Reports a finished call by the current task on `target`.
-fn emit(target: u32, ret: i32) {
+/// Reports a successful call by the current task on `target`.
+fn emit(target: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let event = SetAffinityEvent {
         header: Header {
             kind: EventKind::SetAffinity as u32,
+            // SAFETY: helpers without preconditions.
             cpu: unsafe { bpf_get_smp_processor_id() },
+            // SAFETY: as above.
             ts_ns: unsafe { bpf_ktime_get_ns() },
         },
         target_pid: target,
         caller_pid: pid_tgid as u32,
         caller_tgid: (pid_tgid >> 32) as u32,
-        ret,
+        ret: 0,
         caller_comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     if EVENTS.output::<SetAffinityEvent>(&event, 0).is_err() {
@@ -67,18 +99,17 @@ const EXIT_RET_OFF: usize = 16;
 
 #[tracepoint]
 pub fn sys_enter_sched_setaffinity(ctx: TracePointContext) -> i32 {
-    let tgid = ctx.tgid();
-    if tgid == globals::get(&DAEMON_TGID) {
+    if ctx.tgid() == globals::get(&DAEMON_TGID) {
         return 0;
     }
+    // SAFETY: the offset is within the tracepoint's record (see above); a
+    // failed read is an error, not undefined behaviour.
     let Ok(pid) = (unsafe { ctx.read_at::<u64>(ENTER_PID_OFF) }) else {
         return 0;
     };
-    // pid 0 is the caller itself.
-    let target = if pid == 0 { ctx.pid() } else { pid as u32 };
-    if unsafe { ALLOWED.get(target) }.is_none() {
+    let Some(target) = registered_target(pid as i32 as i64, ctx.pid()) else {
         return 0;
-    }
+    };
     let tid = bpf_get_current_pid_tgid() as u32;
     let _ = SETAFFINITY.insert(
         tid,
@@ -94,11 +125,15 @@ pub fn sys_enter_sched_setaffinity(ctx: TracePointContext) -> i32 {
 #[tracepoint]
 pub fn sys_exit_sched_setaffinity(ctx: TracePointContext) -> i32 {
     let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { SETAFFINITY.get(tid) }).copied() else {
         return 0;
     };
     let _ = SETAFFINITY.remove(tid);
-    let ret = unsafe { ctx.read_at::<i64>(EXIT_RET_OFF) }.unwrap_or(0);
-    emit(pending.target_pid, ret as i32);
+    // SAFETY: as for the entry's offset.
+    let ret = unsafe { ctx.read_at::<i64>(EXIT_RET_OFF) }.unwrap_or(-1);
+    if ret == 0 {
+        emit(pending.target_pid);
+    }
     0
 }

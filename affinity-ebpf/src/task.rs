@@ -13,6 +13,8 @@ pub struct Task(pub *const u8);
 impl Task {
     #[inline(always)]
     fn read<T: Copy>(self, off: u32) -> Option<T> {
+        // SAFETY: bpf_probe_read_kernel checks the address and fails
+        // cleanly on a bad one; the result is plain integers.
         unsafe { bpf_probe_read_kernel(self.0.add(off as usize) as *const T).ok() }
     }
 
@@ -23,17 +25,19 @@ impl Task {
     /// call, which matters on sched_switch.
     #[inline(always)]
     fn load_u32(self, off: u32) -> u32 {
+        // SAFETY: see above: the verifier checks the access against BTF and
+        // makes it fault-safe.
         unsafe { core::ptr::read_volatile(self.0.add(off as usize) as *const u32) }
     }
 
     #[inline(always)]
-    pub fn flags(self) -> Option<u32> {
-        Some(self.load_u32(globals::get(&TASK_FLAGS_OFF)))
+    pub fn flags(self) -> u32 {
+        self.load_u32(globals::get(&TASK_FLAGS_OFF))
     }
 
     #[inline(always)]
-    pub fn pid(self) -> Option<u32> {
-        Some(self.load_u32(globals::get(&TASK_PID_OFF)))
+    pub fn pid(self) -> u32 {
+        self.load_u32(globals::get(&TASK_PID_OFF))
     }
 
     #[inline(always)]

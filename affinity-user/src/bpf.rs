@@ -3,9 +3,11 @@
 //!
 //! Dropping the [`Observer`] detaches every program and frees every map.
 
-use std::{os::fd::OwnedFd, time::Duration};
+use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
 
-use affinity_common::{COUNTERS_LEN, Counter, CpuMask, MASK_WORDS, globals, maps, programs};
+use affinity_common::{
+    COUNTERS_LEN, Counter, CpuMask, HotplugView, MASK_WORDS, Policy, globals, maps, programs,
+};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
@@ -52,6 +54,24 @@ pub struct ObserverConfig {
     pub daemon_tgid: u32,
     /// Per-pid rate limit of violation reports, enforced in the kernel.
     pub report_interval: Duration,
+    /// Mask width in CPUs (every possible CPU): bounds the programs' loops.
+    pub width: u32,
+    /// The online CPUs now: the programs' view of them starts from this,
+    /// written before the hotplug programs are attached.
+    pub online: Vec<u64>,
+    /// (st_dev, st_ino) of the initial pid namespace, see [`init_pidns`].
+    pub init_pidns: (u64, u64),
+    /// Size of the hotplug ring instead of the object's 64 KiB (a power of
+    /// two, at least a page): the tests shrink it to force drops.
+    pub hotplug_ring_bytes: Option<u32>,
+}
+
+/// (st_dev, st_ino) of our pid namespace, which must be the initial one for
+/// pids to name kthreads: callers of sched_setaffinity() in any other are
+/// not reported.
+pub fn init_pidns(proc_root: &Path) -> std::io::Result<(u64, u64)> {
+    let m = std::fs::metadata(proc_root.join("self/ns/pid"))?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// Totals of the per-CPU counters kept by the programs.
@@ -60,7 +80,12 @@ pub struct Counters {
     pub dropped: u64,
     pub suppressed: u64,
     pub violations: u64,
+    pub hotplug_dropped: u64,
 }
+
+/// How many records one [`Observer::next_batch`] takes from the main ring
+/// at most: the event loop gets its turn between batches whatever the rate.
+pub const BATCH_MAX: usize = 512;
 
 /// Receives aya-log records from the programs.
 pub trait LogSink: Send + Sync + 'static {
@@ -80,9 +105,12 @@ impl<S: LogSink> log::Log for LogAdapter<S> {
 }
 
 pub struct Observer {
+    hotplug: AsyncFd<RingBuf<MapData>>,
     events: AsyncFd<RingBuf<MapData>>,
     logs: AsyncFd<EbpfLogger<Box<dyn log::Log>>>,
-    allowed: HashMap<MapData, u32, CpuMask>,
+    allowed: HashMap<MapData, u32, Policy>,
+    view: Array<MapData, HotplugView>,
+    ack: Array<MapData, u64>,
     isolated: Array<MapData, CpuMask>,
     counters: PerCpuArray<MapData, u64>,
     /// Optional programs that could not be attached on this kernel, and why.
@@ -111,7 +139,13 @@ impl Observer {
         }
         let l = &cfg.layout;
         let interval = cfg.report_interval.as_nanos() as u64;
-        let mut ebpf = EbpfLoader::new()
+        let words_used = cfg.width.div_ceil(64).clamp(1, MASK_WORDS as u32);
+        let (ns_dev, ns_ino) = cfg.init_pidns;
+        let mut loader = EbpfLoader::new();
+        if let Some(bytes) = cfg.hotplug_ring_bytes {
+            loader.map_max_entries(maps::HOTPLUG_EVENTS, bytes);
+        }
+        let mut ebpf = loader
             .override_global(globals::TASK_FLAGS_OFF, &l.task_flags, true)
             .override_global(globals::TASK_PID_OFF, &l.task_pid, true)
             .override_global(globals::TASK_TGID_OFF, &l.task_tgid, true)
@@ -120,8 +154,27 @@ impl Observer {
             .override_global(globals::CPUHP_TEARDOWN_CPU, &l.cpuhp_teardown_cpu, true)
             .override_global(globals::DAEMON_TGID, &cfg.daemon_tgid, true)
             .override_global(globals::REPORT_INTERVAL_NS, &interval, true)
+            .override_global(globals::MASK_WORDS_USED, &words_used, true)
+            .override_global(globals::INIT_PIDNS_DEV, &ns_dev, true)
+            .override_global(globals::INIT_PIDNS_INO, &ns_ino, true)
             .load(object)
             .map_err(ObserverError::Load)?;
+
+        // The view of the online CPUs, before any hotplug program runs.
+        let mut view = Array::try_from(take(&mut ebpf, maps::CPUHP_VIEW)?)
+            .map_err(map_err(maps::CPUHP_VIEW))?;
+        let online = to_mask(&cfg.online);
+        view.set(
+            0,
+            HotplugView {
+                seq: 0,
+                online,
+                low: online,
+                high: online,
+            },
+            0,
+        )
+        .map_err(map_err(maps::CPUHP_VIEW))?;
 
         let logger: Box<dyn log::Log> = Box::new(LogAdapter(sink));
         let logs =
@@ -159,6 +212,15 @@ impl Observer {
             Ok(())
         })();
         if let Err(fexit_err) = fexit {
+            // Loaded but not attached is not left behind: a program the
+            // kernel holds for nothing.
+            for &(program, _) in programs::FEXITS {
+                if let Some(p) = ebpf.program_mut(program)
+                    && let Ok(p) = <&mut FExit>::try_from(p)
+                {
+                    let _ = p.unload();
+                }
+            }
             ensure_tracefs();
             let tracepoints = (|| -> Result<(), aya::programs::ProgramError> {
                 for &(program, category, name) in programs::SYSCALL_TRACEPOINTS {
@@ -177,11 +239,12 @@ impl Observer {
             }
         }
 
-        let events = RingBuf::try_from(ebpf.take_map(maps::EVENTS).ok_or(ObserverError::Map {
-            map: maps::EVENTS,
-            detail: "missing from object".into(),
-        })?)
-        .map_err(map_err(maps::EVENTS))?;
+        let events =
+            RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?).map_err(map_err(maps::EVENTS))?;
+        let hotplug = RingBuf::try_from(take(&mut ebpf, maps::HOTPLUG_EVENTS)?)
+            .map_err(map_err(maps::HOTPLUG_EVENTS))?;
+        let ack = Array::try_from(take(&mut ebpf, maps::HOTPLUG_ACK)?)
+            .map_err(map_err(maps::HOTPLUG_ACK))?;
         let allowed =
             HashMap::try_from(take(&mut ebpf, maps::ALLOWED)?).map_err(map_err(maps::ALLOWED))?;
         let isolated =
@@ -189,9 +252,12 @@ impl Observer {
         let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)
             .map_err(map_err(maps::COUNTERS))?;
         Ok(Observer {
+            hotplug: register(hotplug)?,
             events: register(events)?,
             logs,
             allowed,
+            view,
+            ack,
             isolated,
             counters,
             unavailable,
@@ -199,35 +265,88 @@ impl Observer {
         })
     }
 
-    /// Waits until there are records and decodes all that are there.
-    /// Records that fail to decode are returned as errors, not dropped.
+    /// Waits until there are records, then decodes every hotplug record
+    /// and at most [`BATCH_MAX`] others, hotplug records first. Records that
+    /// fail to decode are returned as errors, not dropped.
     pub async fn next_batch(
         &mut self,
         out: &mut Vec<Result<WireEvent, wire::WireError>>,
     ) -> Result<(), ObserverError> {
-        tokio::select! {
-            guard = self.events.readable_mut() => {
-                let mut guard = guard?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    out.push(wire::decode(&item));
+        // Records may be waiting from a batch that stopped at its bound,
+        // with no new wake-up to come.
+        if !self.drain(out) {
+            tokio::select! {
+                biased;
+                guard = self.hotplug.readable_mut() => guard?.clear_ready(),
+                guard = self.events.readable_mut() => guard?.clear_ready(),
+                guard = self.logs.readable_mut() => {
+                    let mut guard = guard?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
                 }
-                guard.clear_ready();
             }
-            guard = self.logs.readable_mut() => {
-                let mut guard = guard?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
+            self.drain(out);
         }
         Ok(())
     }
 
-    /// Sets the policy mask the programs judge `pid` against.
-    pub fn set_allowed(&mut self, pid: u32, words: &[u64]) -> Result<(), ObserverError> {
+    /// Takes what is in the rings now (hotplug first, all of it; then up to
+    /// the bound). Returns whether anything was taken.
+    fn drain(&mut self, out: &mut Vec<Result<WireEvent, wire::WireError>>) -> bool {
+        let before = out.len();
+        let ring = self.hotplug.get_mut();
+        while let Some(item) = ring.next() {
+            out.push(wire::decode(&item));
+        }
+        let ring = self.events.get_mut();
+        for _ in 0..BATCH_MAX {
+            let Some(item) = ring.next() else { break };
+            out.push(wire::decode(&item));
+        }
+        out.len() > before
+    }
+
+    /// Sets what the programs judge `pid` against: the mask applied and the
+    /// preferred CPUs (empty: none).
+    pub fn set_policy(
+        &mut self,
+        pid: u32,
+        applied: &[u64],
+        preferred: &[u64],
+    ) -> Result<(), ObserverError> {
+        let policy = Policy {
+            applied: to_mask(applied),
+            preferred: to_mask(preferred),
+        };
         self.allowed
-            .insert(pid, to_mask(words), 0)
+            .insert(pid, policy, 0)
             .map_err(map_err(maps::ALLOWED))
+    }
+
+    /// The programs' view of the hotplug state: (seq, online CPUs).
+    pub fn hotplug_view(&self) -> Result<(u64, Vec<u64>), ObserverError> {
+        let v = self.view.get(&0, 0).map_err(map_err(maps::CPUHP_VIEW))?;
+        Ok((v.seq, v.online.words.to_vec()))
+    }
+
+    /// Corrects the programs' view of the online CPUs (when sysfs, read
+    /// with no hotplug operation under way, says otherwise). Closes the
+    /// window of unacknowledged steps too: the caller has just acted on
+    /// the corrected set.
+    pub fn correct_online(&mut self, online: &[u64]) -> Result<u64, ObserverError> {
+        let mut v = self.view.get(&0, 0).map_err(map_err(maps::CPUHP_VIEW))?;
+        v.online = to_mask(online);
+        v.low = v.online;
+        v.high = v.online;
+        self.view.set(0, v, 0).map_err(map_err(maps::CPUHP_VIEW))?;
+        self.acknowledge(v.seq)?;
+        Ok(v.seq)
+    }
+
+    /// Tells the programs that the masks for every hotplug step up to `seq`
+    /// are in place: runs are judged against the online set now only.
+    pub fn acknowledge(&mut self, seq: u64) -> Result<(), ObserverError> {
+        self.ack.set(0, seq, 0).map_err(map_err(maps::HOTPLUG_ACK))
     }
 
     pub fn remove_allowed(&mut self, pid: u32) -> Result<(), ObserverError> {
@@ -259,31 +378,23 @@ impl Observer {
                 .map_err(map_err(maps::COUNTERS))?;
             Ok(v.iter().sum())
         };
-        debug_assert_eq!(COUNTERS_LEN, 3);
+        const _: () = assert!(COUNTERS_LEN == 4);
         Ok(Counters {
             dropped: sum(Counter::Dropped)?,
             suppressed: sum(Counter::Suppressed)?,
             violations: sum(Counter::Violations)?,
+            hotplug_dropped: sum(Counter::HotplugDropped)?,
         })
     }
 
-    /// (name, run count, total run time ns) of each program, as the kernel
-    /// counts them while BPF statistics are enabled ([`enable_run_time_stats`]).
-    pub fn program_stats(&self) -> Vec<(String, u64, Duration)> {
+    /// Ids of every program loaded and every link attached, while we live:
+    /// what a detach test checks is gone afterwards.
+    pub fn program_ids(&self) -> Vec<(String, u32)> {
         self.ebpf
             .programs()
-            .filter_map(|(name, p)| {
-                let info = p.info().ok()?;
-                Some((name.to_string(), info.run_count(), info.run_time()))
-            })
+            .filter_map(|(name, p)| Some((name.to_string(), p.info().ok()?.id())))
             .collect()
     }
-}
-
-/// Turns on the kernel's per-program run-time accounting until the fd drops.
-pub fn enable_run_time_stats() -> std::io::Result<OwnedFd> {
-    aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Classic tracepoints attach through tracefs, which a minimal system may

@@ -84,44 +84,129 @@ pub fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
     Some((comm, flags, start_time))
 }
 
-/// `/proc/PID/stat` of `pid`: (comm, flags, start time).
-pub fn read_stat(proc_root: &Path, pid: u32) -> Option<(String, u32, u64)> {
-    parse_stat(&fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?)
+/// Whether an error reading /proc/PID means the task is gone (as opposed
+/// to a failure that says nothing about it: EINTR, EMFILE, ENOMEM…).
+pub fn is_gone(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
 }
 
-/// The kthread `pid` as /proc shows it now; None if gone or not a kthread.
-pub fn read_kthread(proc_root: &Path, pid: u32, width: u32) -> Option<Kthread> {
-    let (comm, flags, start_time) = read_stat(proc_root, pid)?;
-    if flags & PF_KTHREAD == 0 {
-        return None;
+fn invalid(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+/// `/proc/PID/stat` of `pid`: (comm, flags, start time). `Ok(None)`: gone.
+pub fn stat_of(proc_root: &Path, pid: u32) -> std::io::Result<Option<(String, u32, u64)>> {
+    match fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) {
+        Ok(text) => parse_stat(&text)
+            .map(Some)
+            .ok_or_else(|| invalid(format!("/proc/{pid}/stat: unexpected format"))),
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) => Err(e),
     }
-    let status = fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+}
+
+/// `/proc/PID/stat` of `pid`: (comm, flags, start time), None if unreadable.
+pub fn read_stat(proc_root: &Path, pid: u32) -> Option<(String, u32, u64)> {
+    stat_of(proc_root, pid).ok().flatten()
+}
+
+/// The kthread `pid` as /proc shows it now. `Ok(None)`: gone, or not a
+/// kthread; `Err`: it could not be read, which says nothing about it.
+pub fn kthread_of(proc_root: &Path, pid: u32, width: u32) -> std::io::Result<Option<Kthread>> {
+    let Some((comm, flags, start_time)) = stat_of(proc_root, pid)? else {
+        return Ok(None);
+    };
+    if flags & PF_KTHREAD == 0 {
+        return Ok(None);
+    }
+    let status = match fs::read_to_string(proc_root.join(pid.to_string()).join("status")) {
+        Ok(s) => s,
+        Err(e) if is_gone(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let list = status
         .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
-    let cpus_allowed = CpuSet::parse(list, width).ok()?;
-    Some(Kthread {
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .ok_or_else(|| invalid(format!("/proc/{pid}/status: no Cpus_allowed_list")))?;
+    let cpus_allowed = CpuSet::parse(list, width)
+        .map_err(|e| invalid(format!("/proc/{pid}/status: Cpus_allowed_list: {e}")))?;
+    Ok(Some(Kthread {
         pid,
         comm,
         flags,
         start_time,
         cpus_allowed,
-    })
+    }))
+}
+
+/// The kthread `pid` as /proc shows it now; None if gone, not a kthread or
+/// unreadable.
+pub fn read_kthread(proc_root: &Path, pid: u32, width: u32) -> Option<Kthread> {
+    kthread_of(proc_root, pid, width).ok().flatten()
+}
+
+/// One pass over /proc: every kthread that could be read, and the pids that
+/// are there but could not be (neither alive nor gone, as far as we know).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub kthreads: Vec<Kthread>,
+    pub unreadable: Vec<u32>,
 }
 
 /// Every kthread, by pid. Kthreads are single-threaded, so the top level of
-/// /proc lists them all.
+/// /proc lists them all. An unreadable /proc is an error, not "no kthreads".
+pub fn scan_kthreads(proc_root: &Path, width: u32) -> std::io::Result<Scan> {
+    let mut scan = Scan::default();
+    for entry in fs::read_dir(proc_root)? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        match kthread_of(proc_root, pid, width) {
+            Ok(Some(k)) => scan.kthreads.push(k),
+            Ok(None) => {}
+            Err(_) => scan.unreadable.push(pid),
+        }
+    }
+    if scan.kthreads.is_empty() {
+        // There is always kthreadd: an empty scan is a broken /proc.
+        return Err(invalid(format!(
+            "{}: no kernel thread found (is procfs mounted?)",
+            proc_root.display()
+        )));
+    }
+    scan.kthreads.sort_by_key(|k| k.pid);
+    Ok(scan)
+}
+
+/// Every kthread that can be read now, by pid (empty if /proc cannot be).
 pub fn read_kthreads(proc_root: &Path, width: u32) -> Vec<Kthread> {
-    let Ok(dir) = fs::read_dir(proc_root) else {
-        return Vec::new();
-    };
-    let mut all: Vec<_> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| read_kthread(proc_root, pid, width))
-        .collect();
-    all.sort_by_key(|k| k.pid);
-    all
+    scan_kthreads(proc_root, width)
+        .map(|s| s.kthreads)
+        .unwrap_or_default()
+}
+
+/// The online CPUs as the kernel shows them now.
+pub fn online_cpus(sys_root: &Path, width: u32) -> Result<CpuSet> {
+    let path = sys_root.join("devices/system/cpu/online");
+    CpuSet::parse(&read_trimmed(&path)?, width)
+        .with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Whether no hotplug operation is under way on `cpu`: its cpuhp state is
+/// its target. A CPU without the files (cpu0 on some machines) is settled.
+pub fn cpu_settled(sys_root: &Path, cpu: u32) -> bool {
+    let dir = sys_root.join(format!("devices/system/cpu/cpu{cpu}/hotplug"));
+    match (
+        fs::read_to_string(dir.join("state")),
+        fs::read_to_string(dir.join("target")),
+    ) {
+        (Ok(s), Ok(t)) => s.trim() == t.trim(),
+        _ => true,
+    }
 }
 
 /// The node a CPU belongs to, from its `nodeN` link (present while offline too).

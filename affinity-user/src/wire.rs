@@ -32,6 +32,10 @@ pub enum HotplugPhase {
     OfflineBegin,
     OfflineDone,
     OnlineDone,
+    /// A teardown step failed and the kernel brought the CPU back.
+    OfflineAborted,
+    /// A bring-up step failed and the kernel took the CPU down again.
+    OnlineAborted,
 }
 
 /// A decoded record. `ts_ns` is CLOCK_MONOTONIC, `on_cpu` where the program ran.
@@ -42,11 +46,17 @@ pub enum WireEvent {
         cpu: u32,
         phase: HotplugPhase,
         state: i32,
+        /// The failed step's return value (aborted phases), else 0.
+        ret: i32,
+        /// The programs' step counter after this step, to acknowledge.
+        seq: u64,
     },
     Violation {
         ts_ns: u64,
         task: TaskRecord,
         cpu: u32,
+        /// How long it ran there.
+        run_ns: u64,
     },
     Migrate {
         ts_ns: u64,
@@ -122,6 +132,8 @@ pub fn decode(bytes: &[u8]) -> Result<WireEvent, WireError> {
                 phase::OFFLINE_BEGIN => HotplugPhase::OfflineBegin,
                 phase::OFFLINE_DONE => HotplugPhase::OfflineDone,
                 phase::ONLINE_DONE => HotplugPhase::OnlineDone,
+                phase::OFFLINE_ABORTED => HotplugPhase::OfflineAborted,
+                phase::ONLINE_ABORTED => HotplugPhase::OnlineAborted,
                 other => return Err(WireError::Phase(other)),
             };
             WireEvent::Hotplug {
@@ -129,6 +141,8 @@ pub fn decode(bytes: &[u8]) -> Result<WireEvent, WireError> {
                 cpu: e.target_cpu,
                 phase,
                 state: e.state,
+                ret: e.ret,
+                seq: e.seq,
             }
         }
         EventKind::Violation => {
@@ -137,6 +151,7 @@ pub fn decode(bytes: &[u8]) -> Result<WireEvent, WireError> {
                 ts_ns,
                 task: task(&e),
                 cpu: e.cpu,
+                run_ns: e.run_ns,
             }
         }
         EventKind::Migrate => {
@@ -191,17 +206,20 @@ mod tests {
         let e = HotplugEvent {
             header: header(EventKind::Hotplug),
             target_cpu: 1,
-            phase: phase::OFFLINE_BEGIN,
+            phase: phase::OFFLINE_ABORTED,
             state: 200,
-            _pad: 0,
+            ret: -11,
+            seq: 7,
         };
         assert_eq!(
             decode(&bytes_of(&e)),
             Ok(WireEvent::Hotplug {
                 ts_ns: 42,
                 cpu: 1,
-                phase: HotplugPhase::OfflineBegin,
-                state: 200
+                phase: HotplugPhase::OfflineAborted,
+                state: 200,
+                ret: -11,
+                seq: 7,
             })
         );
     }
@@ -215,11 +233,18 @@ mod tests {
             flags: 0x200000,
             cpu: 3,
             comm: *b"0123456789abcdef",
+            run_ns: 180_000,
         };
-        let WireEvent::Violation { task, cpu, .. } = decode(&bytes_of(&e)).unwrap() else {
+        let WireEvent::Violation {
+            task, cpu, run_ns, ..
+        } = decode(&bytes_of(&e)).unwrap()
+        else {
             panic!("wrong kind")
         };
-        assert_eq!((task.comm.as_str(), cpu), ("0123456789abcdef", 3));
+        assert_eq!(
+            (task.comm.as_str(), cpu, run_ns),
+            ("0123456789abcdef", 3, 180_000)
+        );
     }
 
     #[test]
@@ -231,6 +256,7 @@ mod tests {
             flags: 0,
             cpu: 0,
             comm: [0; 16],
+            run_ns: 0,
         };
         let b = bytes_of(&e);
         assert!(matches!(
@@ -246,7 +272,8 @@ mod tests {
             target_cpu: 1,
             phase: 9,
             state: 0,
-            _pad: 0,
+            ret: 0,
+            seq: 0,
         };
         assert_eq!(decode(&bytes_of(&h)), Err(WireError::Phase(9)));
     }

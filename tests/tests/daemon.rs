@@ -351,45 +351,73 @@ fn sigkill_and_restart_converge_to_the_same_masks() {
     drop(d2);
 }
 
+/// Our programs loaded now (id, name), from the one list of program names
+/// (the kernel keeps 15 characters of a name).
+fn our_programs(preexisting: &[u32]) -> Vec<(u32, String)> {
+    let names: Vec<String> = affinity_common::programs::ALL
+        .iter()
+        .map(|n| n.chars().take(15).collect())
+        .collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| !preexisting.contains(&p.id()))
+        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_string())))
+        .filter(|(_, n)| names.contains(n))
+        .collect()
+}
+
+/// Links attached to any of `programs`.
+fn links_to(programs: &[u32]) -> Vec<u32> {
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|l| programs.contains(&l.program_id()))
+        .map(|l| l.program_id())
+        .collect()
+}
+
 #[test]
 fn ctrl_c_exits_zero_and_detaches_every_program() {
     let Some(_masks) = setup("ctrl_c_exits_zero_and_detaches_every_program") else {
         return;
     };
-    let ours = |ids: &[u32]| -> Vec<String> {
-        aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter(|p| !ids.contains(&p.id()))
-            .filter_map(|p| p.name_as_str().map(str::to_string))
-            .filter(|n| {
-                [
-                    "cpuhp_enter",
-                    "cpuhp_exit",
-                    "sched_switch",
-                    "task_rename",
-                    "sched_migrate_t",
-                    "sched_process_e",
-                    "cpuhp_multi_ent",
-                ]
-                .contains(&n.as_str())
-            })
-            .collect()
-    };
+    use affinity_common::programs as p;
     let preexisting: Vec<u32> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .map(|p| p.id())
         .collect();
     let mut d = Daemon::start(&["--observe"]);
-    assert!(
-        !ours(&preexisting).is_empty(),
-        "the daemon's programs are loaded while it runs"
-    );
+    let alive = our_programs(&preexisting);
+    let mut names: Vec<&str> = alive.iter().map(|(_, n)| n.as_str()).collect();
+    names.sort();
+    let short = |n: &str| n.chars().take(15).collect::<String>();
+    let mut want: Vec<String> = p::BTF_TRACEPOINTS.iter().map(|(n, _)| short(n)).collect();
+    // Who moved a kthread: fexit where the kernel allows it, else both
+    // syscall tracepoints (never neither on the kernels we test).
+    if names.contains(&short(p::SETAFFINITY_FEXIT).as_str()) {
+        want.push(short(p::SETAFFINITY_FEXIT));
+    } else {
+        want.push(short(p::SETAFFINITY_ENTER));
+        want.push(short(p::SETAFFINITY_EXIT));
+    }
+    want.sort();
+    assert_eq!(names, want, "every program loaded while the daemon runs");
+    let ids: Vec<u32> = alive.iter().map(|(id, _)| *id).collect();
+    let mut linked = links_to(&ids);
+    linked.sort();
+    let mut expect = ids.clone();
+    expect.sort();
+    assert_eq!(linked, expect, "each program attached through one link");
+
     let status = d.stop_with(libc::SIGINT);
     assert_eq!(status.code(), Some(0), "Ctrl-C exits 0");
     assert!(
-        wait_for(2 * SECOND, || ours(&preexisting).is_empty().then_some(())).is_some(),
-        "programs left loaded: {:?}",
-        ours(&preexisting)
+        wait_for(2 * SECOND, || (our_programs(&preexisting).is_empty()
+            && links_to(&ids).is_empty())
+        .then_some(()))
+        .is_some(),
+        "left behind: programs {:?}, links to {:?}",
+        our_programs(&preexisting),
+        links_to(&ids)
     );
 }
 

@@ -10,6 +10,7 @@ use std::{
 use affinity::{
     bpf::{EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
     btf::KernelLayout,
+    policy::CpuSet,
     wire::{HotplugPhase, WireEvent},
 };
 use affinity_tests::{CpuOffline, all_cpus_online, kernel_tests_can_run};
@@ -26,10 +27,17 @@ impl LogSink for Logs {
 fn load(logs: Logs) -> Observer {
     let layout = KernelLayout::from_btf_file("/sys/kernel/btf/vmlinux".as_ref())
         .unwrap_or_else(|e| panic!("resolving the kernel layout: {e}"));
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    let width = CpuSet::parse(&possible, 8192).unwrap().last().unwrap() + 1;
     let cfg = ObserverConfig {
         layout,
         daemon_tgid: std::process::id(),
         report_interval: Duration::from_millis(100),
+        width,
+        online: CpuSet::parse(&online, width).unwrap().words().to_vec(),
+        init_pidns: affinity::bpf::init_pidns("/proc".as_ref()).unwrap(),
+        hotplug_ring_bytes: None,
     };
     Observer::load(EMBEDDED_OBJECT, &cfg, logs)
         .unwrap_or_else(|e| panic!("loading the eBPF object: {e:#}"))
@@ -100,6 +108,17 @@ fn cpu1_offline_and_online_reach_userspace() {
         );
         let counters = obs.counters().expect("reading counters");
         assert_eq!(counters.dropped, 0, "no record may be lost at this rate");
+        assert_eq!(counters.hotplug_dropped, 0);
+        // The programs' own view: one step down, one up, and cpu1 online
+        // again; nothing acknowledged, so the window is still open.
+        let (seq, online) = obs.hotplug_view().expect("reading the view");
+        assert_eq!(seq, 2, "one step per direction");
+        let now = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+        let width = online.len() as u32 * 64;
+        assert_eq!(
+            CpuSet::from_words(width, &online).to_string(),
+            CpuSet::parse(&now, width).unwrap().to_string()
+        );
         // aya-log records travel their own ring buffer; give the last one a moment.
         let mut batch = Vec::new();
         let _ = tokio::time::timeout(Duration::from_millis(500), obs.next_batch(&mut batch)).await;

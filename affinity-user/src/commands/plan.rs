@@ -104,7 +104,7 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
         .entries()
         .map(|e| {
             let current = current.get(&e.pid).cloned().unwrap_or_default();
-            let (applied, action) = if e.pinned {
+            let (applied, action) = if e.pinned() {
                 (current.clone(), "pinned")
             } else if e.preference.is_none() {
                 (current.clone(), "unmanaged")
@@ -125,12 +125,12 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
                 preferred: e
                     .preferred
                     .as_ref()
-                    .filter(|_| !e.pinned)
+                    .filter(|_| !e.pinned())
                     .map(ToString::to_string),
                 applied,
                 current,
                 action,
-                pinned: e.pinned,
+                pinned: e.pinned(),
                 kernel_managed: kernel_manages_affinity(&machine.kernel, kthread),
             }
         })

@@ -1,33 +1,48 @@
-//! `affinity run`: the daemon's event loop.
+//! `affinity run`: the daemon.
+//!
+//! Three pieces, read one at a time: [`prepare`] checks every input and
+//! claims the control socket before anything changes; [`start`] loads the
+//! programs and sets the first masks, with the signals already installed;
+//! [`event_loop`] reacts until a signal or a fatal error, and [`shutdown`]
+//! is the one way out (restore if asked, summary, detach), whatever ended
+//! the loop.
 //!
 //! Single-threaded tokio: every kernel event, control request and timer is
 //! handled in turn by one [`Core`], so the registry needs no locks and a
-//! hotplug event is never handled concurrently with another change.
+//! hotplug event is never handled concurrently with another change. What
+//! could block the loop runs elsewhere: control clients and metrics
+//! scrapers in their own tasks, the /proc rescan on the blocking pool,
+//! report lines through a bounded queue to a writer thread.
 
 use std::{
-    collections::VecDeque, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration,
+    collections::VecDeque, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc,
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use tokio::{
     net::TcpListener,
-    signal::unix::{SignalKind, signal},
-    time::{Instant, MissedTickBehavior, interval, sleep_until},
+    signal::unix::{Signal, SignalKind, signal},
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::{Instant, Interval, MissedTickBehavior, interval, sleep_until},
 };
 
 use crate::{
-    bpf::{EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
+    bpf::{self, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
     btf::KernelLayout,
     commands::BadInput,
     daemon::{
-        Core, Options, coalesce,
-        control::{self, ControlServer, Request, Response},
+        Core, Options, Stats, coalesce,
+        control::{self, ControlCall, ControlServer, Request, Response},
         kernel::ProcKernel,
         metrics,
+        output::{LineQueue, QUEUE_LINES},
         report::{Format, Report, Reporter},
     },
-    policy::{CpuSet, Engine, Preference, Target},
-    sysfs,
+    policy::{Config, CpuSet, Engine, Preference, Target},
+    sysfs::{self, Machine, Scan},
+    wire::WireEvent,
 };
 
 #[derive(Debug, clap::Args)]
@@ -49,10 +64,14 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address (loopback unless you say otherwise).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Label the violation counter by comm (the 20 most frequent, the rest as "other").
+    #[arg(long)]
+    pub metrics_by_comm: bool,
     /// On exit, put back the masks kthreads had before the daemon changed them.
     #[arg(long)]
     pub restore_on_exit: bool,
-    /// Control socket for `affinity prefer` / `unprefer`.
+    /// Control socket for `affinity prefer` / `unprefer`, in a directory
+    /// only root can write.
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Show every record from the eBPF programs, and their own log (aya-log), on stderr.
@@ -64,6 +83,9 @@ pub struct RunArgs {
     /// Root of procfs (for tests).
     #[arg(long, default_value = "/proc", hide = true)]
     pub proc: PathBuf,
+    /// Bytes of the hotplug ring buffer (for tests that force drops).
+    #[arg(long, hide = true, value_name = "BYTES")]
+    pub hotplug_ring_bytes: Option<u32>,
 }
 
 /// How long after its creation a new kthread is read from /proc: its
@@ -72,6 +94,8 @@ const NEW_KTHREAD_DELAY: Duration = Duration::from_millis(20);
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
+/// How long the last report lines may take to leave on exit.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
 struct StderrLog {
     verbose: bool,
@@ -93,56 +117,147 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     rt.block_on(run_async(args))
 }
 
-async fn run_async(args: RunArgs) -> Result<ExitCode> {
+/// Everything checked before anything is changed.
+struct Prepared {
+    machine: Machine,
+    config: Config,
+    /// Housekeeping from the kernel's isolation files, or as given.
+    housekeeping: Housekeeping,
+    control: ControlServer,
+    metrics: Option<TcpListener>,
+}
+
+/// How H is found: `--housekeeping`, else the config or the kernel's
+/// isolation settings, minus `--isolate`.
+struct Housekeeping {
+    explicit: Option<CpuSet>,
+    isolate: Option<CpuSet>,
+}
+
+impl Housekeeping {
+    fn of(&self, m: &Machine, config: &Config) -> CpuSet {
+        let mut hk = match &self.explicit {
+            Some(h) => h.clone(),
+            None => m.housekeeping(&config.housekeeping),
+        };
+        if let Some(iso) = &self.isolate {
+            hk = hk.and_not(iso);
+        }
+        hk
+    }
+}
+
+async fn prepare(args: &RunArgs) -> Result<Prepared> {
     let machine =
-        sysfs::Machine::read(&args.sys, &args.proc).context("reading the machine's CPU state")?;
+        Machine::read(&args.sys, &args.proc).context("reading the machine's CPU state")?;
     let width = machine.topology.width;
     let config = match &args.config {
         Some(path) => sysfs::load_config(path, &machine.topology)?,
-        None => crate::policy::Config::embedded_default(),
+        None => Config::embedded_default(),
     };
     let parse = |flag: &str, list: &str| {
         CpuSet::parse(list, width).map_err(|e| BadInput::err(format!("--{flag} {list:?}: {e}")))
     };
-    let isolate = args
-        .isolate
-        .as_deref()
-        .map(|l| parse("isolate", l))
-        .transpose()?;
-    let explicit = args
-        .housekeeping
-        .as_deref()
-        .map(|l| parse("housekeeping", l))
-        .transpose()?;
-    let housekeeping = |m: &sysfs::Machine| {
-        let mut hk = match &explicit {
-            Some(h) => h.clone(),
-            None => m.housekeeping(&config.housekeeping),
-        };
-        if let Some(iso) = &isolate {
-            hk = hk.and_not(iso);
-        }
-        hk
+    let housekeeping = Housekeeping {
+        isolate: args
+            .isolate
+            .as_deref()
+            .map(|l| parse("isolate", l))
+            .transpose()?,
+        explicit: args
+            .housekeeping
+            .as_deref()
+            .map(|l| parse("housekeeping", l))
+            .transpose()?,
     };
-    let hk = housekeeping(&machine);
-    if hk.and(&machine.topology.online).is_empty() {
-        eprintln!(
-            "affinity: warning: no online housekeeping CPU; kthreads fall back to all online CPUs"
-        );
-    }
-
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
             "`affinity run` needs root: it loads BPF programs and sets kthread affinity (even --observe loads BPF)"
         );
     }
+    // The single-instance check: before any mask or map is touched.
+    let control = ControlServer::bind(&args.socket)?;
+    let metrics = match args.metrics {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?,
+        ),
+        None => None,
+    };
+    Ok(Prepared {
+        machine,
+        config,
+        housekeeping,
+        control,
+        metrics,
+    })
+}
+
+type DaemonCore = Core<ProcKernel, LineQueue>;
+
+/// The running daemon's state, owned by the loop.
+struct Running {
+    core: DaemonCore,
+    observer: Observer,
+    machine: Machine,
+    config: Config,
+    housekeeping: Housekeeping,
+    signals: Signals,
+    control: mpsc::Receiver<ControlCall>,
+    metrics: Option<watch::Sender<Arc<String>>>,
+}
+
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+async fn run_async(args: RunArgs) -> Result<ExitCode> {
+    let prepared = prepare(&args).await?;
+    // Installed before the first mask is set: a Ctrl-C from here on ends
+    // in the shutdown path, never in the default action.
+    let signals = Signals {
+        int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+    };
+    let mut running = start(&args, prepared, signals)?;
+    let result = event_loop(&mut running, &args).await;
+    shutdown(running, result)
+}
+
+fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
+    let Prepared {
+        machine,
+        config,
+        housekeeping,
+        control,
+        metrics: metrics_listener,
+    } = p;
+    let width = machine.topology.width;
+    let hk = housekeeping.of(&machine, &config);
+    if hk.and(&machine.topology.online).is_empty() {
+        eprintln!(
+            "affinity: warning: no online housekeeping CPU; kthreads fall back to all online CPUs"
+        );
+    }
     let layout = KernelLayout::from_btf_file(&args.sys.join("kernel/btf/vmlinux"))
         .context("this kernel has no usable BTF (CONFIG_DEBUG_INFO_BTF), which affinity needs")?;
+    let init_pidns = bpf::init_pidns(&args.proc).with_context(|| {
+        format!(
+            "reading {}: the daemon must run in the initial pid namespace",
+            args.proc.join("self/ns/pid").display()
+        )
+    })?;
     let obs_cfg = ObserverConfig {
         layout,
         daemon_tgid: std::process::id(),
         report_interval: Duration::from_millis(500),
+        width,
+        online: machine.topology.online.words().to_vec(),
+        init_pidns,
+        hotplug_ring_bytes: args.hotplug_ring_bytes,
     };
     let mut observer = Observer::load(
         EMBEDDED_OBJECT,
@@ -159,28 +274,33 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
     }
     observer.set_isolated(machine.topology.possible.and_not(&hk).words())?;
 
-    let kernel_version = machine.kernel.clone();
     let opts = Options {
         observe: args.observe,
         restore_on_exit: args.restore_on_exit,
-        kernel_manages: Box::new(move |k| {
-            crate::policy::kernel_manages_affinity(&kernel_version, k)
-        }),
     };
-    let engine = Engine::new(machine.topology.clone(), hk.clone(), config.rules.clone());
-    let kernel = ProcKernel::new(&args.proc, width);
-    let mut core = Core::new(engine, kernel, Reporter::stdout(args.format), opts);
-    core.start(&mut observer);
+    let engine = Engine::new(machine.topology.clone(), hk.clone(), config.rules.clone())
+        .with_kernel(&machine.kernel);
+    let kernel = ProcKernel::new(&args.proc, &args.sys, width);
+    let out =
+        LineQueue::spawn(std::io::stdout(), QUEUE_LINES).context("starting the output thread")?;
+    let mut core = Core::new(
+        engine,
+        kernel,
+        Reporter::with_output(out, args.format),
+        opts,
+    );
+    core.start(&mut observer)
+        .context("reading the kthreads in /proc")?;
+    // A hotplug between reading the machine and attaching the programs.
+    core.converge(&mut observer, false);
 
-    let control = ControlServer::bind(&args.socket)?;
-    let metrics_listener = match args.metrics {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the metrics endpoint {addr}"))?,
-        ),
-        None => None,
-    };
+    let (control_tx, control_rx) = mpsc::channel(control::MAX_CLIENTS);
+    control.spawn(control_tx);
+    let metrics = metrics_listener.map(|listener| {
+        let (tx, rx) = watch::channel(Arc::new(String::new()));
+        metrics::spawn_server(listener, rx);
+        tx
+    });
     core.reporter.report(&Report::Started {
         pid: std::process::id(),
         observe: args.observe,
@@ -189,115 +309,214 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
         online: core.engine.online().to_string(),
         housekeeping: hk.to_string(),
     });
+    Ok(Running {
+        core,
+        observer,
+        machine,
+        config,
+        housekeeping,
+        signals,
+        control: control_rx,
+        metrics,
+    })
+}
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut rescan = interval(RESCAN_EVERY);
-    let mut summary = interval(SUMMARY_EVERY);
-    let mut counters = interval(COUNTERS_EVERY);
-    for t in [&mut rescan, &mut summary, &mut counters] {
-        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        t.reset();
-    }
+fn timer(every: Duration) -> Interval {
+    let mut t = interval(every);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t.reset();
+    t
+}
+
+async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
+    let width = r.machine.topology.width;
+    let mut rescan = timer(RESCAN_EVERY);
+    let mut summary = timer(SUMMARY_EVERY);
+    let mut counters = timer(COUNTERS_EVERY);
     let mut pending_new: VecDeque<(Instant, u32)> = VecDeque::new();
     let mut batch = Vec::new();
-    let mut last_summary = core.stats.clone();
-    let mut seen_counters = observer.counters()?;
+    let mut last_summary = r.core.stats.clone();
+    let mut last_metrics: Option<Stats> = None;
+    let mut seen_counters = r.observer.counters()?;
+    // The scan under way, and the epoch it started in.
+    let mut scan: Option<(JoinHandle<std::io::Result<Scan>>, u64)> = None;
+    let mut lost_since_scan = false;
+    publish_metrics(r, &mut last_metrics, args.metrics_by_comm);
 
     loop {
         let next_new = pending_new.front().map(|(t, _)| *t);
+        // Unbiased: under any load every branch gets its turn; hotplug
+        // records are still taken first within a batch (next_batch).
         tokio::select! {
-            biased;
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            r = observer.next_batch(&mut batch) => {
-                r?;
-                core.stats.records += batch.len() as u64;
+            _ = r.signals.int.recv() => return Ok(()),
+            _ = r.signals.term.recv() => return Ok(()),
+            res = r.observer.next_batch(&mut batch) => {
+                res.context("reading the eBPF ring buffers")?;
+                r.core.stats.records += batch.len() as u64;
                 coalesce(&mut batch);
+                let mut hotplug = false;
                 for event in batch.drain(..) {
                     if args.verbose {
                         eprintln!("affinity: record {event:?}");
                     }
                     match event {
                         Ok(event) => {
-                            if let Some(pid) = core.on_wire(event, &mut observer) {
+                            hotplug |= matches!(event, WireEvent::Hotplug { .. });
+                            if let Some(pid) = r.core.on_wire(event, &mut r.observer) {
                                 pending_new.push_back((Instant::now() + NEW_KTHREAD_DELAY, pid));
                             }
                         }
-                        Err(e) => core.reporter.report(&Report::Error { message: format!("undecodable eBPF record: {e}") }),
+                        Err(e) => r.core.reporter.report(&Report::Error { message: format!("undecodable eBPF record: {e}") }),
                     }
                 }
+                if hotplug {
+                    r.core.converge(&mut r.observer, false);
+                }
+            }
+            Some(call) = r.control.recv() => {
+                let response = handle_request(&mut r.core, call.request, width, &mut r.observer);
+                // The client may have given up: nothing to do then.
+                let _ = call.reply.send(response);
             }
             _ = sleep_until(next_new.unwrap_or_else(Instant::now)), if next_new.is_some() => {
                 let now = Instant::now();
-                while pending_new.front().is_some_and(|(t, _)| *t <= now) {
-                    let (_, pid) = pending_new.pop_front().expect("checked");
-                    core.kthread_created(pid, &mut observer);
+                while let Some(&(t, pid)) = pending_new.front() {
+                    if t > now {
+                        break;
+                    }
+                    pending_new.pop_front();
+                    r.core.kthread_created(pid, &mut r.observer);
                 }
             }
-            accepted = control.accept() => {
-                if let Some((request, mut stream)) = accepted? {
-                    let response = handle_request(&mut core, request, width, &mut observer);
-                    let _ = control::reply(&mut stream, &response).await;
+            done = async { (&mut scan.as_mut().expect("guarded").0).await }, if scan.is_some() => {
+                let epoch = scan.take().map_or(0, |s| s.1);
+                // A scan that straddled a change is dropped; the next tick
+                // makes another.
+                if epoch == r.core.epoch() {
+                    let result = done.unwrap_or_else(|e| Err(std::io::Error::other(format!("the /proc scan failed: {e}"))));
+                    r.core.reconcile(result, &mut r.observer);
                 }
-            }
-            Some(conn) = async { Some(metrics_listener.as_ref()?.accept().await) }, if metrics_listener.is_some() => {
-                if let Ok((stream, _)) = conn {
-                    let body = metrics::render(&core.stats, &metrics::Gauges { registered: core.managed_count(), pinned: core.pinned_count() });
-                    tokio::spawn(metrics::serve_one(stream, body));
-                }
+                r.core.converge(&mut r.observer, lost_since_scan);
+                lost_since_scan = false;
             }
             _ = rescan.tick() => {
-                if explicit.is_none()
-                    // Only the isolation files: a whole Machine::read would
-                    // scan /proc a second time on every tick.
-                    && let Ok(iso) = sysfs::Isolation::read(&args.sys, width) {
-                        let m = sysfs::Machine {
-                            isolated: iso.isolated,
-                            nohz_full: iso.nohz_full,
-                            cpuset_isolated: iso.cpuset_isolated,
-                            kthreads: Vec::new(),
-                            ..machine.clone()
-                        };
-                        let hk = housekeeping(&m);
-                        if &hk != core.engine.housekeeping() {
-                            observer.set_isolated(m.topology.possible.and_not(&hk).words())?;
-                            core.housekeeping_changed(hk, &mut observer);
-                        }
-                    }
-                core.rescan(&mut observer);
+                housekeeping_check(r, args)?;
+                start_scan(&mut scan, args, width, r.core.epoch());
             }
             _ = counters.tick() => {
-                let now = observer.counters()?;
-                if now.dropped > seen_counters.dropped {
-                    core.stats.drops = now.dropped;
-                    core.reporter.report(&Report::Drops { count: now.dropped - seen_counters.dropped });
+                let now = r.observer.counters()?;
+                let lost = (now.dropped + now.hotplug_dropped)
+                    .saturating_sub(seen_counters.dropped + seen_counters.hotplug_dropped);
+                if lost > 0 {
+                    r.core.stats.drops = now.dropped + now.hotplug_dropped;
+                    r.core.reporter.report(&Report::Drops { count: lost });
+                    // Whatever those records said, the kernel says it again.
+                    r.core.converge(&mut r.observer, true);
+                    lost_since_scan = true;
+                    start_scan(&mut scan, args, width, r.core.epoch());
                 }
-                core.stats.suppressed = now.suppressed;
-                core.stats.violations_seen = now.violations;
+                r.core.stats.suppressed = now.suppressed;
+                r.core.stats.violations_seen = now.violations;
+                r.core.stats.lines_dropped = r.core.reporter.out_mut().dropped();
                 seen_counters = now;
             }
             _ = summary.tick() => {
-                if core.stats != last_summary {
-                    let s = core.summary();
-                    core.reporter.report(&s);
-                    last_summary = core.stats.clone();
+                if r.core.stats != last_summary {
+                    let s = r.core.summary();
+                    r.core.reporter.report(&s);
+                    last_summary = r.core.stats.clone();
                 }
             }
         }
+        publish_metrics(r, &mut last_metrics, args.metrics_by_comm);
     }
+}
 
-    let restored = core.restore_originals();
-    let s = core.summary();
-    core.reporter.report(&s);
-    core.reporter.report(&Report::Stopped { restored });
-    // Programs detach when the observer drops.
-    drop(observer);
-    Ok(ExitCode::SUCCESS)
+/// Reads /proc on the blocking pool, unless a scan is under way already.
+fn start_scan(
+    scan: &mut Option<(JoinHandle<std::io::Result<Scan>>, u64)>,
+    args: &RunArgs,
+    width: u32,
+    epoch: u64,
+) {
+    if scan.is_none() {
+        let proc = args.proc.clone();
+        let task = tokio::task::spawn_blocking(move || sysfs::scan_kthreads(&proc, width));
+        *scan = Some((task, epoch));
+    }
+}
+
+/// Re-reads the kernel's isolation settings (cpuset partitions change at
+/// run time): a few small sysfs files.
+fn housekeeping_check(r: &mut Running, args: &RunArgs) -> Result<()> {
+    if r.housekeeping.explicit.is_some() {
+        return Ok(());
+    }
+    let width = r.machine.topology.width;
+    let Ok(iso) = sysfs::Isolation::read(&args.sys, width) else {
+        return Ok(());
+    };
+    let m = Machine {
+        isolated: iso.isolated,
+        nohz_full: iso.nohz_full,
+        cpuset_isolated: iso.cpuset_isolated,
+        kthreads: Vec::new(),
+        ..r.machine.clone()
+    };
+    let hk = r.housekeeping.of(&m, &r.config);
+    if &hk != r.core.engine.housekeeping() {
+        r.observer
+            .set_isolated(m.topology.possible.and_not(&hk).words())?;
+        r.core.housekeeping_changed(hk, &mut r.observer);
+    }
+    Ok(())
+}
+
+/// Renders the metrics body when a counter moved; scrapers read the last one.
+fn publish_metrics(r: &Running, last: &mut Option<Stats>, by_comm: bool) {
+    let Some(tx) = &r.metrics else { return };
+    if last.as_ref() == Some(&r.core.stats) {
+        return;
+    }
+    let s = &r.core.stats;
+    let body = metrics::render(&metrics::MetricsView {
+        violations: s.violations(),
+        violations_by_comm: &s.violations_by_comm,
+        by_comm,
+        applied: s.applied,
+        hotplug: s.hotplug,
+        drops: s.drops,
+        suppressed: s.suppressed,
+        errors: s.errors,
+        resyncs: s.resyncs,
+        refused: s.refused,
+        registered: r.core.managed_count(),
+        pinned: r.core.pinned_count(),
+    });
+    let _ = tx.send(Arc::new(body));
+    *last = Some(s.clone());
+}
+
+/// The one way out: restore (if asked), the last summary, detach.
+fn shutdown(mut r: Running, result: Result<()>) -> Result<ExitCode> {
+    if let Err(e) = &result {
+        r.core.reporter.report(&Report::Error {
+            message: format!("stopping: {e:#}"),
+        });
+    }
+    let restored = r.core.restore_originals();
+    r.core.stats.lines_dropped = r.core.reporter.out_mut().dropped();
+    let s = r.core.summary();
+    r.core.reporter.report(&s);
+    r.core.reporter.report(&Report::Stopped { restored });
+    r.core.reporter.out_mut().finish(OUTPUT_DRAIN);
+    // Programs and links detach when the observer drops.
+    drop(r);
+    result.map(|()| ExitCode::SUCCESS)
 }
 
 fn handle_request(
-    core: &mut Core<ProcKernel, std::io::Stdout>,
+    core: &mut DaemonCore,
     request: Request,
     width: u32,
     observer: &mut Observer,

@@ -1,24 +1,103 @@
 //! The control socket: `affinity prefer` / `unprefer` talk to the running
-//! daemon over a Unix socket that only root may use (mode 0600, and the
-//! peer's credentials are checked too, in case the mode is loosened).
+//! daemon over a Unix socket. One JSON object per line each way: the client
+//! writes a [`Request`] and a newline, the daemon answers one [`Response`]
+//! and a newline, then closes.
 //!
-//! One JSON object per line each way.
+//! # Who may connect
+//!
+//! Three fences, each enough on its own for a root daemon:
+//! - the socket lives in a directory owned by root (or by the daemon's own
+//!   euid, which is what unit tests run as) that nobody else may write to;
+//!   [`ControlServer::bind`] creates it with mode 0700 if it is missing and
+//!   refuses one that is a symlink, someone else's, or group/other-writable;
+//! - the socket is created with mode 0600 (never chmod-ed after the fact, so
+//!   there is no window in which it is open to everybody);
+//! - every client's peer credentials are checked before a byte is read:
+//!   uid 0, or the daemon's euid.
+//!
+//! Nothing at the socket path is ever followed or deleted unless it is a
+//! socket nobody listens on (a daemon that was killed left it). A socket
+//! that answers means another daemon runs: [`ControlServer::bind`] fails, so
+//! it doubles as the single-instance check. Call it (or [`preflight`],
+//! which changes nothing at all) before the daemon changes anything else.
+//!
+//! # How the event loop uses it
+//!
+//! ```ignore
+//! let server = ControlServer::bind(&socket)?;          // early, before BPF is loaded
+//! let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+//! let _control = server.spawn(tx);
+//! loop {
+//!     tokio::select! {
+//!         Some(call) = rx.recv() => {
+//!             let response = handle(call.request);
+//!             let _ = call.reply.send(response);        // the client may have gone
+//!         }
+//!         // ...
+//!     }
+//! }
+//! ```
+//!
+//! [`ControlServer::spawn`] runs the accept loop as its own task and every
+//! client in a task of its own, so the event loop only ever sees complete
+//! requests: a client that connects and sends nothing, sends slowly, or
+//! never reads its answer costs a task and a timeout, not the loop's
+//! attention. At most [`MAX_CLIENTS`] clients are served at once; more are
+//! told the daemon is busy. Each client gets [`READ_TIMEOUT`] to send its
+//! line (at most [`MAX_REQUEST`] bytes), the loop gets [`SEND_TIMEOUT`] to
+//! take the request and [`REPLY_TIMEOUT`] to answer it, and the answer gets
+//! [`WRITE_TIMEOUT`] to be written. Accept errors (EMFILE and the like) are
+//! reported once per streak and retried after a short pause; they never end
+//! the task.
+//!
+//! The task ends when the loop drops its receiver, or when it is aborted or
+//! its runtime shuts down; the socket file goes with it (only if it is still
+//! the socket this server created: same device and inode).
 
 use std::{
     fs,
-    os::unix::fs::PermissionsExt,
+    io::{self, ErrorKind},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{
+            ffi::OsStrExt,
+            fs::{DirBuilderExt, FileTypeExt, MetadataExt},
+            net::UnixListener as StdUnixListener,
+        },
+    },
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
+    sync::{Semaphore, mpsc, oneshot},
+    task::JoinHandle,
+    time::timeout,
 };
 
 pub const DEFAULT_SOCKET: &str = "/run/affinity/control.sock";
+
+/// Clients served at once; beyond that a client is told the daemon is busy.
+pub const MAX_CLIENTS: usize = 16;
+/// Longest request line, without its newline. Real requests are ~100 bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client has to send its request once connected.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client waits for the event loop to take its request.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a client waits for the event loop's answer. Shorter than the 10 s
+/// [`call`] waits, so the client hears why rather than timing out itself.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long writing the answer may take.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed accept: EMFILE and ENFILE do not clear at once, and
+/// retrying in a tight loop would starve the event loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -40,112 +119,544 @@ pub struct Response {
     pub message: String,
 }
 
+impl Response {
+    fn refusal(message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            message: message.into(),
+        }
+    }
+}
+
+/// One client's request, handed to the event loop. Send the answer on
+/// `reply`; if the client has gone by then, the send fails and that is fine.
+#[derive(Debug)]
+pub struct ControlCall {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// A bound control socket, not yet accepting: see the module docs.
+#[derive(Debug)]
 pub struct ControlServer {
-    listener: UnixListener,
+    listener: StdUnixListener,
+    socket: SocketFile,
+}
+
+/// The socket file this process created; removed on drop if it still is.
+#[derive(Debug)]
+struct SocketFile {
     path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        // Another daemon may have replaced a socket we lost track of (or an
+        // admin put something there): only our own inode goes.
+        if let Ok(m) = fs::symlink_metadata(&self.path)
+            && m.file_type().is_socket()
+            && m.dev() == self.dev
+            && m.ino() == self.ino
+        {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    clients: usize,
+    max_request: usize,
+    read: Duration,
+    send: Duration,
+    reply: Duration,
+    write: Duration,
+    backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            clients: MAX_CLIENTS,
+            max_request: MAX_REQUEST,
+            read: READ_TIMEOUT,
+            send: SEND_TIMEOUT,
+            reply: REPLY_TIMEOUT,
+            write: WRITE_TIMEOUT,
+            backoff: ACCEPT_BACKOFF,
+        }
+    }
 }
 
 impl ControlServer {
+    /// Checks (or creates) the socket's directory, makes sure no other
+    /// daemon listens on `path`, removes a stale socket, and binds a new one
+    /// with mode 0600. Does not need a tokio runtime; [`Self::spawn`] does.
     pub fn bind(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        // A socket left by a daemon that was killed: nobody listens on it.
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!(
-                    "another affinity daemon is already listening on {}",
-                    path.display()
-                );
+        ensure_dir(&socket_dir(path))?;
+        if inspect(path)? == Existing::Stale {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("removing the stale socket {}", path.display()));
+                }
             }
-            fs::remove_file(path)
-                .with_context(|| format!("removing stale socket {}", path.display()))?;
         }
-        let listener =
-            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("chmod 0600 {}", path.display()))?;
-        Ok(ControlServer {
-            listener,
+        let listener = bind_private(path).with_context(|| format!("binding {}", path.display()))?;
+        let meta = fs::symlink_metadata(path)
+            .with_context(|| format!("inspecting the new socket {}", path.display()))?;
+        // From here on the file is ours: dropping the guard removes it.
+        let socket = SocketFile {
             path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let mode = meta.mode() & 0o777;
+        if !meta.file_type().is_socket() || mode != 0o600 {
+            bail!(
+                "{} came out with mode {mode:04o} instead of 0600; refusing to serve on it",
+                path.display()
+            );
+        }
+        Ok(ControlServer { listener, socket })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.socket.path
+    }
+
+    /// Starts accepting clients in a task of its own; each complete request
+    /// goes to `requests`. See the module docs for the limits and timeouts.
+    /// Must be called inside a tokio runtime.
+    pub fn spawn(self, requests: mpsc::Sender<ControlCall>) -> JoinHandle<()> {
+        self.spawn_with(requests, Limits::default())
+    }
+
+    fn spawn_with(self, requests: mpsc::Sender<ControlCall>, limits: Limits) -> JoinHandle<()> {
+        let ControlServer { listener, socket } = self;
+        tokio::spawn(async move {
+            // Held for the task's lifetime, so the socket file goes however it ends.
+            let _socket = socket;
+            let listener = match listener
+                .set_nonblocking(true)
+                .and_then(|()| UnixListener::from_std(listener))
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("affinity: error: control socket: registering the listener: {e}");
+                    return;
+                }
+            };
+            accept_loop(listener, requests, limits).await;
         })
     }
+}
 
-    /// Accepts one client and reads its request. Clients that are not root
-    /// get a refusal and `None`.
-    pub async fn accept(&self) -> Result<Option<(Request, UnixStream)>> {
-        let (mut stream, _) = self
-            .listener
-            .accept()
-            .await
-            .context("accepting a control client")?;
-        let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
-        if uid != 0 {
-            let _ = reply(
-                &mut stream,
-                &Response {
-                    ok: false,
-                    message: "only root may control the affinity daemon".into(),
-                },
-            )
-            .await;
-            return Ok(None);
-        }
-        let mut line = String::new();
-        let read = tokio::time::timeout(
-            Duration::from_secs(2),
-            BufReader::new(&mut stream).read_line(&mut line),
-        )
-        .await;
-        match read {
-            Ok(Ok(n)) if n > 0 => match serde_json::from_str(&line) {
-                Ok(req) => Ok(Some((req, stream))),
-                Err(e) => {
-                    let _ = reply(
-                        &mut stream,
-                        &Response {
-                            ok: false,
-                            message: format!("malformed request: {e}"),
-                        },
-                    )
-                    .await;
-                    Ok(None)
+async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<ControlCall>, limits: Limits) {
+    let permits = Arc::new(Semaphore::new(limits.clients));
+    let busy = line(&Response::refusal(
+        "the affinity daemon is busy with other control clients; try again",
+    ));
+    let mut failing = false;
+    loop {
+        let accepted = tokio::select! {
+            // Nobody left to answer requests: the daemon is shutting down.
+            () = requests.closed() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                failing = false;
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let requests = requests.clone();
+                        tokio::spawn(async move {
+                            serve_client(stream, &requests, limits).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        // A fresh socket's send buffer is empty, so this
+                        // never blocks; a client that never reads just
+                        // loses the message.
+                        let _ = stream.try_write(busy.as_bytes());
+                    }
                 }
-            },
-            _ => Ok(None),
+            }
+            Err(e) => {
+                if !failing {
+                    eprintln!(
+                        "affinity: warning: control socket: accepting a client: {e}; retrying"
+                    );
+                    failing = true;
+                }
+                tokio::time::sleep(limits.backoff).await;
+            }
         }
     }
 }
 
-impl Drop for ControlServer {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+async fn serve_client(
+    mut stream: UnixStream,
+    requests: &mpsc::Sender<ControlCall>,
+    limits: Limits,
+) {
+    if let Some(response) = answer(&mut stream, requests, limits).await {
+        let _ = timeout(limits.write, reply(&mut stream, &response)).await;
     }
 }
 
-pub async fn reply(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
-    let mut line = serde_json::to_string(response).expect("responses serialise");
+/// What to tell the client, or `None` when nobody is there to hear it.
+async fn answer(
+    stream: &mut UnixStream,
+    requests: &mpsc::Sender<ControlCall>,
+    limits: Limits,
+) -> Option<Response> {
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    if !uid.is_some_and(peer_allowed) {
+        return Some(Response::refusal(
+            "only root may control the affinity daemon",
+        ));
+    }
+    let request = match timeout(limits.read, read_line(stream, limits.max_request)).await {
+        Err(_) => {
+            return Some(Response::refusal(format!(
+                "no request within {:?}",
+                limits.read
+            )));
+        }
+        Ok(Err(_)) | Ok(Ok(Line::Empty)) => return None,
+        Ok(Ok(Line::TooLong)) => {
+            return Some(Response::refusal(format!(
+                "request longer than {} bytes",
+                limits.max_request
+            )));
+        }
+        Ok(Ok(Line::Complete(bytes))) => match serde_json::from_slice::<Request>(&bytes) {
+            Ok(r) => r,
+            Err(e) => return Some(Response::refusal(format!("malformed request: {e}"))),
+        },
+    };
+    let (tx, rx) = oneshot::channel();
+    let call = ControlCall { request, reply: tx };
+    match timeout(limits.send, requests.send(call)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Some(Response::refusal("the affinity daemon is shutting down")),
+        Err(_) => {
+            return Some(Response::refusal(
+                "the affinity daemon is busy and did not take the request; try again",
+            ));
+        }
+    }
+    Some(match timeout(limits.reply, rx).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_)) => Response::refusal("the affinity daemon dropped the request unanswered"),
+        Err(_) => Response::refusal(format!(
+            "the affinity daemon did not answer within {:?}; the request may still take effect",
+            limits.reply
+        )),
+    })
+}
+
+fn peer_allowed(uid: u32) -> bool {
+    uid == 0 || uid == euid()
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+enum Line {
+    Complete(Vec<u8>),
+    TooLong,
+    Empty,
+}
+
+async fn read_line(stream: &mut UnixStream, max: usize) -> io::Result<Line> {
+    let mut buf = Vec::new();
+    // One byte over the cap tells a line of exactly `max` bytes plus its
+    // newline from a longer one.
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    BufReader::new((&mut *stream).take(limit))
+        .read_until(b'\n', &mut buf)
+        .await?;
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        Ok(Line::Complete(buf))
+    } else if buf.len() > max {
+        Ok(Line::TooLong)
+    } else if buf.is_empty() {
+        Ok(Line::Empty)
+    } else {
+        // The client closed its side without a newline: the line is whole.
+        Ok(Line::Complete(buf))
+    }
+}
+
+fn line(response: &Response) -> String {
+    // Two plain fields: serialising cannot fail, but if it ever did the
+    // client should still get a line it can parse.
+    let mut line = serde_json::to_string(response)
+        .unwrap_or_else(|_| r#"{"ok":false,"message":"unserialisable response"}"#.into());
     line.push('\n');
-    stream.write_all(line.as_bytes()).await?;
+    line
+}
+
+/// Writes one answer line and closes the write side.
+pub async fn reply(stream: &mut UnixStream, response: &Response) -> io::Result<()> {
+    stream.write_all(line(response).as_bytes()).await?;
     stream.shutdown().await
+}
+
+fn socket_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Refuses a control socket directory that someone other than root (or
+/// this process's euid) could tamper with: a symlink, not a directory,
+/// owned by another user, or writable by group or others. Changes nothing.
+pub fn check_dir(dir: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(dir)
+        .with_context(|| format!("inspecting the control socket directory {}", dir.display()))?;
+    verify_dir(dir, &meta)
+}
+
+fn verify_dir(dir: &Path, meta: &fs::Metadata) -> Result<()> {
+    let d = dir.display();
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        bail!("refusing the control socket directory {d}: it is a symlink");
+    }
+    if !ft.is_dir() {
+        bail!(
+            "refusing the control socket directory {d}: it is {}, not a directory",
+            describe(ft)
+        );
+    }
+    let me = euid();
+    if meta.uid() != 0 && meta.uid() != me {
+        let whom = if me == 0 {
+            "root".to_string()
+        } else {
+            format!("root or uid {me}")
+        };
+        bail!(
+            "refusing the control socket directory {d}: it is owned by uid {}, not {whom}",
+            meta.uid()
+        );
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        bail!(
+            "refusing the control socket directory {d}: it is writable by group or others (mode {mode:04o})"
+        );
+    }
+    Ok(())
+}
+
+/// Creates the directory (mode 0700; its parent must exist) or checks the
+/// one that is there.
+fn ensure_dir(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) => return verify_dir(dir, &meta),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("inspecting the control socket directory {}", dir.display())
+            });
+        }
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        // Someone made it meanwhile: judge whatever is there now.
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "creating the control socket directory {} (its parent must exist)",
+                    dir.display()
+                )
+            });
+        }
+    }
+    check_dir(dir)
+}
+
+/// Everything [`ControlServer::bind`] checks, changing nothing: the
+/// directory (a missing one is fine if its parent is a directory, since
+/// bind would create it) and the socket path (another daemon listening, or
+/// something other than a socket there, is an error).
+pub fn preflight(path: &Path) -> Result<()> {
+    let dir = socket_dir(path);
+    match fs::symlink_metadata(&dir) {
+        Ok(meta) => verify_dir(&dir, &meta)?,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let parent = socket_dir(&dir);
+            if !fs::metadata(&parent).is_ok_and(|m| m.is_dir()) {
+                bail!(
+                    "cannot create the control socket directory {}: {} is not a directory",
+                    dir.display(),
+                    parent.display()
+                );
+            }
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("inspecting the control socket directory {}", dir.display())
+            });
+        }
+    }
+    inspect(path).map(|_| ())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Existing {
+    Nothing,
+    /// A socket nobody listens on.
+    Stale,
+}
+
+fn inspect(path: &Path) -> Result<Existing> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Existing::Nothing),
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
+    };
+    let ft = meta.file_type();
+    if !ft.is_socket() {
+        bail!(
+            "refusing to bind the control socket at {}: something else is there ({}); remove it if it is not needed",
+            path.display(),
+            describe(ft)
+        );
+    }
+    if listening(path).with_context(|| format!("probing the socket {}", path.display()))? {
+        bail!(
+            "another affinity daemon is already listening on {}",
+            path.display()
+        );
+    }
+    Ok(Existing::Stale)
+}
+
+fn describe(ft: fs::FileType) -> &'static str {
+    if ft.is_symlink() {
+        "a symlink"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_file() {
+        "a regular file"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "an unknown kind of file"
+    }
+}
+
+/// Whether something accepts connections on the socket at `path`. The
+/// connect is non-blocking: a blocking one waits for as long as the other
+/// side's backlog is full, and a wedged daemon would then wedge this one.
+fn listening(path: &Path) -> io::Result<bool> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "path too long for a Unix socket",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = libc::c_char::from_ne_bytes([*s]);
+    }
+    // SAFETY: socket() has no memory preconditions.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+    // SAFETY: addr is initialised and `len` lies within it (checked above).
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // EAGAIN: a listener whose backlog is full, still a listener.
+        Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => Ok(true),
+        Some(libc::ECONNREFUSED) | Some(libc::ENOENT) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Binds with umask 0177, so the socket is born 0600.
+///
+/// The umask is process-wide, so the bind runs on a thread of its own that
+/// first unshares its filesystem attributes (CLONE_FS, no privilege
+/// needed): the umask it sets then is its alone, and other threads (the
+/// test harness's, tokio's blocking pool) never see it. Where unshare is
+/// refused (a seccomp filter), the process-wide umask is changed around the
+/// bind and restored; that is only safe while no other thread creates
+/// files, which holds for the daemon, since it binds before it starts any.
+fn bind_private(path: &Path) -> io::Result<StdUnixListener> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd,
+            // root and umask from the rest of the process.
+            unsafe { libc::unshare(libc::CLONE_FS) };
+            // SAFETY: umask cannot fail.
+            let old = unsafe { libc::umask(0o177) };
+            let bound = StdUnixListener::bind(path);
+            // SAFETY: as above.
+            unsafe { libc::umask(old) };
+            bound
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the bind thread panicked")))
+    })
 }
 
 /// Client side: sends one request, waits for the answer.
 pub async fn call(path: &Path, request: &Request) -> Result<Response> {
     let mut stream = match UnixStream::connect(path).await {
         Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
             bail!(
                 "permission denied on {}: only root may control the affinity daemon",
                 path.display()
             )
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
             bail!(
                 "no affinity daemon is running (nothing listens on {}); start one with `affinity run`",
                 path.display()
@@ -167,6 +678,414 @@ pub async fn call(path: &Path, request: &Request) -> Result<Response> {
     .await
     .context("the daemon did not answer within 10 s")?
     .context("reading the daemon's answer")?;
+    if answer.is_empty() {
+        bail!("the daemon closed the connection without answering");
+    }
     serde_json::from_str(&answer)
         .with_context(|| format!("malformed answer from the daemon: {answer:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        os::unix::fs::{PermissionsExt, symlink},
+        time::Instant,
+    };
+
+    use super::*;
+
+    fn unprefer(target: &str) -> Request {
+        Request::Unprefer {
+            target: target.into(),
+        }
+    }
+
+    /// The event loop's side: answers every request with its target.
+    fn answer_all(mut rx: mpsc::Receiver<ControlCall>) -> JoinHandle<usize> {
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(call) = rx.recv().await {
+                n += 1;
+                let (Request::Prefer { target, .. } | Request::Unprefer { target }) = call.request;
+                let _ = call.reply.send(Response {
+                    ok: true,
+                    message: target,
+                });
+            }
+            n
+        })
+    }
+
+    fn umask_now() -> String {
+        fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Umask:"))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn the_socket_is_born_0600_and_the_process_umask_is_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let before = umask_now();
+        let server = ControlServer::bind(&path).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(umask_now(), before);
+        drop(server);
+        assert!(
+            fs::symlink_metadata(&path).is_err(),
+            "dropping the server removes its socket"
+        );
+    }
+
+    #[test]
+    fn a_missing_directory_is_created_0700() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("affinity");
+        let path = sub.join("control.sock");
+        preflight(&path).unwrap();
+        assert!(!sub.exists(), "preflight changes nothing");
+        let _server = ControlServer::bind(&path).unwrap();
+        assert_eq!(fs::metadata(&sub).unwrap().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_missing_grandparent_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/control.sock");
+        let e = format!("{:#}", ControlServer::bind(&path).unwrap_err());
+        assert!(e.contains("its parent must exist"), "{e}");
+        assert!(preflight(&path).is_err());
+        assert!(!dir.path().join("a").exists());
+    }
+
+    #[test]
+    fn a_group_writable_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("affinity");
+        fs::create_dir(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o770)).unwrap();
+        let path = sub.join("control.sock");
+        let e = format!("{:#}", ControlServer::bind(&path).unwrap_err());
+        assert!(e.contains(&sub.display().to_string()), "{e}");
+        assert!(e.contains("writable by group or others (mode 0770)"), "{e}");
+        assert!(preflight(&path).is_err());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_symlinked_or_foreign_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        symlink(&real, &link).unwrap();
+        let e = format!(
+            "{:#}",
+            ControlServer::bind(&link.join("control.sock")).unwrap_err()
+        );
+        assert!(e.contains("it is a symlink"), "{e}");
+        assert!(fs::read_dir(&real).unwrap().next().is_none());
+
+        let file = dir.path().join("file");
+        fs::write(&file, "x").unwrap();
+        let e = format!("{:#}", check_dir(&file).unwrap_err());
+        assert!(e.contains("a regular file, not a directory"), "{e}");
+
+        // Only root can give a directory away.
+        if euid() == 0 {
+            let theirs = dir.path().join("theirs");
+            fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            let e = format!("{:#}", check_dir(&theirs).unwrap_err());
+            assert!(e.contains("owned by uid 65534, not root"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_regular_file_symlink_or_directory_at_the_socket_path_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+
+        fs::write(&path, "precious").unwrap();
+        let e = format!("{:#}", ControlServer::bind(&path).unwrap_err());
+        assert!(e.contains("a regular file"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "precious");
+        fs::remove_file(&path).unwrap();
+
+        let target = dir.path().join("target");
+        fs::write(&target, "also precious").unwrap();
+        symlink(&target, &path).unwrap();
+        let e = format!("{:#}", ControlServer::bind(&path).unwrap_err());
+        assert!(e.contains("a symlink"), "{e}");
+        assert!(
+            fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read_to_string(&target).unwrap(), "also precious");
+        fs::remove_file(&path).unwrap();
+
+        // A dangling symlink too: binding through it would create a socket elsewhere.
+        symlink(dir.path().join("nowhere"), &path).unwrap();
+        assert!(ControlServer::bind(&path).is_err());
+        assert!(!dir.path().join("nowhere").exists());
+        fs::remove_file(&path).unwrap();
+
+        fs::create_dir(&path).unwrap();
+        let e = format!("{:#}", ControlServer::bind(&path).unwrap_err());
+        assert!(e.contains("a directory"), "{e}");
+        assert!(path.is_dir());
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        drop(StdUnixListener::bind(&path).unwrap());
+        // A second name keeps the stale inode alive, so the new socket
+        // cannot reuse its number and the comparison below means something.
+        fs::hard_link(&path, dir.path().join("stale")).unwrap();
+        let stale = fs::symlink_metadata(&path).unwrap().ino();
+        preflight(&path).unwrap();
+
+        let server = ControlServer::bind(&path).unwrap();
+        assert_ne!(fs::symlink_metadata(&path).unwrap().ino(), stale);
+        let (tx, rx) = mpsc::channel(4);
+        let _server = server.spawn(tx);
+        let _loop = answer_all(rx);
+        assert_eq!(call(&path, &unprefer("x")).await.unwrap().message, "x");
+    }
+
+    #[test]
+    fn a_live_socket_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let first = ControlServer::bind(&path).unwrap();
+        let ino = fs::symlink_metadata(&path).unwrap().ino();
+        let e = format!("{:#}", ControlServer::bind(&path).unwrap_err());
+        assert_eq!(
+            e,
+            format!(
+                "another affinity daemon is already listening on {}",
+                path.display()
+            )
+        );
+        let e = format!("{:#}", preflight(&path).unwrap_err());
+        assert!(e.contains("already listening"), "{e}");
+        assert_eq!(fs::symlink_metadata(&path).unwrap().ino(), ino);
+        drop(first);
+    }
+
+    #[test]
+    fn drop_leaves_a_file_that_replaced_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let server = ControlServer::bind(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, "someone else's").unwrap();
+        drop(server);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "someone else's");
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_does_not_delay_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (tx, rx) = mpsc::channel(4);
+        let _server = ControlServer::bind(&path).unwrap().spawn(tx);
+        let _loop = answer_all(rx);
+
+        let _idle = UnixStream::connect(&path).await.unwrap();
+        let started = Instant::now();
+        let answer = timeout(Duration::from_secs(1), call(&path, &unprefer("busy")))
+            .await
+            .expect("answered while the idle client still holds its connection")
+            .unwrap();
+        assert_eq!(
+            answer,
+            Response {
+                ok: true,
+                message: "busy".into()
+            }
+        );
+        assert!(started.elapsed() < READ_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_hundred_requests_in_a_row_are_all_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (tx, rx) = mpsc::channel(4);
+        let server = ControlServer::bind(&path).unwrap().spawn(tx);
+        let answered = answer_all(rx);
+        for i in 0..100 {
+            let r = call(&path, &unprefer(&i.to_string())).await.unwrap();
+            assert_eq!((r.ok, r.message), (true, i.to_string()));
+        }
+        server.abort();
+        let _ = server.await;
+        assert_eq!(answered.await.unwrap(), 100);
+        assert!(
+            fs::symlink_metadata(&path).is_err(),
+            "an aborted server removes its socket"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_wire_format_is_one_json_object_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (tx, mut rx) = mpsc::channel(4);
+        let _server = ControlServer::bind(&path).unwrap().spawn(tx);
+        let seen = tokio::spawn(async move {
+            let call = rx.recv().await.unwrap();
+            let _ = call.reply.send(Response {
+                ok: true,
+                message: "done".into(),
+            });
+            call.request
+        });
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        s.write_all(
+            b"{\"op\":\"prefer\",\"target\":\"khugepaged\",\"prefer\":\"0-1\",\"update\":true}\n",
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "{\"ok\":true,\"message\":\"done\"}\n");
+        assert_eq!(
+            seen.await.unwrap(),
+            Request::Prefer {
+                target: "khugepaged".into(),
+                prefer: "0-1".into(),
+                update: true
+            }
+        );
+    }
+
+    async fn raw(path: &Path, send: &[u8]) -> Response {
+        let mut s = UnixStream::connect(path).await.unwrap();
+        s.write_all(send).await.unwrap();
+        // One line, not to EOF: a server that stops reading early closes
+        // with data unread, and the kernel then resets the connection.
+        let mut out = String::new();
+        BufReader::new(s).read_line(&mut out).await.unwrap();
+        serde_json::from_str(&out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_answered_without_reaching_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (tx, rx) = mpsc::channel(4);
+        let _server = ControlServer::bind(&path).unwrap().spawn(tx);
+        let answered = answer_all(rx);
+
+        let r = raw(&path, b"{\"op\":\"reboot\"}\n").await;
+        assert!(!r.ok && r.message.starts_with("malformed request"), "{r:?}");
+
+        let mut huge = vec![b' '; MAX_REQUEST + 1];
+        huge.push(b'\n');
+        let r = raw(&path, &huge).await;
+        assert!(!r.ok && r.message.contains("longer than 65536"), "{r:?}");
+
+        // Exactly the cap is still fine.
+        let mut line = serde_json::to_vec(&unprefer("edge")).unwrap();
+        line.resize(MAX_REQUEST, b' ');
+        line.push(b'\n');
+        assert_eq!(raw(&path, &line).await.message, "edge");
+        assert!(!answered.is_finished());
+    }
+
+    fn quick() -> Limits {
+        Limits {
+            read: Duration::from_millis(200),
+            reply: Duration::from_millis(200),
+            ..Limits::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_client_is_told_off_after_the_read_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (tx, _rx) = mpsc::channel(4);
+        let _server = ControlServer::bind(&path).unwrap().spawn_with(tx, quick());
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        let mut out = String::new();
+        timeout(Duration::from_secs(2), s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(out.contains("no request within 200ms"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_loop_that_does_not_answer_yields_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (tx, mut rx) = mpsc::channel(4);
+        let _server = ControlServer::bind(&path).unwrap().spawn_with(tx, quick());
+        let held = tokio::spawn(async move {
+            let first = rx.recv().await.unwrap();
+            // The second is dropped unanswered; the first is kept, unanswered.
+            drop(rx.recv().await.unwrap());
+            first
+        });
+        let r = call(&path, &unprefer("a")).await.unwrap();
+        assert!(
+            !r.ok && r.message.contains("did not answer within"),
+            "{r:?}"
+        );
+        let r = call(&path, &unprefer("b")).await.unwrap();
+        assert!(!r.ok && r.message.contains("unanswered"), "{r:?}");
+        drop(held.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn clients_beyond_the_limit_are_told_the_daemon_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (tx, rx) = mpsc::channel(4);
+        let limits = Limits {
+            clients: 1,
+            ..Limits::default()
+        };
+        let _server = ControlServer::bind(&path).unwrap().spawn_with(tx, limits);
+        let _loop = answer_all(rx);
+        let _idle = UnixStream::connect(&path).await.unwrap();
+        // Let the accept loop hand the idle client its permit first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = call(&path, &unprefer("x")).await.unwrap();
+        assert!(!r.ok && r.message.contains("busy"), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn the_server_ends_and_cleans_up_when_the_loop_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (tx, rx) = mpsc::channel(4);
+        let server = ControlServer::bind(&path).unwrap().spawn(tx);
+        drop(rx);
+        timeout(Duration::from_secs(2), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(fs::symlink_metadata(&path).is_err());
+    }
+
+    #[test]
+    fn only_root_and_the_daemons_own_uid_may_connect() {
+        assert!(peer_allowed(0));
+        assert!(peer_allowed(euid()));
+        assert!(!peer_allowed(if euid() == 65534 { 65533 } else { 65534 }));
+    }
 }

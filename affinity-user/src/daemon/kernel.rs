@@ -1,5 +1,5 @@
-//! The daemon's narrow interface to the kernel: read a kthread, set its
-//! mask. [`ProcKernel`] is the real one; tests use a fake.
+//! The daemon's narrow interface to the kernel: read kthreads and CPUs, set
+//! a mask. [`ProcKernel`] is the real one; tests use a fake.
 
 use std::{
     io,
@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::{
     policy::{CpuSet, Kthread, PF_KTHREAD, PF_NO_SETAFFINITY},
-    sysfs,
+    sysfs::{self, Scan},
 };
 
 #[derive(Debug, Error)]
@@ -22,39 +22,65 @@ pub enum SetAffinityError {
     /// PF_NO_SETAFFINITY: the kernel refuses (EINVAL).
     #[error("pid {0} is pinned by the kernel")]
     Pinned(u32),
-    #[error("sched_setaffinity({pid}, {mask}): {source}")]
+    /// EINVAL because no CPU of the mask is online any more.
+    #[error("no CPU of {mask} is online now")]
+    Offline { pid: u32, mask: String },
+    /// Anything else, which may pass: the kthread is still there.
+    #[error("{what}({pid}, {mask}): {source}")]
     Os {
+        what: &'static str,
         pid: u32,
         mask: String,
         source: io::Error,
     },
 }
 
+impl SetAffinityError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            SetAffinityError::Gone(_) => libc::ESRCH,
+            SetAffinityError::Pinned(_) | SetAffinityError::Offline { .. } => libc::EINVAL,
+            SetAffinityError::Os { source, .. } => source.raw_os_error().unwrap_or(0),
+        }
+    }
+}
+
 pub trait Kernel {
     /// Sets `pid`'s CPU mask, but only if `pid` is still the kthread that
-    /// started at `start_time` (clock ticks since boot, /proc/PID/stat field 22).
+    /// started at `start_time` (clock ticks since boot, /proc/PID/stat field
+    /// 22). Returns the mask the kernel reports afterwards.
     fn set_affinity(
         &mut self,
         pid: u32,
         start_time: u64,
         mask: &CpuSet,
-    ) -> Result<(), SetAffinityError>;
-    /// The kthread `pid` as it is now; None if gone or not a kthread.
-    fn kthread(&self, pid: u32) -> Option<Kthread>;
+    ) -> Result<CpuSet, SetAffinityError>;
+    /// The kthread `pid` as it is now: `Ok(None)` if gone or not a kthread,
+    /// `Err` if it could not be read (which says nothing about it).
+    fn kthread(&self, pid: u32) -> io::Result<Option<Kthread>>;
     /// Every kthread now.
-    fn kthreads(&self) -> Vec<Kthread>;
+    fn kthreads(&self) -> io::Result<Scan>;
+    /// The online CPUs now.
+    fn online_cpus(&self) -> anyhow::Result<CpuSet>;
+    /// Whether no hotplug operation is under way on `cpu`.
+    fn cpu_settled(&self, cpu: u32) -> bool;
+    /// The node `cpu` belongs to, read now.
+    fn cpu_node(&self, cpu: u32) -> Option<u32>;
 }
 
-/// The kernel as seen through procfs and sched_setaffinity(2).
+/// The kernel as seen through procfs, sysfs and sched_setaffinity(2).
+#[derive(Clone, Debug)]
 pub struct ProcKernel {
     proc_root: PathBuf,
+    sys_root: PathBuf,
     width: u32,
 }
 
 impl ProcKernel {
-    pub fn new(proc_root: impl Into<PathBuf>, width: u32) -> Self {
+    pub fn new(proc_root: impl Into<PathBuf>, sys_root: impl Into<PathBuf>, width: u32) -> Self {
         ProcKernel {
             proc_root: proc_root.into(),
+            sys_root: sys_root.into(),
             width,
         }
     }
@@ -82,20 +108,58 @@ fn exited(pidfd: &OwnedFd) -> bool {
     n != 0
 }
 
+impl ProcKernel {
+    fn os(
+        &self,
+        what: &'static str,
+        pid: u32,
+        mask: &CpuSet,
+        source: io::Error,
+    ) -> SetAffinityError {
+        if source.raw_os_error() == Some(libc::ESRCH) {
+            return SetAffinityError::Gone(pid);
+        }
+        SetAffinityError::Os {
+            what,
+            pid,
+            mask: mask.to_string(),
+            source,
+        }
+    }
+
+    /// The mask as /proc shows it (`cpus_mask`), as every rescan reads it:
+    /// sched_getaffinity() would answer it ∩ the active CPUs, which is not
+    /// what was set while a CPU is coming or going.
+    fn get_affinity(&self, pid: u32) -> io::Result<CpuSet> {
+        match sysfs::kthread_of(&self.proc_root, pid, self.width)? {
+            Some(k) => Ok(k.cpus_allowed),
+            None => Err(io::Error::from_raw_os_error(libc::ESRCH)),
+        }
+    }
+}
+
 impl Kernel for ProcKernel {
     fn set_affinity(
         &mut self,
         pid: u32,
         start_time: u64,
         mask: &CpuSet,
-    ) -> Result<(), SetAffinityError> {
+    ) -> Result<CpuSet, SetAffinityError> {
         // Pin the task first, then check it is the one we mean: if the pid had
         // been reused in between, the start time would differ.
-        let pidfd = pidfd_open(pid).map_err(|_| SetAffinityError::Gone(pid))?;
+        let pidfd = pidfd_open(pid).map_err(|e| self.os("pidfd_open", pid, mask, e))?;
         // Only /proc/PID/stat: this runs for every kthread on every hotplug.
-        match sysfs::read_stat(&self.proc_root, pid) {
-            Some((_, flags, started)) if started == start_time && flags & PF_KTHREAD != 0 => {}
-            _ => return Err(SetAffinityError::Gone(pid)),
+        match sysfs::stat_of(&self.proc_root, pid) {
+            Ok(Some((_, flags, started))) if started == start_time && flags & PF_KTHREAD != 0 => {}
+            Ok(_) => return Err(SetAffinityError::Gone(pid)),
+            Err(e) => {
+                return Err(self.os(
+                    "reading /proc/PID/stat before sched_setaffinity",
+                    pid,
+                    mask,
+                    e,
+                ));
+            }
         }
         // The raw syscall takes any whole number of longs, so masks wider
         // than glibc's 1024-CPU cpu_set_t need no special case.
@@ -111,33 +175,47 @@ impl Kernel for ProcKernel {
         };
         if ret != 0 {
             let err = io::Error::last_os_error();
-            return Err(match err.raw_os_error() {
-                Some(libc::ESRCH) => SetAffinityError::Gone(pid),
-                Some(libc::EINVAL)
-                    if sysfs::read_stat(&self.proc_root, pid)
-                        .is_some_and(|(_, f, _)| f & PF_NO_SETAFFINITY != 0) =>
-                {
-                    SetAffinityError::Pinned(pid)
-                }
-                _ => SetAffinityError::Os {
+            if err.raw_os_error() == Some(libc::EINVAL)
+                && sysfs::read_stat(&self.proc_root, pid)
+                    .is_some_and(|(_, f, _)| f & PF_NO_SETAFFINITY != 0)
+            {
+                return Err(SetAffinityError::Pinned(pid));
+            }
+            if err.raw_os_error() == Some(libc::EINVAL)
+                && self.online_cpus().is_ok_and(|o| o.and(mask).is_empty())
+            {
+                return Err(SetAffinityError::Offline {
                     pid,
                     mask: mask.to_string(),
-                    source: err,
-                },
-            });
+                });
+            }
+            return Err(self.os("sched_setaffinity", pid, mask, err));
         }
         // Still alive after the call: the pid was ours throughout.
         if exited(&pidfd) {
             return Err(SetAffinityError::Gone(pid));
         }
-        Ok(())
+        self.get_affinity(pid)
+            .map_err(|e| self.os("reading the mask back from /proc/PID/status", pid, mask, e))
     }
 
-    fn kthread(&self, pid: u32) -> Option<Kthread> {
-        sysfs::read_kthread(&self.proc_root, pid, self.width)
+    fn kthread(&self, pid: u32) -> io::Result<Option<Kthread>> {
+        sysfs::kthread_of(&self.proc_root, pid, self.width)
     }
 
-    fn kthreads(&self) -> Vec<Kthread> {
-        sysfs::read_kthreads(&self.proc_root, self.width)
+    fn kthreads(&self) -> io::Result<Scan> {
+        sysfs::scan_kthreads(&self.proc_root, self.width)
+    }
+
+    fn online_cpus(&self) -> anyhow::Result<CpuSet> {
+        sysfs::online_cpus(&self.sys_root, self.width)
+    }
+
+    fn cpu_settled(&self, cpu: u32) -> bool {
+        sysfs::cpu_settled(&self.sys_root, cpu)
+    }
+
+    fn cpu_node(&self, cpu: u32) -> Option<u32> {
+        sysfs::cpu_node(&self.sys_root, cpu)
     }
 }

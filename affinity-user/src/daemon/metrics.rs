@@ -1,71 +1,148 @@
 //! `--metrics ADDR`: the daemon's counters in the Prometheus text format.
+//!
+//! [`render`] turns a [`MetricsView`] (plain numbers, filled in by the
+//! event loop from whatever it counts) into the exposition text.
+//! [`spawn_server`] serves the latest text from a `watch` channel, so the
+//! event loop renders when its counters change and never waits for a
+//! scraper:
+//!
+//! ```ignore
+//! let (body_tx, body_rx) = tokio::sync::watch::channel(Arc::new(String::new()));
+//! let _metrics = metrics::spawn_server(TcpListener::bind(addr).await?, body_rx);
+//! // ... in the loop, after counters change (or on a tick):
+//! body_tx.send_replace(Arc::new(metrics::render(&view)));
+//! ```
+//!
+//! The server answers every request, whatever its path or method, with
+//! HTTP/1.0 200 and the current body. At most [`MAX_CONNECTIONS`] are served
+//! at once and more are dropped as soon as they are accepted; each gets
+//! [`READ_TIMEOUT`] to send its request head (at most [`MAX_HEAD`] bytes)
+//! and [`WRITE_TIMEOUT`] to take the answer, so idle or slow clients hold
+//! a slot for a bounded time only. Accept errors (EMFILE and the like) are
+//! reported once per streak and retried after a short pause; they never
+//! end the task. It runs until aborted or until its runtime shuts down.
 
-use std::fmt::Write;
+use std::{collections::BTreeMap, fmt::Write, io, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, watch},
+    task::JoinHandle,
+    time::timeout,
 };
 
-use super::Stats;
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 8;
+/// Longest request head read; a scraper's is a few hundred bytes.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// How long a client has to send its request head.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long writing the answer may take.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// With `by_comm`, the comms with the most violations get a label each; the
+/// rest are summed under `comm="other"`, so a storm of distinct names cannot
+/// blow up the scraper's series count.
+pub const TOP_COMMS: usize = 20;
+const OTHER: &str = "other";
+/// Pause after a failed accept: EMFILE and ENFILE do not clear at once.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-pub struct Gauges {
+/// What the metrics say, independent of how the daemon keeps its counts.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsView<'a> {
+    /// All violations; the unlabelled counter.
+    pub violations: u64,
+    /// Per comm; read only with `by_comm`.
+    pub violations_by_comm: &'a BTreeMap<String, u64>,
+    /// Label `affinity_violations_total` by comm (the top [`TOP_COMMS`]).
+    pub by_comm: bool,
+    pub applied: u64,
+    pub hotplug: u64,
+    pub drops: u64,
+    pub suppressed: u64,
+    pub errors: u64,
+    pub resyncs: u64,
+    pub refused: u64,
     pub registered: usize,
     pub pinned: usize,
 }
 
-pub fn render(stats: &Stats, gauges: &Gauges) -> String {
+pub fn render(view: &MetricsView<'_>) -> String {
     let mut body = String::new();
-    let _ = writeln!(
-        body,
-        "# HELP affinity_violations_total Times a kthread ran outside its allowed CPUs, by comm.\n# TYPE affinity_violations_total counter"
-    );
-    for (comm, n) in &stats.violations_by_comm {
-        let comm = comm.replace('\\', "\\\\").replace('"', "\\\"");
-        let _ = writeln!(body, "affinity_violations_total{{comm=\"{comm}\"}} {n}");
+    if view.by_comm {
+        let _ = writeln!(
+            body,
+            "# HELP affinity_violations_total Times a kthread ran outside its allowed CPUs, by comm (the {TOP_COMMS} most frequent; the rest as comm=\"{OTHER}\").\n# TYPE affinity_violations_total counter"
+        );
+        for (comm, n) in top_comms(view.violations_by_comm, TOP_COMMS) {
+            let _ = writeln!(
+                body,
+                "affinity_violations_total{{comm=\"{}\"}} {n}",
+                escape(comm)
+            );
+        }
+    } else {
+        let _ = writeln!(
+            body,
+            "# HELP affinity_violations_total Times a kthread ran outside its allowed CPUs.\n# TYPE affinity_violations_total counter\naffinity_violations_total {}",
+            view.violations
+        );
     }
-    let simple: [(&str, &str, &str, u64); 7] = [
+    let simple: [(&str, &str, &str, u64); 9] = [
         (
             "affinity_reapplies_total",
             "counter",
             "CPU masks applied to kthreads.",
-            stats.applied,
+            view.applied,
         ),
         (
             "affinity_hotplug_events_total",
             "counter",
             "CPU offline/online transitions seen.",
-            stats.hotplug,
+            view.hotplug,
         ),
         (
             "affinity_drops_total",
             "counter",
             "Events lost because the ring buffer was full.",
-            stats.drops,
+            view.drops,
         ),
         (
             "affinity_suppressed_total",
             "counter",
             "Violations not reported because of the per-pid rate limit.",
-            stats.suppressed,
+            view.suppressed,
         ),
         (
             "affinity_errors_total",
             "counter",
             "Errors the daemon reported and carried on from.",
-            stats.errors,
+            view.errors,
+        ),
+        (
+            "affinity_resyncs_total",
+            "counter",
+            "Times the daemon's view of CPUs or masks was corrected from the kernel.",
+            view.resyncs,
+        ),
+        (
+            "affinity_refused_total",
+            "counter",
+            "Masks the kernel refused to set.",
+            view.refused,
         ),
         (
             "affinity_registered_kthreads",
             "gauge",
             "Kthreads whose affinity the daemon manages.",
-            gauges.registered as u64,
+            view.registered as u64,
         ),
         (
             "affinity_pinned_kthreads",
             "gauge",
             "Kthreads pinned by the kernel (PF_NO_SETAFFINITY).",
-            gauges.pinned as u64,
+            view.pinned as u64,
         ),
     ];
     for (name, kind, help, value) in simple {
@@ -77,41 +154,355 @@ pub fn render(stats: &Stats, gauges: &Gauges) -> String {
     body
 }
 
-/// Answers one HTTP request with the metrics, whatever path it asked for.
-pub async fn serve_one(mut stream: TcpStream, body: String) {
+/// The `n` comms with the most violations (ties by name), in name order,
+/// then the rest summed as [`OTHER`] if there is a rest. A comm that really
+/// is called "other" joins the rest: two series with one label set would
+/// make the whole exposition invalid.
+///
+/// The split is recomputed on every render, so when a comm climbs into the
+/// top `n` its count leaves "other", which then goes down and reads as a
+/// counter reset. Callers that need strictly monotonic series should bound
+/// the map where they count (first `n` comms seen, the rest as "other").
+fn top_comms(by_comm: &BTreeMap<String, u64>, n: usize) -> Vec<(&str, u64)> {
+    let mut ranked: Vec<(&str, u64)> = by_comm
+        .iter()
+        .filter(|(c, _)| c.as_str() != OTHER)
+        .map(|(c, v)| (c.as_str(), *v))
+        .collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let rest = ranked.split_off(ranked.len().min(n));
+    let named_other = by_comm.get(OTHER).copied();
+    ranked.sort_by(|a, b| a.0.cmp(b.0));
+    if !rest.is_empty() || named_other.is_some() {
+        let sum = rest
+            .iter()
+            .map(|(_, v)| *v)
+            .chain(named_other)
+            .fold(0u64, u64::saturating_add);
+        ranked.push((OTHER, sum));
+    }
+    ranked
+}
+
+/// Label values per the text format: backslash, quote and newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    connections: usize,
+    max_head: usize,
+    read: Duration,
+    write: Duration,
+    backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: MAX_CONNECTIONS,
+            max_head: MAX_HEAD,
+            read: READ_TIMEOUT,
+            write: WRITE_TIMEOUT,
+            backoff: ACCEPT_BACKOFF,
+        }
+    }
+}
+
+/// Serves `body`'s latest value to every scraper; see the module docs.
+/// Must be called inside a tokio runtime.
+pub fn spawn_server(listener: TcpListener, body: watch::Receiver<Arc<String>>) -> JoinHandle<()> {
+    spawn_server_with(listener, body, Limits::default())
+}
+
+fn spawn_server_with(
+    listener: TcpListener,
+    body: watch::Receiver<Arc<String>>,
+    limits: Limits,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let permits = Arc::new(Semaphore::new(limits.connections));
+        let mut failing = false;
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    failing = false;
+                    // Over the limit the stream drops here: the scraper
+                    // retries on its next interval.
+                    if let Ok(permit) = permits.clone().try_acquire_owned() {
+                        let body = body.clone();
+                        tokio::spawn(async move {
+                            serve(stream, &body, limits).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        eprintln!(
+                            "affinity: warning: metrics endpoint: accepting a connection: {e}; retrying"
+                        );
+                        failing = true;
+                    }
+                    tokio::time::sleep(limits.backoff).await;
+                }
+            }
+        }
+    })
+}
+
+async fn serve(mut stream: TcpStream, body: &watch::Receiver<Arc<String>>, limits: Limits) {
+    match timeout(limits.read, read_head(&mut stream, limits.max_head)).await {
+        Ok(Ok(true)) => {}
+        // Idle, too slow, oversized or gone: nobody to answer.
+        _ => return,
+    }
+    // Taken after the head arrived, so a slow client still gets fresh numbers.
+    let body = Arc::clone(&body.borrow());
+    let _ = timeout(limits.write, respond(&mut stream, &body)).await;
+}
+
+/// Reads until the blank line that ends a request head. `Ok(false)`: the
+/// client closed without sending anything, or sent more than `max` bytes.
+async fn read_head(stream: &mut TcpStream, max: usize) -> io::Result<bool> {
+    let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.read(&mut buf)).await;
-    let response = format!(
-        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            // A client that half-closes after a bare request line still
+            // wants its answer.
+            return Ok(!head.is_empty());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            return Ok(true);
+        }
+        if head.len() > max {
+            return Ok(false);
+        }
+    }
+}
+
+async fn respond(stream: &mut TcpStream, body: &str) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
+    fn view(by_comm: &BTreeMap<String, u64>) -> MetricsView<'_> {
+        MetricsView {
+            violations: 9,
+            violations_by_comm: by_comm,
+            by_comm: false,
+            applied: 1,
+            hotplug: 2,
+            drops: 3,
+            suppressed: 4,
+            errors: 5,
+            resyncs: 6,
+            refused: 7,
+            registered: 10,
+            pinned: 11,
+        }
+    }
+
     #[test]
-    fn renders_every_family_with_escaped_labels() {
-        let mut stats = Stats::default();
-        stats.violations_by_comm.insert("a\"b".into(), 2);
-        stats.drops = 3;
-        let text = render(
-            &stats,
-            &Gauges {
-                registered: 5,
-                pinned: 7,
-            },
+    fn renders_the_exact_text() {
+        let comms = BTreeMap::from([("kswapd0".to_string(), 9)]);
+        assert_eq!(
+            render(&view(&comms)),
+            "\
+# HELP affinity_violations_total Times a kthread ran outside its allowed CPUs.
+# TYPE affinity_violations_total counter
+affinity_violations_total 9
+# HELP affinity_reapplies_total CPU masks applied to kthreads.
+# TYPE affinity_reapplies_total counter
+affinity_reapplies_total 1
+# HELP affinity_hotplug_events_total CPU offline/online transitions seen.
+# TYPE affinity_hotplug_events_total counter
+affinity_hotplug_events_total 2
+# HELP affinity_drops_total Events lost because the ring buffer was full.
+# TYPE affinity_drops_total counter
+affinity_drops_total 3
+# HELP affinity_suppressed_total Violations not reported because of the per-pid rate limit.
+# TYPE affinity_suppressed_total counter
+affinity_suppressed_total 4
+# HELP affinity_errors_total Errors the daemon reported and carried on from.
+# TYPE affinity_errors_total counter
+affinity_errors_total 5
+# HELP affinity_resyncs_total Times the daemon's view of CPUs or masks was corrected from the kernel.
+# TYPE affinity_resyncs_total counter
+affinity_resyncs_total 6
+# HELP affinity_refused_total Masks the kernel refused to set.
+# TYPE affinity_refused_total counter
+affinity_refused_total 7
+# HELP affinity_registered_kthreads Kthreads whose affinity the daemon manages.
+# TYPE affinity_registered_kthreads gauge
+affinity_registered_kthreads 10
+# HELP affinity_pinned_kthreads Kthreads pinned by the kernel (PF_NO_SETAFFINITY).
+# TYPE affinity_pinned_kthreads gauge
+affinity_pinned_kthreads 11
+"
         );
+    }
+
+    fn violation_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("affinity_violations_total"))
+            .collect()
+    }
+
+    #[test]
+    fn by_comm_labels_with_escaping() {
+        let comms = BTreeMap::from([
+            ("a\"b".to_string(), 2),
+            ("back\\slash".to_string(), 3),
+            ("new\nline".to_string(), 4),
+        ]);
+        let text = render(&MetricsView {
+            by_comm: true,
+            ..view(&comms)
+        });
+        assert_eq!(
+            violation_lines(&text),
+            [
+                "affinity_violations_total{comm=\"a\\\"b\"} 2",
+                "affinity_violations_total{comm=\"back\\\\slash\"} 3",
+                "affinity_violations_total{comm=\"new\\nline\"} 4",
+            ]
+        );
+        assert!(text.contains("# TYPE affinity_violations_total counter"));
+    }
+
+    #[test]
+    fn by_comm_keeps_the_top_twenty_and_sums_the_rest() {
+        // comm00 has 1 violation, comm24 has 25.
+        let comms: BTreeMap<String, u64> =
+            (0..25).map(|i| (format!("comm{i:02}"), i + 1)).collect();
+        let text = render(&MetricsView {
+            by_comm: true,
+            ..view(&comms)
+        });
+        let lines = violation_lines(&text);
+        assert_eq!(lines.len(), 21, "{text}");
+        assert_eq!(lines[0], "affinity_violations_total{comm=\"comm05\"} 6");
+        assert_eq!(lines[19], "affinity_violations_total{comm=\"comm24\"} 25");
+        assert_eq!(
+            lines[20], "affinity_violations_total{comm=\"other\"} 15",
+            "1+2+3+4+5"
+        );
+    }
+
+    #[test]
+    fn a_comm_called_other_joins_the_rest() {
+        let comms = BTreeMap::from([("other".to_string(), 2), ("x".to_string(), 1)]);
+        let text = render(&MetricsView {
+            by_comm: true,
+            ..view(&comms)
+        });
+        assert_eq!(
+            violation_lines(&text),
+            [
+                "affinity_violations_total{comm=\"x\"} 1",
+                "affinity_violations_total{comm=\"other\"} 2",
+            ]
+        );
+    }
+
+    async fn get(addr: std::net::SocketAddr) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// True if the server closed `s` without sending anything.
+    async fn closed(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(s.read(&mut buf).await, Ok(0) | Err(_))
+    }
+
+    #[tokio::test]
+    async fn idle_connections_time_out_and_later_requests_are_answered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(Arc::new("up 1\n".to_string()));
+        let limits = Limits {
+            read: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let _server = spawn_server_with(listener, rx, limits);
+
+        let opened = Instant::now();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Let the server accept them all, so they hold every slot.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let started = Instant::now();
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        over.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
         assert!(
-            text.contains("affinity_violations_total{comm=\"a\\\"b\"} 2"),
-            "{text}"
+            timeout(Duration::from_millis(200), closed(&mut over))
+                .await
+                .unwrap(),
+            "over the limit: dropped at once, unanswered"
         );
-        assert!(text.contains("affinity_drops_total 3"));
-        assert!(text.contains("affinity_registered_kthreads 5"));
-        assert!(text.contains("affinity_pinned_kthreads 7"));
-        assert!(text.contains("# TYPE affinity_hotplug_events_total counter"));
+        assert!(started.elapsed() < limits.read);
+
+        for s in &mut idle {
+            assert!(
+                timeout(Duration::from_secs(2), closed(s)).await.unwrap(),
+                "an idle connection is closed after the read timeout"
+            );
+        }
+        // Accepted after `opened`, so closed by the timeout no sooner than
+        // this; earlier would mean closed for some other reason.
+        assert!(opened.elapsed() >= limits.read);
+
+        tx.send_replace(Arc::new("up 2\n".to_string()));
+        let answer = timeout(Duration::from_secs(2), get(addr)).await.unwrap();
+        assert_eq!(
+            answer,
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: 5\r\n\r\nup 2\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_head_is_dropped_unanswered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(Arc::new(String::new()));
+        let _server = spawn_server(listener, rx);
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // The server may reset the connection before all of it is sent.
+        let _ = s.write_all(&vec![b'a'; MAX_HEAD + 2048]).await;
+        assert!(
+            timeout(Duration::from_secs(1), closed(&mut s))
+                .await
+                .unwrap()
+        );
+        // And the server is still there for the next scraper.
+        assert!(get(addr).await.starts_with("HTTP/1.0 200 OK\r\n"));
     }
 }

@@ -1,70 +1,88 @@
 //! The daemon's core: turns decoded kernel events into policy engine events,
-//! carries out the engine's actions through [`Kernel`] and [`PolicyMaps`],
-//! and reports. Synchronous and free of BPF, so it runs against fakes in
-//! unit tests; `commands::run` wraps it in the async event loop.
+//! carries out the engine's actions through [`Kernel`] and [`PolicyMaps`]
+//! (see `executor.rs`), feeds their outcome back to the engine, and reports.
+//! Synchronous and free of BPF, so it runs against fakes in unit tests;
+//! `commands::run` wraps it in the async event loop.
+//!
+//! The daemon's view never depends on having seen every event: the online
+//! set and each CPU's node are read from sysfs at hotplug records, on every
+//! rescan and after any lost record ([`Core::converge`]), and every
+//! kthread's mask on every rescan ([`Core::reconcile`]).
 
 pub mod control;
+mod executor;
 pub mod kernel;
 pub mod metrics;
+pub mod output;
 pub mod report;
+mod stats;
+#[cfg(test)]
+mod tests;
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    io::Write,
-};
+use std::{collections::BTreeMap, io::Write};
 
-use kernel::{Kernel, SetAffinityError};
+use kernel::Kernel;
 use report::{Report, Reporter};
+pub use stats::Stats;
 
 use crate::{
-    policy::{Action, CpuSet, Engine, Event, Kthread, Preference, RegistryError, Target},
+    policy::{CpuSet, Engine, Event, Preference, RegistryError, Target},
+    sysfs::Scan,
     wire::{HotplugPhase, WireEvent},
 };
 
-/// Where the programs read their policy: pid → allowed mask.
+/// What the eBPF programs read: the policy per pid, and their view of the
+/// online CPUs with the hotplug steps userspace has acted on.
 pub trait PolicyMaps {
-    fn set_allowed(&mut self, pid: u32, mask: &CpuSet) -> anyhow::Result<()>;
-    fn remove_allowed(&mut self, pid: u32) -> anyhow::Result<()>;
+    fn set_policy(
+        &mut self,
+        pid: u32,
+        applied: &CpuSet,
+        preferred: Option<&CpuSet>,
+    ) -> anyhow::Result<()>;
+    fn clear_policy(&mut self, pid: u32) -> anyhow::Result<()>;
+    /// The masks for every hotplug step up to `seq` are in place.
+    fn acknowledge(&mut self, seq: u64) -> anyhow::Result<()>;
+    /// The programs' view: (last step, online CPUs).
+    fn hotplug_view(&self) -> anyhow::Result<(u64, Vec<u64>)>;
+    /// Replaces the programs' online CPUs and acknowledges every step.
+    fn correct_online(&mut self, online: &CpuSet) -> anyhow::Result<u64>;
 }
 
 impl PolicyMaps for crate::bpf::Observer {
-    fn set_allowed(&mut self, pid: u32, mask: &CpuSet) -> anyhow::Result<()> {
-        Ok(crate::bpf::Observer::set_allowed(self, pid, mask.words())?)
+    fn set_policy(
+        &mut self,
+        pid: u32,
+        applied: &CpuSet,
+        preferred: Option<&CpuSet>,
+    ) -> anyhow::Result<()> {
+        let none: &[u64] = &[];
+        Ok(crate::bpf::Observer::set_policy(
+            self,
+            pid,
+            applied.words(),
+            preferred.map_or(none, |p| p.words()),
+        )?)
     }
-    fn remove_allowed(&mut self, pid: u32) -> anyhow::Result<()> {
+    fn clear_policy(&mut self, pid: u32) -> anyhow::Result<()> {
         Ok(crate::bpf::Observer::remove_allowed(self, pid)?)
     }
-}
-
-/// Running totals, for the summary line and the metrics endpoint.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub violations_by_comm: BTreeMap<String, u64>,
-    pub applied: u64,
-    pub hotplug: u64,
-    pub drops: u64,
-    pub suppressed: u64,
-    pub errors: u64,
-    /// Records received from the eBPF programs.
-    pub records: u64,
-    /// Runs outside the allowed set as the kernel counted them, reported or
-    /// not (rate limit, or the mask changed again before we read the record).
-    pub violations_seen: u64,
-}
-
-impl Stats {
-    pub fn violations(&self) -> u64 {
-        self.violations_by_comm.values().sum()
+    fn acknowledge(&mut self, seq: u64) -> anyhow::Result<()> {
+        Ok(crate::bpf::Observer::acknowledge(self, seq)?)
+    }
+    fn hotplug_view(&self) -> anyhow::Result<(u64, Vec<u64>)> {
+        Ok(crate::bpf::Observer::hotplug_view(self)?)
+    }
+    fn correct_online(&mut self, online: &CpuSet) -> anyhow::Result<u64> {
+        Ok(crate::bpf::Observer::correct_online(self, online.words())?)
     }
 }
 
 pub struct Options {
     /// Change nothing: report what would be done.
     pub observe: bool,
-    /// Keep each kthread's mask from before our first change, to put back on exit.
+    /// Put each kthread's mask from before our first change back on exit.
     pub restore_on_exit: bool,
-    /// The kernel re-affines some kthreads itself (6.14+): say so, per pid, once.
-    pub kernel_manages: Box<dyn Fn(&Kthread) -> bool>,
 }
 
 pub struct Core<K: Kernel, W: Write> {
@@ -73,11 +91,15 @@ pub struct Core<K: Kernel, W: Write> {
     pub reporter: Reporter<W>,
     pub stats: Stats,
     opts: Options,
-    /// Reported once per pid, never again (DESIGN: no retry loops on pinned threads).
-    pinned_reported: HashSet<u32>,
-    kernel_managed_reported: HashSet<u32>,
-    originals: HashMap<u32, (u64, CpuSet)>,
-    comms: HashMap<u32, String>,
+    /// The last hotplug step acknowledged to the programs.
+    acked: u64,
+    /// A disagreement with the kernel first seen at (CLOCK_MONOTONIC ns,
+    /// programs' step, sysfs online set, the programs' online set): acted on
+    /// only if it is still the same a while later (see [`Core::converge`]).
+    disagreement: Option<(u64, u64, CpuSet, CpuSet)>,
+    /// Bumped by everything that may change a kthread's record or mask: a
+    /// /proc scan started before a bump is stale (see [`Core::epoch`]).
+    epoch: u64,
 }
 
 impl<K: Kernel, W: Write> Core<K, W> {
@@ -88,91 +110,51 @@ impl<K: Kernel, W: Write> Core<K, W> {
             reporter,
             stats: Stats::default(),
             opts,
-            pinned_reported: HashSet::new(),
-            kernel_managed_reported: HashSet::new(),
-            originals: HashMap::new(),
-            comms: HashMap::new(),
+            acked: 0,
+            disagreement: None,
+            epoch: 0,
         }
     }
 
-    pub fn observe(&self) -> bool {
-        self.opts.observe
+    /// A scan made while this stays the same saw what the engine believes;
+    /// one that straddles a change may show masks from before it, which
+    /// must not be taken for someone else's doing.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     pub fn pinned_count(&self) -> usize {
-        self.engine.entries().filter(|e| e.pinned).count()
+        self.engine.entries().filter(|e| e.pinned()).count()
     }
 
     pub fn managed_count(&self) -> usize {
-        self.engine
-            .entries()
-            .filter(|e| !e.pinned && e.preference.is_some())
-            .count()
+        self.engine.entries().filter(|e| e.managed()).count()
     }
 
-    /// Feeds every kthread alive now into the engine and writes the policy
-    /// maps for all of them: the start-up scan, also after a SIGKILL.
-    pub fn start(&mut self, maps: &mut impl PolicyMaps) {
-        for k in self.kernel.kthreads() {
-            self.new_kthread(k, maps);
+    /// Feeds every kthread alive now into the engine and sets their masks:
+    /// the start-up scan, also after a SIGKILL.
+    pub fn start(&mut self, maps: &mut impl PolicyMaps) -> std::io::Result<()> {
+        let scan = self.kernel.kthreads()?;
+        for k in scan.kthreads {
+            let actions = self.engine.handle(Event::KthreadNew(k));
+            self.execute(actions, maps);
         }
-        self.sync_maps(maps);
-    }
-
-    /// Writes every managed kthread's applied mask to the policy map.
-    pub fn sync_maps(&mut self, maps: &mut impl PolicyMaps) {
-        let managed: Vec<(u32, CpuSet)> = self
-            .engine
-            .entries()
-            .filter(|e| !e.pinned && e.preference.is_some())
-            .map(|e| (e.pid, e.applied.clone()))
-            .collect();
-        for (pid, mask) in managed {
-            if let Err(e) = maps.set_allowed(pid, &mask) {
-                self.error(format!("writing the policy map for pid {pid}: {e:#}"));
-            }
-        }
-    }
-
-    fn new_kthread(&mut self, k: Kthread, maps: &mut impl PolicyMaps) {
-        if self.opts.restore_on_exit {
-            self.originals
-                .entry(k.pid)
-                .or_insert((k.start_time, k.cpus_allowed.clone()));
-        }
-        if !k.is_pinned()
-            && (self.opts.kernel_manages)(&k)
-            && self.kernel_managed_reported.insert(k.pid)
-        {
-            self.reporter.report(&Report::KernelManaged {
-                pid: k.pid,
-                comm: k.comm.clone(),
-            });
-        }
-        let (pid, comm) = (k.pid, k.comm.clone());
-        let actions = self.engine.handle(Event::KthreadNew(k));
-        // Exits are reported for the kthreads we manage, by name.
-        if self.engine.entry(pid).is_some_and(|e| e.managed()) {
-            self.comms.insert(pid, comm);
-        }
-        self.execute(actions, maps);
+        Ok(())
     }
 
     /// A new kthread, read from /proc once its creator is done with it.
     pub fn kthread_created(&mut self, pid: u32, maps: &mut impl PolicyMaps) {
-        if let Some(k) = self.kernel.kthread(pid) {
-            if let Some(e) = self.engine.entry(pid) {
-                if e.start_time == k.start_time && e.comm == k.comm {
-                    // Fork and rename of one kthread, both seen: nothing new.
-                    return;
-                }
-                // A renamed kthread (a rule may match its new name), or a
-                // reused pid: the old entry goes first, without an exit report.
-                self.comms.remove(&pid);
-                let actions = self.engine.handle(Event::KthreadExit { pid });
+        match self.kernel.kthread(pid) {
+            // The engine ignores a fork and a rename of one kthread seen
+            // twice, and replaces a renamed or reused one.
+            Ok(Some(k)) => {
+                let actions = self.engine.handle(Event::KthreadNew(k));
                 self.execute(actions, maps);
             }
-            self.new_kthread(k, maps);
+            // Gone already, or it was never a kthread: the rescan agrees.
+            Ok(None) => {}
+            // Not readable now: the next rescan picks it up.
+            Err(_) => {}
         }
     }
 
@@ -182,79 +164,57 @@ impl<K: Kernel, W: Write> Core<K, W> {
     pub fn on_wire(&mut self, event: WireEvent, maps: &mut impl PolicyMaps) -> Option<u32> {
         let actions = match event {
             WireEvent::Hotplug {
-                ts_ns, cpu, phase, ..
+                ts_ns,
+                cpu,
+                phase,
+                state,
+                ret,
+                seq,
             } => {
-                let (event, online) = match phase {
-                    HotplugPhase::OfflineBegin => (Event::CpuOfflineBegin { cpu }, false),
-                    HotplugPhase::OfflineDone => {
-                        let actions = self.engine.handle(Event::CpuOfflineDone { cpu });
-                        self.execute(actions, maps);
-                        return None;
-                    }
-                    HotplugPhase::OnlineDone => (
-                        Event::CpuOnline {
-                            cpu,
-                            node: self.node_of(cpu),
-                        },
-                        true,
-                    ),
-                };
-                self.stats.hotplug += 1;
-                self.reporter.report(&Report::Hotplug { cpu, online });
-                let applied_before = self.stats.applied;
-                let actions = self.engine.handle(event);
-                self.execute(actions, maps);
-                // From the kernel's timestamp of the hotplug step to the last
-                // mask in place: the window in which a thread could run on a
-                // CPU it should have left.
-                let latency_us = monotonic_ns().saturating_sub(ts_ns) as f64 / 1000.0;
-                self.reporter.report(&Report::HotplugHandled {
-                    cpu,
-                    online,
-                    applied: self.stats.applied - applied_before,
-                    latency_us: (latency_us * 10.0).round() / 10.0,
-                });
+                self.on_hotplug(ts_ns, cpu, phase, state, ret, maps);
+                self.acknowledge(seq, maps);
                 return None;
             }
-            WireEvent::Violation { task, cpu, .. }
-            | WireEvent::Migrate {
+            WireEvent::Violation {
+                task, cpu, run_ns, ..
+            } => self.engine.handle(Event::Ran {
+                pid: task.pid,
+                comm: task.comm,
+                cpu,
+                run_ns,
+            }),
+            WireEvent::Migrate {
                 task,
                 dest_cpu: cpu,
                 ..
-            } => {
-                let actions = self.engine.handle(Event::Ran { pid: task.pid, cpu });
-                if actions.is_empty() && self.engine.entry(task.pid).is_none() {
-                    // A kthread we have not met yet ran on a non-housekeeping
-                    // CPU: the default policy judged it in the kernel.
-                    vec![Action::ReportViolation {
-                        pid: task.pid,
-                        comm: task.comm,
-                        cpu,
-                        allowed: self.engine.housekeeping().clone(),
-                    }]
-                } else {
-                    actions
-                }
-            }
+            } => self.engine.handle(Event::Ran {
+                pid: task.pid,
+                comm: task.comm,
+                cpu,
+                run_ns: 0,
+            }),
             WireEvent::KthreadNew { task, .. } => return Some(task.pid),
             WireEvent::KthreadExit { task, .. } => {
-                // comms stays until Forget, which reports the exit by name.
-                self.originals.remove(&task.pid);
-                self.pinned_reported.remove(&task.pid);
-                self.kernel_managed_reported.remove(&task.pid);
                 self.engine.handle(Event::KthreadExit { pid: task.pid })
             }
             WireEvent::SetAffinity {
                 target_pid,
                 caller_tgid,
                 caller_comm,
-                ret,
                 ..
             } => {
-                if ret != 0 {
+                // The programs report successful calls only; the mask is
+                // read now (later calls in the same batch were coalesced).
+                let Ok(Some(k)) = self.kernel.kthread(target_pid) else {
+                    return None;
+                };
+                if self
+                    .engine
+                    .entry(target_pid)
+                    .is_none_or(|e| e.start_time != k.start_time)
+                {
                     return None;
                 }
-                let k = self.kernel.kthread(target_pid)?;
                 self.engine.handle(Event::AffinityChanged {
                     pid: target_pid,
                     mask: k.cpus_allowed,
@@ -267,58 +227,253 @@ impl<K: Kernel, W: Write> Core<K, W> {
         None
     }
 
-    fn node_of(&self, cpu: u32) -> Option<u32> {
-        self.engine
-            .topology()
-            .nodes
-            .iter()
-            .find(|(_, cpus)| cpus.contains(cpu))
-            .map(|(n, _)| *n)
+    fn on_hotplug(
+        &mut self,
+        ts_ns: u64,
+        cpu: u32,
+        phase: HotplugPhase,
+        step: i32,
+        ret: i32,
+        maps: &mut impl PolicyMaps,
+    ) {
+        self.epoch += 1;
+        let (event, online) = match phase {
+            HotplugPhase::OfflineBegin => (Event::CpuOfflineBegin { cpu }, false),
+            HotplugPhase::OfflineDone => {
+                let actions = self.engine.handle(Event::CpuOfflineDone { cpu });
+                self.execute(actions, maps);
+                return;
+            }
+            // Rolled back from a teardown: the CPU is where it was before.
+            HotplugPhase::OnlineDone | HotplugPhase::OfflineAborted => (
+                Event::CpuOnline {
+                    cpu,
+                    node: self.node_of(cpu),
+                },
+                true,
+            ),
+            HotplugPhase::OnlineAborted => (Event::CpuOfflineDone { cpu }, false),
+        };
+        self.stats.hotplug += 1;
+        if matches!(
+            phase,
+            HotplugPhase::OfflineAborted | HotplugPhase::OnlineAborted
+        ) {
+            self.reporter.report(&Report::HotplugAborted {
+                cpu,
+                online,
+                step,
+                ret,
+            });
+        } else {
+            self.reporter.report(&Report::Hotplug { cpu, online });
+        }
+        let applied_before = self.stats.applied;
+        let actions = self.engine.handle(event);
+        self.execute(actions, maps);
+        // From the kernel's timestamp of the hotplug step to the last mask
+        // in place: the window in which a thread could run on a CPU it
+        // should have left.
+        let latency_us = monotonic_ns().saturating_sub(ts_ns) as f64 / 1000.0;
+        self.reporter.report(&Report::HotplugHandled {
+            cpu,
+            online,
+            applied: self.stats.applied - applied_before,
+            latency_us: (latency_us * 10.0).round() / 10.0,
+        });
     }
 
-    /// Compares the kernel with what we believe: new and vanished kthreads
-    /// (events lost to a full ring buffer), reused pids, masks changed
-    /// behind our back by something that is not a syscall (cpusets, the
-    /// kernel itself).
-    pub fn rescan(&mut self, maps: &mut impl PolicyMaps) {
-        let now = self.kernel.kthreads();
-        let alive: HashSet<u32> = now.iter().map(|k| k.pid).collect();
+    /// The masks for the hotplug steps up to `seq` are in place: from now
+    /// on the programs judge runs against the online set of now only.
+    fn acknowledge(&mut self, seq: u64, maps: &mut impl PolicyMaps) {
+        if seq <= self.acked {
+            return;
+        }
+        match maps.acknowledge(seq) {
+            Ok(()) => self.acked = seq,
+            Err(e) => self.error(format!("acknowledging hotplug step {seq}: {e:#}")),
+        }
+    }
+
+    /// The node of a CPU, read from sysfs now (a CPU hot-added after start
+    /// has no place in the start-up topology), else as known.
+    fn node_of(&self, cpu: u32) -> Option<u32> {
+        self.kernel
+            .cpu_node(cpu)
+            .or_else(|| self.engine.topology().node_of(cpu))
+    }
+
+    /// Makes the engine's and the programs' view of the CPUs the kernel's:
+    /// the online set (for CPUs no hotplug operation is under way on; those
+    /// are settled by their own records) and every online CPU's node.
+    ///
+    /// Unless `after_loss`, nothing is corrected while the programs report
+    /// steps not yet acknowledged (their records are on the way), nor before
+    /// the same disagreement has lasted [`SETTLE_NS`].
+    pub fn converge(&mut self, maps: &mut impl PolicyMaps, after_loss: bool) {
+        let view = match maps.hotplug_view() {
+            Ok(v) => v,
+            Err(e) => {
+                self.error(format!("reading the programs' view: {e:#}"));
+                return;
+            }
+        };
+        if !after_loss && view.0 > self.acked {
+            return;
+        }
+        let online = match self.kernel.online_cpus() {
+            Ok(o) => o,
+            Err(e) => {
+                self.error(format!("reading the online CPUs: {e:#}"));
+                return;
+            }
+        };
+        let mut believed = self.engine.online().clone();
+        let differ = online.and_not(&believed).or(&believed.and_not(&online));
+        if differ.iter().any(|cpu| !self.kernel.cpu_settled(cpu)) {
+            // A hotplug operation is under way: its records will come.
+            return;
+        }
+        // A whole hotplug operation may have run since the view was read:
+        // then its records are on the way, and sysfs is newer than both.
+        if !after_loss && maps.hotplug_view().is_ok_and(|(seq, _)| seq != view.0) {
+            return;
+        }
+        let width = online.width();
+        let theirs = CpuSet::from_words(width, &view.1);
+        if !self.persistent(after_loss, view.0, &online, &theirs) {
+            return;
+        }
+        for cpu in differ.iter() {
+            if online.contains(cpu) {
+                believed.insert(cpu);
+            } else {
+                believed.remove(cpu);
+            }
+        }
+        let mut nodes: BTreeMap<u32, CpuSet> = BTreeMap::new();
+        for cpu in online.iter() {
+            if let Some(n) = self.kernel.cpu_node(cpu) {
+                nodes
+                    .entry(n)
+                    .or_insert_with(|| CpuSet::empty(width))
+                    .insert(cpu);
+            }
+        }
+        let actions = self.engine.handle(Event::Resync {
+            online: believed,
+            nodes,
+        });
+        self.execute(actions, maps);
+
+        // The programs' view, which a hotplug between start-up and attach
+        // leaves wrong.
+        let seq = view.0;
+        let ours = self.engine.online().clone();
+        if theirs != ours {
+            let differ = theirs.and_not(&ours).or(&ours.and_not(&theirs));
+            if differ.iter().any(|cpu| !self.kernel.cpu_settled(cpu)) {
+                return;
+            }
+            self.stats.resyncs += 1;
+            self.reporter.report(&Report::Resync {
+                what: format!("the eBPF programs' online CPUs are {ours}, not {theirs}"),
+            });
+            match maps.correct_online(&ours) {
+                Ok(seq) => self.acked = self.acked.max(seq),
+                Err(e) => self.error(format!("correcting the programs' view: {e:#}")),
+            }
+        } else if seq > self.acked {
+            // A step whose record was lost: its masks are in place now.
+            self.acknowledge(seq, maps);
+        }
+    }
+
+    /// Whether the kernel's online set and the programs' view disagree with
+    /// ours in the same way as at least [`SETTLE_NS`] ago, with no hotplug
+    /// step in between: a disagreement that lasts is the truth, one that
+    /// passes was a race with records on their way. After a loss there is
+    /// nothing to wait for.
+    fn persistent(&mut self, after_loss: bool, seq: u64, online: &CpuSet, theirs: &CpuSet) -> bool {
+        let ours = self.engine.online();
+        if online == ours && theirs == ours {
+            self.disagreement = None;
+            // Node changes need no waiting: nothing races with them.
+            return true;
+        }
+        if after_loss {
+            self.disagreement = None;
+            return true;
+        }
+        let now = monotonic_ns();
+        match &self.disagreement {
+            Some((since, s, o, t))
+                if *s == seq && o == online && t == theirs && now - since >= SETTLE_NS =>
+            {
+                self.disagreement = None;
+                true
+            }
+            Some((_, s, o, t)) if *s == seq && o == online && t == theirs => false,
+            _ => {
+                self.disagreement = Some((now, seq, online.clone(), theirs.clone()));
+                false
+            }
+        }
+    }
+
+    /// Compares a fresh /proc scan with what we believe: new and vanished
+    /// kthreads (events lost to a full ring buffer), reused pids, masks
+    /// changed behind our back by something that is not a syscall (cpusets,
+    /// the kernel itself). Pids that could not be read are left as they are.
+    pub fn reconcile(&mut self, scan: std::io::Result<Scan>, maps: &mut impl PolicyMaps) {
+        let scan = match scan {
+            Ok(s) => s,
+            Err(e) => {
+                // Not "every kthread exited": nothing is forgotten.
+                self.error(format!("scanning /proc: {e:#}"));
+                return;
+            }
+        };
+        let mut seen: std::collections::HashSet<u32> = scan.unreadable.iter().copied().collect();
+        seen.extend(scan.kthreads.iter().map(|k| k.pid));
         let gone: Vec<u32> = self
             .engine
             .entries()
             .map(|e| e.pid)
-            .filter(|p| !alive.contains(p))
+            .filter(|p| !seen.contains(p))
             .collect();
         for pid in gone {
             let actions = self.engine.handle(Event::KthreadExit { pid });
             self.execute(actions, maps);
         }
-        for k in now {
-            match self.engine.entry(k.pid) {
-                None => self.new_kthread(k, maps),
-                Some(e) if e.start_time != k.start_time => {
-                    let actions = self.engine.handle(Event::KthreadExit { pid: k.pid });
-                    self.execute(actions, maps);
-                    self.new_kthread(k, maps);
-                }
-                // In observe mode we never set, so actual and applied differ by design.
+        for k in scan.kthreads {
+            let actions = match self.engine.entry(k.pid) {
                 Some(e)
-                    if !self.opts.observe
-                        && !e.pinned
-                        && e.preference.is_some()
+                    if e.start_time == k.start_time
+                        && e.comm == k.comm
+                        && !e.pinned()
                         && e.current != k.cpus_allowed =>
                 {
-                    let actions = self.engine.handle(Event::AffinityChanged {
+                    self.engine.handle(Event::AffinityChanged {
                         pid: k.pid,
                         mask: k.cpus_allowed,
                         by_pid: None,
                         by_comm: None,
-                    });
-                    self.execute(actions, maps);
+                    })
                 }
-                Some(_) => {}
-            }
+                Some(e) if e.start_time == k.start_time && e.comm == k.comm => continue,
+                _ => self.engine.handle(Event::KthreadNew(k)),
+            };
+            self.execute(actions, maps);
         }
+        let actions = self.engine.handle(Event::Tick);
+        self.execute(actions, maps);
+    }
+
+    /// [`reconcile`](Self::reconcile) with a scan made here, on this thread.
+    pub fn rescan(&mut self, maps: &mut impl PolicyMaps) {
+        let scan = self.kernel.kthreads();
+        self.reconcile(scan, maps);
     }
 
     pub fn housekeeping_changed(&mut self, housekeeping: CpuSet, maps: &mut impl PolicyMaps) {
@@ -336,7 +491,6 @@ impl<K: Kernel, W: Write> Core<K, W> {
     ) -> Result<(), RegistryError> {
         let actions = self.engine.register(target, prefer, update)?;
         self.execute(actions, maps);
-        self.sync_maps(maps);
         Ok(())
     }
 
@@ -350,109 +504,6 @@ impl<K: Kernel, W: Write> Core<K, W> {
         Ok(())
     }
 
-    pub fn execute(&mut self, actions: Vec<Action>, maps: &mut impl PolicyMaps) {
-        for action in actions {
-            match action {
-                Action::SetAffinity {
-                    pid,
-                    start_time,
-                    comm,
-                    mask,
-                } => self.set_affinity(pid, start_time, comm, mask, maps),
-                Action::ReportViolation {
-                    pid,
-                    comm,
-                    cpu,
-                    allowed,
-                } => {
-                    *self
-                        .stats
-                        .violations_by_comm
-                        .entry(comm.clone())
-                        .or_default() += 1;
-                    self.reporter.report(&Report::Violation {
-                        pid,
-                        comm,
-                        cpu,
-                        allowed: allowed.to_string(),
-                    });
-                }
-                Action::ReportPinned { pid, comm } => {
-                    if self.pinned_reported.insert(pid) {
-                        self.reporter.report(&Report::Pinned { pid, comm });
-                    }
-                }
-                Action::ReportAffinityChanged {
-                    pid,
-                    comm,
-                    mask,
-                    by_pid,
-                    by_comm,
-                } => {
-                    self.reporter.report(&Report::AffinityChanged {
-                        pid,
-                        comm,
-                        mask: mask.to_string(),
-                        by_pid,
-                        by_comm,
-                    });
-                }
-                Action::Forget { pid } => {
-                    if let Some(comm) = self.comms.remove(&pid) {
-                        self.reporter.report(&Report::Exited { pid, comm });
-                    }
-                    if let Err(e) = maps.remove_allowed(pid) {
-                        self.error(format!("clearing the policy map for pid {pid}: {e:#}"));
-                    }
-                }
-            }
-        }
-    }
-
-    fn set_affinity(
-        &mut self,
-        pid: u32,
-        start_time: u64,
-        comm: String,
-        mask: CpuSet,
-        maps: &mut impl PolicyMaps,
-    ) {
-        // The map first: from here on the programs judge the thread by the
-        // new mask, also while the syscall is under way.
-        if let Err(e) = maps.set_allowed(pid, &mask) {
-            self.error(format!("writing the policy map for pid {pid}: {e:#}"));
-        }
-        if self.opts.observe {
-            self.reporter.report(&Report::WouldApply {
-                pid,
-                comm,
-                mask: mask.to_string(),
-            });
-            return;
-        }
-        match self.kernel.set_affinity(pid, start_time, &mask) {
-            Ok(()) => {
-                self.stats.applied += 1;
-                self.reporter.report(&Report::Applied {
-                    pid,
-                    comm,
-                    mask: mask.to_string(),
-                });
-            }
-            Err(SetAffinityError::Gone(_)) => {
-                let actions = self.engine.handle(Event::KthreadExit { pid });
-                self.execute(actions, maps);
-            }
-            Err(SetAffinityError::Pinned(_)) => {
-                let _ = maps.remove_allowed(pid);
-                if self.pinned_reported.insert(pid) {
-                    self.reporter.report(&Report::Pinned { pid, comm });
-                }
-            }
-            Err(e) => self.error(e.to_string()),
-        }
-    }
-
     fn error(&mut self, message: String) {
         self.stats.errors += 1;
         self.reporter.report(&Report::Error { message });
@@ -463,14 +514,18 @@ impl<K: Kernel, W: Write> Core<K, W> {
         if !self.opts.restore_on_exit || self.opts.observe {
             return 0;
         }
-        let mut restored = 0;
-        for (pid, (start_time, mask)) in std::mem::take(&mut self.originals) {
-            let changed = self.engine.entry(pid).is_some_and(|e| e.current != mask);
-            if changed && self.kernel.set_affinity(pid, start_time, &mask).is_ok() {
-                restored += 1;
-            }
-        }
-        restored
+        let changed: Vec<(u32, u64, CpuSet)> = self
+            .engine
+            .entries()
+            .filter(|e| e.managed() && e.current != e.original)
+            .map(|e| (e.pid, e.start_time, e.original.clone()))
+            .collect();
+        changed
+            .into_iter()
+            .filter(|(pid, start_time, mask)| {
+                self.kernel.set_affinity(*pid, *start_time, mask).is_ok()
+            })
+            .count()
     }
 
     pub fn summary(&self) -> Report {
@@ -484,9 +539,15 @@ impl<K: Kernel, W: Write> Core<K, W> {
             violations_seen: self.stats.violations_seen,
             registered: self.managed_count(),
             pinned: self.pinned_count(),
+            resyncs: self.stats.resyncs,
+            refused: self.stats.refused,
+            lines_dropped: self.stats.lines_dropped,
         }
     }
 }
+
+/// How long a disagreement with the kernel must last before it is corrected.
+const SETTLE_NS: u64 = 1_000_000_000;
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns().
 pub fn monotonic_ns() -> u64 {
@@ -501,13 +562,18 @@ pub fn monotonic_ns() -> u64 {
 
 /// Keeps only the last sched_setaffinity record per target in a batch: the
 /// daemon reads the resulting mask from /proc anyway, so earlier ones carry
-/// nothing more, and a flood of calls must not slow the drain.
+/// nothing more, and a flood of calls must not slow the drain. Failed calls
+/// never get here (the programs drop them), so the one kept names a caller
+/// that did move the kthread.
 pub fn coalesce(batch: &mut Vec<Result<WireEvent, crate::wire::WireError>>) {
-    let mut seen = HashSet::new();
+    let mut seen = std::collections::HashSet::new();
     let mut keep = vec![true; batch.len()];
     for (i, ev) in batch.iter().enumerate().rev() {
-        if let Ok(WireEvent::SetAffinity { target_pid, .. }) = ev {
-            keep[i] = seen.insert(*target_pid);
+        if let Ok(WireEvent::SetAffinity {
+            target_pid, ret, ..
+        }) = ev
+        {
+            keep[i] = *ret == 0 && seen.insert(*target_pid);
         }
     }
     let mut i = 0;
@@ -515,343 +581,4 @@ pub fn coalesce(batch: &mut Vec<Result<WireEvent, crate::wire::WireError>>) {
         i += 1;
         keep[i - 1]
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-    use crate::{
-        policy::{PF_KTHREAD, PF_NO_SETAFFINITY, Rule, Topology},
-        wire::TaskRecord,
-    };
-
-    const W: u32 = 4;
-
-    fn set(list: &str) -> CpuSet {
-        CpuSet::parse(list, W).unwrap()
-    }
-
-    fn kt(pid: u32, comm: &str, flags: u32, mask: &str) -> Kthread {
-        Kthread {
-            pid,
-            comm: comm.into(),
-            flags: PF_KTHREAD | flags,
-            start_time: 1000 + pid as u64,
-            cpus_allowed: set(mask),
-        }
-    }
-
-    /// The kernel as a table; records every call.
-    #[derive(Default)]
-    struct FakeKernel {
-        tasks: BTreeMap<u32, Kthread>,
-        sets: Vec<(u32, String)>,
-    }
-
-    impl Kernel for FakeKernel {
-        fn set_affinity(
-            &mut self,
-            pid: u32,
-            start_time: u64,
-            mask: &CpuSet,
-        ) -> Result<(), SetAffinityError> {
-            let Some(k) = self
-                .tasks
-                .get_mut(&pid)
-                .filter(|k| k.start_time == start_time)
-            else {
-                return Err(SetAffinityError::Gone(pid));
-            };
-            if k.is_pinned() {
-                return Err(SetAffinityError::Pinned(pid));
-            }
-            k.cpus_allowed = mask.clone();
-            self.sets.push((pid, mask.to_string()));
-            Ok(())
-        }
-        fn kthread(&self, pid: u32) -> Option<Kthread> {
-            self.tasks.get(&pid).cloned()
-        }
-        fn kthreads(&self) -> Vec<Kthread> {
-            self.tasks.values().cloned().collect()
-        }
-    }
-
-    #[derive(Default)]
-    struct FakeMaps(BTreeMap<u32, String>);
-
-    impl PolicyMaps for FakeMaps {
-        fn set_allowed(&mut self, pid: u32, mask: &CpuSet) -> anyhow::Result<()> {
-            self.0.insert(pid, mask.to_string());
-            Ok(())
-        }
-        fn remove_allowed(&mut self, pid: u32) -> anyhow::Result<()> {
-            self.0.remove(&pid);
-            Ok(())
-        }
-    }
-
-    fn core(observe: bool, rules: Vec<Rule>, tasks: &[Kthread]) -> Core<FakeKernel, Vec<u8>> {
-        let topology = Topology {
-            width: W,
-            possible: set("0-3"),
-            online: set("0-3"),
-            nodes: BTreeMap::from([(0, set("0-3"))]),
-        };
-        let engine = Engine::new(topology, set("0-3"), rules);
-        let kernel = FakeKernel {
-            tasks: tasks.iter().map(|k| (k.pid, k.clone())).collect(),
-            sets: Vec::new(),
-        };
-        let opts = Options {
-            observe,
-            restore_on_exit: true,
-            kernel_manages: Box::new(|_| false),
-        };
-        Core::new(
-            engine,
-            kernel,
-            Reporter::new(Vec::new(), report::Format::Json, false),
-            opts,
-        )
-    }
-
-    fn rule(comm: &str, cpus: &str) -> Rule {
-        Rule {
-            target: Target::Comm(comm.into()),
-            prefer: Preference::Cpus(set(cpus)),
-        }
-    }
-
-    fn reports(c: &mut Core<FakeKernel, Vec<u8>>) -> Vec<serde_json::Value> {
-        let out = std::mem::take(c.reporter.out_mut());
-        String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn hotplug(cpu: u32, phase: HotplugPhase) -> WireEvent {
-        WireEvent::Hotplug {
-            ts_ns: monotonic_ns(),
-            cpu,
-            phase,
-            state: 0,
-        }
-    }
-
-    #[test]
-    fn start_applies_rules_and_fills_the_map() {
-        let mut c = core(
-            false,
-            vec![rule("khugepaged", "1")],
-            &[kt(38, "khugepaged", 0, "0-3")],
-        );
-        let mut maps = FakeMaps::default();
-        c.start(&mut maps);
-        assert_eq!(c.kernel.sets, [(38, "1".to_string())]);
-        assert_eq!(maps.0.get(&38).map(String::as_str), Some("1"));
-        let r = reports(&mut c);
-        assert!(
-            r.iter()
-                .any(|e| e["type"] == "applied" && e["pid"] == 38 && e["mask"] == "1"),
-            "{r:?}"
-        );
-    }
-
-    #[test]
-    fn observe_sets_nothing_but_says_what_it_would_do() {
-        let mut c = core(
-            true,
-            vec![rule("khugepaged", "1")],
-            &[kt(38, "khugepaged", 0, "0-3")],
-        );
-        let mut maps = FakeMaps::default();
-        c.start(&mut maps);
-        assert!(c.kernel.sets.is_empty());
-        assert_eq!(
-            maps.0.get(&38).map(String::as_str),
-            Some("1"),
-            "violations are still judged by the policy"
-        );
-        assert!(
-            reports(&mut c)
-                .iter()
-                .any(|e| e["type"] == "would_apply" && e["mask"] == "1")
-        );
-    }
-
-    #[test]
-    fn offline_begin_shrinks_masks_and_online_restores_them() {
-        let mut c = core(
-            false,
-            vec![rule("khugepaged", "1-2")],
-            &[kt(38, "khugepaged", 0, "0-3")],
-        );
-        let mut maps = FakeMaps::default();
-        c.start(&mut maps);
-        c.on_wire(hotplug(1, HotplugPhase::OfflineBegin), &mut maps);
-        assert_eq!(c.kernel.tasks[&38].cpus_allowed.to_string(), "2");
-        c.on_wire(hotplug(1, HotplugPhase::OfflineDone), &mut maps);
-        c.on_wire(hotplug(1, HotplugPhase::OnlineDone), &mut maps);
-        assert_eq!(c.kernel.tasks[&38].cpus_allowed.to_string(), "1-2");
-        assert_eq!(maps.0[&38], "1-2");
-        let r = reports(&mut c);
-        let handled: Vec<_> = r
-            .iter()
-            .filter(|e| e["type"] == "hotplug_handled")
-            .map(|e| (e["online"].clone(), e["applied"].clone()))
-            .collect();
-        assert_eq!(handled, [(false.into(), 1.into()), (true.into(), 1.into())]);
-        assert_eq!(c.stats.hotplug, 2);
-    }
-
-    #[test]
-    fn a_reused_pid_is_never_touched() {
-        let mut c = core(
-            false,
-            vec![rule("khugepaged", "1")],
-            &[kt(38, "khugepaged", 0, "1")],
-        );
-        let mut maps = FakeMaps::default();
-        c.start(&mut maps);
-        // pid 38 exits and a new task gets its number.
-        let mut other = kt(38, "khugepaged", 0, "0-3");
-        other.start_time = 99_999;
-        c.kernel.tasks.insert(38, other);
-        c.on_wire(hotplug(1, HotplugPhase::OfflineBegin), &mut maps);
-        assert!(
-            c.kernel.sets.is_empty(),
-            "the new owner of pid 38 was not touched"
-        );
-        assert_eq!(c.kernel.tasks[&38].cpus_allowed.to_string(), "0-3");
-    }
-
-    #[test]
-    fn pinned_kthreads_are_reported_once_and_never_retried() {
-        let mut c = core(
-            false,
-            vec![rule("ksoftirqd/*", "1")],
-            &[kt(14, "ksoftirqd/0", PF_NO_SETAFFINITY, "0")],
-        );
-        let mut maps = FakeMaps::default();
-        c.start(&mut maps);
-        c.on_wire(hotplug(1, HotplugPhase::OfflineBegin), &mut maps);
-        c.on_wire(hotplug(1, HotplugPhase::OnlineDone), &mut maps);
-        c.rescan(&mut maps);
-        let pinned = reports(&mut c)
-            .iter()
-            .filter(|e| e["type"] == "pinned")
-            .count();
-        assert_eq!(pinned, 1);
-        assert!(c.kernel.sets.is_empty());
-    }
-
-    #[test]
-    fn a_foreign_setaffinity_is_named_and_undone() {
-        let mut c = core(
-            false,
-            vec![rule("khugepaged", "0")],
-            &[kt(38, "khugepaged", 0, "0-3")],
-        );
-        let mut maps = FakeMaps::default();
-        c.start(&mut maps);
-        c.kernel.tasks.get_mut(&38).unwrap().cpus_allowed = set("3");
-        c.on_wire(
-            WireEvent::SetAffinity {
-                ts_ns: 0,
-                target_pid: 38,
-                caller_pid: 4242,
-                caller_tgid: 4242,
-                caller_comm: "taskset".into(),
-                ret: 0,
-            },
-            &mut maps,
-        );
-        assert_eq!(
-            c.kernel.tasks[&38].cpus_allowed.to_string(),
-            "0",
-            "restored"
-        );
-        let r = reports(&mut c);
-        let changed = r
-            .iter()
-            .find(|e| e["type"] == "affinity_changed")
-            .expect("reported");
-        assert_eq!(
-            (
-                changed["by_pid"].clone(),
-                changed["by_comm"].clone(),
-                changed["mask"].clone()
-            ),
-            (4242.into(), "taskset".into(), "3".into())
-        );
-    }
-
-    #[test]
-    fn an_exiting_kthread_is_reported_and_leaves_the_map() {
-        let mut c = core(
-            false,
-            vec![rule("khugepaged", "1")],
-            &[kt(38, "khugepaged", 0, "0-3")],
-        );
-        let mut maps = FakeMaps::default();
-        c.start(&mut maps);
-        let task = TaskRecord {
-            pid: 38,
-            tgid: 38,
-            flags: PF_KTHREAD,
-            comm: "khugepaged".into(),
-        };
-        c.on_wire(WireEvent::KthreadExit { ts_ns: 0, task }, &mut maps);
-        assert!(!maps.0.contains_key(&38));
-        assert!(c.engine.entry(38).is_none());
-        assert!(
-            reports(&mut c)
-                .iter()
-                .any(|e| e["type"] == "exited" && e["pid"] == 38 && e["comm"] == "khugepaged")
-        );
-    }
-
-    #[test]
-    fn restore_on_exit_puts_original_masks_back() {
-        let mut c = core(
-            false,
-            vec![rule("khugepaged", "1")],
-            &[kt(38, "khugepaged", 0, "0-3")],
-        );
-        let mut maps = FakeMaps::default();
-        c.start(&mut maps);
-        assert_eq!(c.restore_originals(), 1);
-        assert_eq!(c.kernel.tasks[&38].cpus_allowed.to_string(), "0-3");
-    }
-
-    #[test]
-    fn coalesce_keeps_the_last_setaffinity_per_target() {
-        let sa = |target_pid, caller_pid| {
-            Ok(WireEvent::SetAffinity {
-                ts_ns: 0,
-                target_pid,
-                caller_pid,
-                caller_tgid: caller_pid,
-                caller_comm: String::new(),
-                ret: 0,
-            })
-        };
-        let exit = Ok(WireEvent::KthreadExit {
-            ts_ns: 0,
-            task: TaskRecord {
-                pid: 9,
-                tgid: 9,
-                flags: 0,
-                comm: String::new(),
-            },
-        });
-        let mut batch = vec![sa(1, 10), sa(2, 20), exit.clone(), sa(1, 11)];
-        coalesce(&mut batch);
-        assert_eq!(batch, vec![sa(2, 20), exit, sa(1, 11)]);
-    }
 }

@@ -49,11 +49,32 @@ pub enum Report {
         comm: String,
         mask: String,
     },
+    /// The kernel judged a run outside every allowed set; `run_us`: how long.
     Violation {
         pid: u32,
         comm: String,
         cpu: u32,
         allowed: String,
+        run_us: f64,
+    },
+    /// A hotplug step failed and the kernel rolled the CPU back: `online`
+    /// is where it is now.
+    HotplugAborted {
+        cpu: u32,
+        online: bool,
+        step: i32,
+        ret: i32,
+    },
+    /// The daemon's view differed from the kernel's and was corrected.
+    Resync {
+        what: String,
+    },
+    /// The kernel would not take a mask; tried again later, said once.
+    Refused {
+        pid: u32,
+        comm: String,
+        mask: String,
+        message: String,
     },
     AffinityChanged {
         pid: u32,
@@ -70,12 +91,6 @@ pub enum Report {
     KernelManaged {
         pid: u32,
         comm: String,
-    },
-    Registered {
-        pid: u32,
-        comm: String,
-        preferred: String,
-        rule: String,
     },
     Exited {
         pid: u32,
@@ -97,6 +112,10 @@ pub enum Report {
         violations_seen: u64,
         registered: usize,
         pinned: usize,
+        resyncs: u64,
+        refused: u64,
+        /// Report lines not written because stdout was not keeping up.
+        lines_dropped: u64,
     },
     Stopped {
         restored: usize,
@@ -123,6 +142,14 @@ impl Reporter<std::io::Stdout> {
 }
 
 impl<W: Write> Reporter<W> {
+    /// Reports to `out`, in colour only where stdout is a terminal and
+    /// NO_COLOR is not set (no-color.org).
+    pub fn with_output(out: W, format: Format) -> Self {
+        let color = std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Reporter { out, format, color }
+    }
+
     pub fn new(out: W, format: Format, color: bool) -> Self {
         Reporter { out, format, color }
     }
@@ -219,10 +246,46 @@ fn human(r: &Report, color: bool) -> String {
             comm,
             cpu,
             allowed,
+            run_us,
         } => (
             "VIOLATION",
             "1;31",
-            format!("{} ran on cpu{cpu}, allowed {allowed}", task(pid, comm)),
+            if *run_us > 0.0 {
+                format!(
+                    "{} ran {run_us} µs on cpu{cpu}, allowed {allowed}",
+                    task(pid, comm)
+                )
+            } else {
+                format!(
+                    "{} migrated to cpu{cpu}, allowed {allowed}",
+                    task(pid, comm)
+                )
+            },
+        ),
+        Report::HotplugAborted {
+            cpu,
+            online,
+            step,
+            ret,
+        } => (
+            "ABORTED",
+            "1;33",
+            format!(
+                "cpu{cpu} {} failed at step {step} ({ret}); the kernel rolled it back {}",
+                if *online { "teardown" } else { "bring-up" },
+                if *online { "online" } else { "offline" }
+            ),
+        ),
+        Report::Resync { what } => ("resync", "1;33", format!("corrected: {what}")),
+        Report::Refused {
+            pid,
+            comm,
+            mask,
+            message,
+        } => (
+            "refused",
+            "1;31",
+            format!("{} -> {mask} refused: {message}", task(pid, comm)),
         ),
         Report::AffinityChanged {
             pid,
@@ -254,16 +317,6 @@ fn human(r: &Report, color: bool) -> String {
             "2",
             format!("{} affinity managed by the kernel itself", task(pid, comm)),
         ),
-        Report::Registered {
-            pid,
-            comm,
-            preferred,
-            rule,
-        } => (
-            "registered",
-            "34",
-            format!("{} prefers {preferred} (rule {rule})", task(pid, comm)),
-        ),
         Report::Exited { pid, comm } => ("exited", "2", task(pid, comm)),
         Report::Drops { count } => (
             "DROPS",
@@ -281,11 +334,14 @@ fn human(r: &Report, color: bool) -> String {
             violations_seen,
             registered,
             pinned,
+            resyncs,
+            refused,
+            lines_dropped,
         } => (
             "summary",
             "1",
             format!(
-                "{violations} violations reported ({violations_seen} seen by the kernel, {suppressed} rate-limited), {applied} masks applied, {hotplug} hotplug events, {records} records, {drops} drops; {registered} managed, {pinned} pinned"
+                "{violations} violations reported ({violations_seen} seen by the kernel, {suppressed} rate-limited), {applied} masks applied, {refused} refused, {hotplug} hotplug events, {resyncs} resyncs, {records} records, {drops} drops, {lines_dropped} report lines dropped; {registered} managed, {pinned} pinned"
             ),
         ),
         Report::Stopped { restored } => (
@@ -333,9 +389,25 @@ mod tests {
                 pid: 38,
                 comm: "khugepaged".into(),
                 cpu: 1,
-                allowed: "0".into()
+                allowed: "0".into(),
+                run_us: 180.0,
             }),
-            serde_json::json!({"type": "violation", "pid": 38, "comm": "khugepaged", "cpu": 1, "allowed": "0"})
+            serde_json::json!({"type": "violation", "pid": 38, "comm": "khugepaged", "cpu": 1, "allowed": "0", "run_us": 180.0})
+        );
+        assert_eq!(
+            json(&Report::HotplugAborted {
+                cpu: 1,
+                online: true,
+                step: 203,
+                ret: -11
+            }),
+            serde_json::json!({"type": "hotplug_aborted", "cpu": 1, "online": true, "step": 203, "ret": -11})
+        );
+        assert_eq!(
+            json(&Report::Resync {
+                what: "online CPUs are 0-1, not 0".into()
+            }),
+            serde_json::json!({"type": "resync", "what": "online CPUs are 0-1, not 0"})
         );
         assert_eq!(
             json(&Report::AffinityChanged {
@@ -368,6 +440,7 @@ mod tests {
             comm: "khugepaged".into(),
             cpu: 1,
             allowed: "0".into(),
+            run_us: 12.5,
         });
         let line = String::from_utf8(plain.into_inner()).unwrap();
         assert!(

@@ -1,14 +1,19 @@
 //! The policy engine: `handle(event) -> actions`, no I/O.
 //!
 //! For a registered kthread with preferred CPUs P, housekeeping H and online
-//! CPUs O the applied mask is P∩H∩O, else H∩O, else O (DESIGN.md), and it is
-//! recomputed on every hotplug, housekeeping and registry change.
+//! CPUs O the applied mask is P∩H∩O, else H∩O, else O, recomputed on every
+//! hotplug, housekeeping and registry change.
+//!
+//! The engine owns one [`Entry`] per kthread. It asks for effects through
+//! [`Action`]s and learns their outcome only from events the executor sends
+//! back ([`Event::Applied`], [`Event::Refused`], [`Event::Pinned`],
+//! [`Event::KthreadExit`]): nothing is assumed done before the kernel said so.
 
 use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use super::{CpuSet, Kthread, Preference, Rule, Target};
+use super::{CpuSet, Kthread, Preference, Rule, Target, kernel_manages_affinity};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
@@ -29,30 +34,82 @@ impl Topology {
             online,
         }
     }
+
+    /// The node `cpu` belongs to, as far as the topology knows.
+    pub fn node_of(&self, cpu: u32) -> Option<u32> {
+        self.nodes
+            .iter()
+            .find(|(_, cpus)| cpus.contains(cpu))
+            .map(|(n, _)| *n)
+    }
 }
 
-/// A kthread the engine knows about.
+/// Who decides a kthread's mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// No rule matched: we only watch it.
+    Unmanaged,
+    /// A rule matched: we set its mask.
+    Managed,
+    /// PF_NO_SETAFFINITY: the kernel refuses any change.
+    Pinned,
+}
+
+/// A mask the kernel would not take, and when to try again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub mask: CpuSet,
+    pub errno: i32,
+    /// Rescans to wait before the next attempt; doubles each time.
+    pub backoff: u32,
+    wait: u32,
+}
+
+/// Most rescans between two attempts at a refused mask (2 s each: ~2 min).
+const MAX_BACKOFF: u32 = 64;
+
+/// A kthread the engine knows about: the one record of it in the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub pid: u32,
     pub comm: String,
     pub start_time: u64,
+    pub flags: u32,
+    pub state: State,
     /// What gave it its preference: the rule's match (`kswapd*`, `pid 45`)
-    /// or `runtime`; None when no rule matched (unmanaged).
+    /// or `runtime`; None when no rule matched.
     pub rule: Option<String>,
     pub preference: Option<Preference>,
     /// P(k) resolved against the topology now.
     pub preferred: Option<CpuSet>,
+    /// What the policy says its mask should be.
     pub applied: CpuSet,
-    /// The mask the kthread has, as far as we know.
+    /// Its mask as last read back from the kernel.
     pub current: CpuSet,
-    pub pinned: bool,
+    /// Its mask when we first saw it: what `--restore-on-exit` puts back.
+    pub original: CpuSet,
+    /// A 6.14+ kernel re-affines it itself.
+    pub kernel_managed: bool,
+    /// The mask last asked for and not yet answered (or, in observe mode,
+    /// never answered): not asked for again until something changes.
+    pub requested: Option<CpuSet>,
+    pub refused: Option<Refusal>,
     runtime: bool,
 }
 
 impl Entry {
     pub fn managed(&self) -> bool {
-        self.preference.is_some() && !self.pinned
+        self.state == State::Managed
+    }
+
+    pub fn pinned(&self) -> bool {
+        self.state == State::Pinned
+    }
+
+    /// What the eBPF programs judge its runs against, if anything.
+    fn judged(&self) -> bool {
+        self.managed()
     }
 }
 
@@ -60,6 +117,7 @@ impl Entry {
 pub enum Event {
     /// A kthread appeared (or was found at start-up). Non-kthreads are ignored.
     KthreadNew(Kthread),
+    /// It exited, or the executor found it gone (ESRCH, another start time).
     KthreadExit {
         pid: u32,
     },
@@ -74,19 +132,56 @@ pub enum Event {
     CpuOfflineDone {
         cpu: u32,
     },
+    /// The kernel's online set and CPU → node map, read from sysfs: the
+    /// engine takes them as the truth, whatever events it has seen.
+    Resync {
+        online: CpuSet,
+        nodes: BTreeMap<u32, CpuSet>,
+    },
     HousekeepingChanged(CpuSet),
-    /// Someone else changed a kthread's mask.
+    /// Someone else changed a kthread's mask (or a rescan found it changed).
     AffinityChanged {
         pid: u32,
         mask: CpuSet,
         by_pid: Option<u32>,
         by_comm: Option<String>,
     },
-    /// The kthread was seen running on `cpu` (the kernel already filtered).
+    /// The kernel judged a run of `pid` on `cpu` a violation.
     Ran {
         pid: u32,
+        comm: String,
         cpu: u32,
+        run_ns: u64,
     },
+    /// The executor set a mask; `mask` is what the kernel reports it has now.
+    Applied {
+        pid: u32,
+        start_time: u64,
+        requested: CpuSet,
+        mask: CpuSet,
+    },
+    /// The kernel refused a mask (errno), for a reason that may pass.
+    Refused {
+        pid: u32,
+        start_time: u64,
+        mask: CpuSet,
+        errno: i32,
+        message: String,
+    },
+    /// The kernel refused because the kthread is PF_NO_SETAFFINITY now.
+    Pinned {
+        pid: u32,
+        start_time: u64,
+    },
+    /// The kernel refused a mask with no CPU online by the time it was set:
+    /// a hotplug step the daemon has not yet heard of overtook it, and that
+    /// step's record will bring the next mask.
+    Overtaken {
+        pid: u32,
+        start_time: u64,
+    },
+    /// A rescan tick: time for refused masks to be tried again.
+    Tick,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,13 +192,28 @@ pub enum Action {
         comm: String,
         mask: CpuSet,
     },
+    /// What the programs judge `pid`'s runs against.
+    SetPolicy {
+        pid: u32,
+        applied: CpuSet,
+        preferred: Option<CpuSet>,
+    },
+    /// The programs stop judging `pid`.
+    ClearPolicy {
+        pid: u32,
+    },
     ReportViolation {
         pid: u32,
         comm: String,
         cpu: u32,
         allowed: CpuSet,
+        run_ns: u64,
     },
     ReportPinned {
+        pid: u32,
+        comm: String,
+    },
+    ReportKernelManaged {
         pid: u32,
         comm: String,
     },
@@ -114,8 +224,21 @@ pub enum Action {
         by_pid: Option<u32>,
         by_comm: Option<String>,
     },
+    /// The daemon's view differed from the kernel's and was corrected.
+    ReportResync {
+        what: String,
+    },
+    /// A mask was refused, or came back other than asked: said once per mask.
+    ReportRefused {
+        pid: u32,
+        comm: String,
+        mask: CpuSet,
+        message: String,
+    },
+    /// The entry is gone; `comm` is set when it was managed (an exit to report).
     Forget {
         pid: u32,
+        comm: Option<String>,
     },
 }
 
@@ -140,6 +263,8 @@ pub struct Engine {
     /// `affinity prefer` registrations, tried before the config's rules.
     runtime: Vec<Rule>,
     entries: BTreeMap<u32, Entry>,
+    /// The running kernel's release, for which kthreads it manages itself.
+    kernel: Option<String>,
 }
 
 impl Engine {
@@ -150,7 +275,14 @@ impl Engine {
             rules,
             runtime: Vec::new(),
             entries: BTreeMap::new(),
+            kernel: None,
         }
+    }
+
+    /// The kernel release whose own kthread management to report (6.14+).
+    pub fn with_kernel(mut self, release: &str) -> Engine {
+        self.kernel = Some(release.to_string());
+        self
     }
 
     pub fn online(&self) -> &CpuSet {
@@ -171,6 +303,11 @@ impl Engine {
 
     pub fn entry(&self, pid: u32) -> Option<&Entry> {
         self.entries.get(&pid)
+    }
+
+    /// The runtime registrations (`affinity prefer`), newest first.
+    pub fn runtime_rules(&self) -> &[Rule] {
+        &self.runtime
     }
 
     /// P(k): the preference's CPUs as the topology is now.
@@ -220,33 +357,69 @@ impl Engine {
                 if !k.is_kthread() {
                     return actions;
                 }
-                if let Some(old) = self.entries.get(&k.pid)
-                    && old.start_time != k.start_time
+                if let Some(old) = self.entries.get_mut(&k.pid)
+                    && old.start_time == k.start_time
+                    && old.pinned()
                 {
+                    // A pinned kthread renamed (kworkers take the name of
+                    // the work they run): the kernel's still, nothing new.
+                    old.comm = k.comm;
+                    return actions;
+                }
+                if let Some(old) = self.entries.get(&k.pid)
+                    && (old.start_time != k.start_time || old.comm != k.comm)
+                {
+                    // A reused pid, or a rename a rule may match differently:
+                    // the old record goes, without an exit report.
                     self.entries.remove(&k.pid);
-                    actions.push(Action::Forget { pid: k.pid });
+                    actions.push(Action::ClearPolicy { pid: k.pid });
+                } else if self.entries.contains_key(&k.pid) {
+                    return actions;
                 }
                 self.insert(k, &mut actions);
             }
-            Event::KthreadExit { pid } => {
-                if self.entries.remove(&pid).is_some() {
-                    actions.push(Action::Forget { pid });
-                }
-            }
+            Event::KthreadExit { pid } => self.forget(pid, &mut actions),
             Event::CpuOnline { cpu, node } => {
                 self.topology.online.insert(cpu);
                 if let Some(n) = node {
-                    self.topology
-                        .nodes
-                        .entry(n)
-                        .or_insert_with(|| CpuSet::empty(self.topology.width))
-                        .insert(cpu);
+                    self.place(cpu, n);
                 }
                 self.recompute_all(&mut actions);
             }
             Event::CpuOfflineBegin { cpu } | Event::CpuOfflineDone { cpu } => {
                 self.topology.online.remove(cpu);
                 self.recompute_all(&mut actions);
+            }
+            Event::Resync { online, nodes } => {
+                let mut what = Vec::new();
+                if online != self.topology.online {
+                    what.push(format!(
+                        "online CPUs are {online}, not {}",
+                        self.topology.online
+                    ));
+                    self.topology.online = online;
+                }
+                for (n, cpus) in nodes {
+                    let known = self
+                        .topology
+                        .nodes
+                        .get(&n)
+                        .cloned()
+                        .unwrap_or_else(|| CpuSet::empty(self.topology.width));
+                    let missing = cpus.and_not(&known);
+                    if !missing.is_empty() {
+                        what.push(format!("CPUs {missing} belong to node {n}"));
+                        for cpu in missing.iter() {
+                            self.place(cpu, n);
+                        }
+                    }
+                }
+                if !what.is_empty() {
+                    actions.push(Action::ReportResync {
+                        what: what.join("; "),
+                    });
+                    self.recompute_all(&mut actions);
+                }
             }
             Event::HousekeepingChanged(h) => {
                 self.housekeeping = h;
@@ -261,11 +434,11 @@ impl Engine {
                 let Some(e) = self.entries.get_mut(&pid) else {
                     return actions;
                 };
-                if e.pinned {
+                if e.pinned() {
                     return actions;
                 }
                 e.current = mask.clone();
-                if e.preference.is_none() {
+                if !e.managed() {
                     // Unmanaged: the new mask is simply what it has now.
                     e.applied = mask;
                     return actions;
@@ -273,44 +446,187 @@ impl Engine {
                 actions.push(Action::ReportAffinityChanged {
                     pid,
                     comm: e.comm.clone(),
-                    mask: mask.clone(),
+                    mask,
                     by_pid,
                     by_comm,
                 });
-                if mask != e.applied {
-                    e.current = e.applied.clone();
-                    actions.push(Action::SetAffinity {
+                // Put it back, even if the same mask was asked for before.
+                e.requested = None;
+                e.refused = None;
+                Self::sync(e, &mut actions);
+            }
+            Event::Ran {
+                pid,
+                comm,
+                cpu,
+                run_ns,
+            } => {
+                // The kernel judged it against the policy for every online
+                // set of the hotplug step: a report, whatever we think now.
+                let (comm, allowed) = match self.entries.get(&pid) {
+                    Some(e) if e.managed() => (e.comm.clone(), e.applied.clone()),
+                    _ => (comm, self.applied(None)),
+                };
+                actions.push(Action::ReportViolation {
+                    pid,
+                    comm,
+                    cpu,
+                    allowed,
+                    run_ns,
+                });
+            }
+            Event::Applied {
+                pid,
+                start_time,
+                requested,
+                mask,
+            } => {
+                let Some(e) = self.entry_of(pid, start_time) else {
+                    return actions;
+                };
+                if e.requested.as_ref() == Some(&requested) {
+                    e.requested = None;
+                }
+                e.current = mask.clone();
+                if mask != requested && mask != e.applied {
+                    // The kernel took another mask than asked (a cpuset
+                    // narrowing it, say): said once, tried again later.
+                    if e.refused.as_ref().map(|r| &r.mask) != Some(&requested) {
+                        actions.push(Action::ReportRefused {
+                            pid,
+                            comm: e.comm.clone(),
+                            mask: requested.clone(),
+                            message: format!("the kernel set {mask} instead"),
+                        });
+                    }
+                    e.refused = Some(Refusal {
+                        mask: requested,
+                        errno: 0,
+                        backoff: 1,
+                        wait: 1,
+                    });
+                } else {
+                    e.refused = None;
+                }
+            }
+            Event::Refused {
+                pid,
+                start_time,
+                mask,
+                errno,
+                message,
+            } => {
+                let Some(e) = self.entry_of(pid, start_time) else {
+                    return actions;
+                };
+                e.requested = None;
+                let backoff = match &e.refused {
+                    Some(r) if r.mask == mask => (r.backoff * 2).min(MAX_BACKOFF),
+                    _ => {
+                        actions.push(Action::ReportRefused {
+                            pid,
+                            comm: e.comm.clone(),
+                            mask: mask.clone(),
+                            message,
+                        });
+                        1
+                    }
+                };
+                e.refused = Some(Refusal {
+                    mask,
+                    errno,
+                    backoff,
+                    wait: backoff,
+                });
+            }
+            Event::Pinned { pid, start_time } => {
+                let Some(e) = self.entry_of(pid, start_time) else {
+                    return actions;
+                };
+                if !e.pinned() {
+                    e.state = State::Pinned;
+                    e.requested = None;
+                    e.refused = None;
+                    actions.push(Action::ClearPolicy { pid });
+                    actions.push(Action::ReportPinned {
                         pid,
-                        start_time: e.start_time,
                         comm: e.comm.clone(),
-                        mask: e.applied.clone(),
                     });
                 }
             }
-            Event::Ran { pid, cpu } => {
-                if let Some(e) = self.entries.get(&pid)
-                    && e.managed()
-                    && !e.applied.contains(cpu)
-                {
-                    actions.push(Action::ReportViolation {
-                        pid,
-                        comm: e.comm.clone(),
-                        cpu,
-                        allowed: e.applied.clone(),
-                    });
+            Event::Overtaken { pid, start_time } => {
+                if let Some(e) = self.entry_of(pid, start_time) {
+                    e.requested = None;
+                }
+            }
+            Event::Tick => {
+                for e in self.entries.values_mut() {
+                    if let Some(r) = &mut e.refused {
+                        r.wait = r.wait.saturating_sub(1);
+                        if r.wait == 0 && e.state == State::Managed {
+                            let mask = r.mask.clone();
+                            e.requested = Some(mask.clone());
+                            actions.push(Action::SetAffinity {
+                                pid: e.pid,
+                                start_time: e.start_time,
+                                comm: e.comm.clone(),
+                                mask,
+                            });
+                        }
+                    }
                 }
             }
         }
         actions
     }
 
+    fn entry_of(&mut self, pid: u32, start_time: u64) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(&pid)
+            .filter(|e| e.start_time == start_time)
+    }
+
+    fn place(&mut self, cpu: u32, node: u32) {
+        for (n, cpus) in self.topology.nodes.iter_mut() {
+            if *n != node {
+                cpus.remove(cpu);
+            }
+        }
+        self.topology
+            .nodes
+            .entry(node)
+            .or_insert_with(|| CpuSet::empty(self.topology.width))
+            .insert(cpu);
+    }
+
+    fn forget(&mut self, pid: u32, actions: &mut Vec<Action>) {
+        if let Some(e) = self.entries.remove(&pid) {
+            actions.push(Action::ClearPolicy { pid });
+            actions.push(Action::Forget {
+                pid,
+                comm: e.managed().then_some(e.comm),
+            });
+        }
+    }
+
     fn insert(&mut self, k: Kthread, actions: &mut Vec<Action>) {
-        let pinned = k.is_pinned();
         let rule = self.rule_for(k.pid, &k.comm);
+        let state = match (&rule, k.is_pinned()) {
+            (_, true) => State::Pinned,
+            (Some(_), false) => State::Managed,
+            (None, false) => State::Unmanaged,
+        };
+        let kernel_managed = !k.is_pinned()
+            && self
+                .kernel
+                .as_deref()
+                .is_some_and(|r| kernel_manages_affinity(r, &k));
         let mut entry = Entry {
             pid: k.pid,
             comm: k.comm.clone(),
             start_time: k.start_time,
+            flags: k.flags,
+            state,
             rule: rule.as_ref().map(|(r, rt)| {
                 if *rt {
                     "runtime".to_string()
@@ -322,35 +638,61 @@ impl Engine {
             preferred: None,
             applied: k.cpus_allowed.clone(),
             current: k.cpus_allowed.clone(),
-            pinned,
+            original: k.cpus_allowed.clone(),
+            kernel_managed,
+            requested: None,
+            refused: None,
             runtime: rule.as_ref().is_some_and(|(_, rt)| *rt),
         };
+        if kernel_managed {
+            actions.push(Action::ReportKernelManaged {
+                pid: k.pid,
+                comm: k.comm.clone(),
+            });
+        }
         if let Some(pref) = &entry.preference {
             entry.preferred = self.preferred(pref, &k.comm);
-            if pinned {
+            if entry.pinned() {
                 actions.push(Action::ReportPinned {
                     pid: k.pid,
                     comm: k.comm.clone(),
                 });
             } else {
                 entry.applied = self.applied(entry.preferred.as_ref());
+                actions.push(Self::policy(&entry));
             }
         }
         Self::sync(&mut entry, actions);
         self.entries.insert(k.pid, entry);
     }
 
-    /// Emits a SetAffinity when the applied mask differs from the current one.
-    fn sync(e: &mut Entry, actions: &mut Vec<Action>) {
-        if e.managed() && e.applied != e.current {
-            e.current = e.applied.clone();
-            actions.push(Action::SetAffinity {
-                pid: e.pid,
-                start_time: e.start_time,
-                comm: e.comm.clone(),
-                mask: e.applied.clone(),
-            });
+    fn policy(e: &Entry) -> Action {
+        Action::SetPolicy {
+            pid: e.pid,
+            applied: e.applied.clone(),
+            preferred: e.preferred.clone(),
         }
+    }
+
+    /// Asks for the applied mask when the kthread does not have it and it
+    /// has not been asked for already (or refused and not yet due again).
+    fn sync(e: &mut Entry, actions: &mut Vec<Action>) {
+        if !e.managed() || e.applied == e.current {
+            return;
+        }
+        if e.requested.as_ref() == Some(&e.applied) {
+            return;
+        }
+        if e.refused.as_ref().is_some_and(|r| r.mask == e.applied) {
+            return;
+        }
+        e.requested = Some(e.applied.clone());
+        actions.push(Action::SetAffinity {
+            pid: e.pid,
+            start_time: e.start_time,
+            comm: e.comm.clone(),
+            mask: e.applied.clone(),
+        });
     }
 
     fn recompute(&mut self, pid: u32, actions: &mut Vec<Action>) {
@@ -365,14 +707,27 @@ impl Engine {
             .as_ref()
             .and_then(|p| self.preferred(p, &e.comm));
         let applied = self.applied(preferred.as_ref());
-        let e = self.entries.get_mut(&pid).expect("checked above");
+        let Some(e) = self.entries.get_mut(&pid) else {
+            return;
+        };
+        let changed = e.preferred != preferred || e.applied != applied;
         e.preferred = preferred;
         e.applied = applied;
+        if changed {
+            // A new situation: a mask refused before may be taken now.
+            e.refused = None;
+            actions.push(Self::policy(e));
+        }
         Self::sync(e, actions);
     }
 
     fn recompute_all(&mut self, actions: &mut Vec<Action>) {
-        let pids: Vec<u32> = self.entries.keys().copied().collect();
+        let pids: Vec<u32> = self
+            .entries
+            .values()
+            .filter(|e| e.judged())
+            .map(|e| e.pid)
+            .collect();
         for pid in pids {
             self.recompute(pid, actions);
         }
@@ -403,7 +758,7 @@ impl Engine {
         }
         for pid in &pids {
             let e = &self.entries[pid];
-            if e.pinned {
+            if e.pinned() {
                 return Err(RegistryError::Pinned {
                     target: format!("{} ({})", e.comm, e.pid),
                 });
@@ -430,10 +785,16 @@ impl Engine {
         );
         let mut actions = Vec::new();
         for pid in pids {
-            let e = self.entries.get_mut(&pid).expect("listed above");
+            let Some(e) = self.entries.get_mut(&pid) else {
+                continue;
+            };
             e.preference = Some(prefer.clone());
             e.rule = Some("runtime".into());
             e.runtime = true;
+            e.state = State::Managed;
+            e.refused = None;
+            // Forces a SetPolicy even if the applied mask stays the same.
+            e.preferred = None;
             self.recompute(pid, &mut actions);
         }
         Ok(actions)
@@ -454,12 +815,11 @@ impl Engine {
             .collect();
         let mut actions = Vec::new();
         for pid in pids {
-            let (comm, current) = {
-                let e = &self.entries[&pid];
-                (e.comm.clone(), e.current.clone())
-            };
+            let comm = self.entries[&pid].comm.clone();
             let rule = self.rule_for(pid, &comm);
-            let e = self.entries.get_mut(&pid).expect("listed above");
+            let Some(e) = self.entries.get_mut(&pid) else {
+                continue;
+            };
             e.runtime = rule.as_ref().is_some_and(|(_, rt)| *rt);
             e.rule = rule.as_ref().map(|(r, rt)| {
                 if *rt {
@@ -471,8 +831,14 @@ impl Engine {
             e.preference = rule.map(|(r, _)| r.prefer);
             if e.preference.is_none() {
                 // Unmanaged again: leave its mask where it is.
+                e.state = State::Unmanaged;
                 e.preferred = None;
-                e.applied = current;
+                e.applied = e.current.clone();
+                e.requested = None;
+                e.refused = None;
+                actions.push(Action::ClearPolicy { pid });
+            } else {
+                e.preferred = None;
             }
             self.recompute(pid, &mut actions);
         }

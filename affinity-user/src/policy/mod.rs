@@ -11,7 +11,7 @@ mod tests;
 
 pub use config::{Config, ConfigError, ConfigErrors, HousekeepingSpec, Preference, Rule, Target};
 pub use cpuset::{CpuListError, CpuSet, MAX_CPUS};
-pub use engine::{Action, Engine, Entry, Event, RegistryError, Topology};
+pub use engine::{Action, Engine, Entry, Event, Refusal, RegistryError, State, Topology};
 pub use kthread::{
     Kthread, PF_KTHREAD, PF_NO_SETAFFINITY, kernel_manages_affinity, kernel_version,
 };

@@ -235,16 +235,25 @@ fn foreign_changes_are_reported_and_undone_and_violations_judged() {
         }
     ));
     assert_eq!(sets(&a), [(1, "0".into())]);
+    let ran = |cpu| Event::Ran {
+        pid: 1,
+        comm: "from the record".into(),
+        cpu,
+        run_ns: 42_000,
+    };
     assert_eq!(
-        e.handle(Event::Ran { pid: 1, cpu: 3 }),
+        e.handle(ran(3)),
         [Action::ReportViolation {
             pid: 1,
             comm: "a".into(),
             cpu: 3,
-            allowed: set("0")
+            allowed: set("0"),
+            run_ns: 42_000,
         }]
     );
-    assert!(e.handle(Event::Ran { pid: 1, cpu: 0 }).is_empty());
+    // The kernel judged it against every online set of its hotplug step,
+    // so the engine does not judge again against the mask of now.
+    assert_eq!(e.handle(ran(0)).len(), 1);
 }
 
 #[test]
@@ -257,7 +266,13 @@ fn exit_forgets_and_a_reused_pid_is_a_new_kthread() {
     e.handle(Event::KthreadNew(kt(1, "a", "0-7")));
     assert_eq!(
         e.handle(Event::KthreadExit { pid: 1 }),
-        [Action::Forget { pid: 1 }]
+        [
+            Action::ClearPolicy { pid: 1 },
+            Action::Forget {
+                pid: 1,
+                comm: Some("a".into())
+            }
+        ]
     );
     assert!(e.handle(Event::KthreadExit { pid: 1 }).is_empty());
     let mut again = kt(1, "b", "0-7");
@@ -307,9 +322,34 @@ fn engine_with(prefs: &[Preference], hk: &CpuSet, online: &CpuSet) -> Engine {
     t.online = online.clone();
     let mut e = Engine::new(t, hk.clone(), rules);
     for i in 0..prefs.len() {
-        e.handle(Event::KthreadNew(kt(i as u32 + 1, &format!("k{i}"), "0-7")));
+        perfect_kernel(
+            &mut e,
+            Event::KthreadNew(kt(i as u32 + 1, &format!("k{i}"), "0-7")),
+        );
     }
     e
+}
+
+/// Handles `event` and answers every SetAffinity as a kernel that takes
+/// every mask would, until nothing more is asked.
+fn perfect_kernel(e: &mut Engine, event: Event) {
+    let mut queue = std::collections::VecDeque::from(e.handle(event));
+    while let Some(a) = queue.pop_front() {
+        if let Action::SetAffinity {
+            pid,
+            start_time,
+            mask,
+            ..
+        } = a
+        {
+            queue.extend(e.handle(Event::Applied {
+                pid,
+                start_time,
+                requested: mask.clone(),
+                mask,
+            }));
+        }
+    }
 }
 
 fn check_invariants(e: &Engine) -> Result<(), TestCaseError> {
@@ -339,8 +379,9 @@ fn check_invariants(e: &Engine) -> Result<(), TestCaseError> {
         prop_assert_eq!(
             &en.current,
             &en.applied,
-            "every change was turned into a SetAffinity"
+            "every change was turned into a SetAffinity, and its result taken"
         );
+        prop_assert!(en.requested.is_none(), "nothing left unanswered");
     }
     Ok(())
 }
@@ -364,7 +405,7 @@ proptest! {
             if matches!(event, Event::CpuOfflineBegin { .. }) && e.online().weight() == 1 && e.online().contains(cpu.unwrap()) {
                 continue;
             }
-            e.handle(event);
+            perfect_kernel(&mut e, event);
             check_invariants(&e)?;
         }
     }

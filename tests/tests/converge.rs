@@ -1,0 +1,481 @@
+//! The daemon converges to the kernel's truth and its reports can be
+//! trusted: hostile callers, failed hotplug steps, lost records, stalled
+//! clients, and violations judged against the policy for every online set
+//! of a hotplug step. Run with one test thread: hotplug and kthread masks
+//! are machine-wide.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::net::UnixStream,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use affinity::{
+    daemon::kernel::{Kernel, ProcKernel, SetAffinityError},
+    policy::CpuSet,
+};
+use affinity_tests::{
+    CpuOffline, SYS_CPU, cpu_online, daemon::Daemon, kthreads, mask_of, pid_of, set_cpu_online,
+    set_mask, setup, wait_for,
+};
+use serde_json::Value;
+
+const SECOND: Duration = Duration::from_secs(1);
+const KHUGEPAGED_ON_1: &str = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"1\"\n";
+
+fn wait_mask(pid: u32, want: &str, within: Duration) {
+    if wait_for(within, || (mask_of(pid) == want).then_some(())).is_none() {
+        panic!(
+            "pid {pid} mask is {} after {within:?}, expected {want}",
+            mask_of(pid)
+        );
+    }
+}
+
+fn of_type(events: &[Value], ty: &str) -> Vec<Value> {
+    events.iter().filter(|e| e["type"] == ty).cloned().collect()
+}
+
+fn last_summary(d: &Daemon) -> Value {
+    d.events()
+        .into_iter()
+        .rev()
+        .find(|e| e["type"] == "summary")
+        .expect("a summary")
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime); rest[0] is field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as u64 }
+}
+
+/// Writes `state` into cpu1's hotplug fault injection; clears it on drop.
+struct FailStep;
+
+impl FailStep {
+    fn arm(state: u32) -> FailStep {
+        let path = format!("{SYS_CPU}/cpu1/hotplug/fail");
+        fs::write(&path, state.to_string())
+            .unwrap_or_else(|e| panic!("writing {state} to {path}: {e}"));
+        FailStep
+    }
+}
+
+impl Drop for FailStep {
+    fn drop(&mut self) {
+        let _ = fs::write(format!("{SYS_CPU}/cpu1/hotplug/fail"), "-1");
+    }
+}
+
+/// The number of a hotplug state by its name, e.g. "perf:online".
+fn hotplug_state(name: &str) -> u32 {
+    let states = fs::read_to_string(format!("{SYS_CPU}/hotplug/states")).unwrap();
+    states
+        .lines()
+        .find_map(|l| {
+            let (n, s) = l.split_once(':')?;
+            (s.trim() == name).then(|| n.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no hotplug state {name}: {states}"))
+}
+
+/// Takes cpu1 down with the step `state` made to fail; returns once the
+/// kernel has refused.
+fn failed_offline(state: u32) {
+    let fail = FailStep::arm(state);
+    let refused = fs::write(format!("{SYS_CPU}/cpu1/online"), "0");
+    drop(fail);
+    assert!(refused.is_err(), "the injected failure stops the teardown");
+    assert!(cpu_online(1), "the kernel rolled cpu1 back");
+}
+
+#[test]
+fn a_failed_teardown_puts_the_masks_back() {
+    let Some(_masks) = setup("a_failed_teardown_puts_the_masks_back") else {
+        return;
+    };
+    let pid = pid_of("khugepaged");
+    set_mask(pid, "0-1");
+    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &[]);
+    wait_mask(pid, "1", 2 * SECOND);
+
+    // The first teardown step refused: the kernel runs no undo callback,
+    // so no bring-up step ever says cpu1 is back; only the failed step's
+    // own return value does.
+    let before = d.events().len();
+    failed_offline(hotplug_state("sched:active"));
+    let aborted = wait_for(SECOND, || {
+        d.events_since(before)
+            .into_iter()
+            .find(|e| e["type"] == "hotplug_aborted")
+    })
+    .unwrap_or_else(|| panic!("no hotplug_aborted: {:?}", d.events_since(before)));
+    assert_eq!(aborted["cpu"], 1, "{aborted}");
+    assert_eq!(aborted["online"], true, "{aborted}");
+    assert!(aborted["ret"].as_i64().unwrap() < 0, "{aborted}");
+    wait_mask(pid, "1", SECOND);
+
+    // A later step refused (perf:online has a teardown callback on every
+    // kernel we test): the first steps ran, the masks shrank, and the
+    // kernel's rollback brings cpu1 back; so must the daemon.
+    let before = d.events().len();
+    failed_offline(hotplug_state("perf:online"));
+    wait_mask(pid, "1", SECOND);
+    let back = wait_for(SECOND, || {
+        d.events_since(before).into_iter().find(|e| {
+            e["cpu"] == 1
+                && e["online"] == true
+                && (e["type"] == "hotplug_aborted" || e["type"] == "hotplug_handled")
+        })
+    });
+    assert!(back.is_some(), "{:?}", d.events_since(before));
+    // And the next real hotplug works as ever.
+    {
+        let _offline = CpuOffline::new(1);
+        wait_mask(pid, "0", SECOND);
+    }
+    wait_mask(pid, "1", SECOND);
+    assert!(d.stop().success());
+    let s = last_summary(&d);
+    assert_eq!(s["violations_seen"], 0, "{s}");
+    assert_eq!(
+        s["resyncs"], 0,
+        "the records alone told the whole story: {s}"
+    );
+}
+
+#[test]
+fn an_unprivileged_flood_cannot_crowd_out_hotplug() {
+    let Some(_masks) = setup("an_unprivileged_flood_cannot_crowd_out_hotplug") else {
+        return;
+    };
+    let pid = pid_of("khugepaged");
+    let reaper = pid_of("oom_reaper");
+    set_mask(pid, "0-1");
+    let config = format!("{KHUGEPAGED_ON_1}\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0\"\n");
+    let mut d = Daemon::start_with_config(&config, &[]);
+    wait_mask(pid, "1", 2 * SECOND);
+    let before = d.events().len();
+    let ticks_before = cpu_ticks(d.pid());
+    let started = Instant::now();
+    // nobody, 2 threads, 10 s, on two registered kthreads: every call EPERM.
+    let flood = Command::new(env!("CARGO_BIN_EXE_flood"))
+        .args(["65534", "10", "2", &pid.to_string(), &reaper.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the flood");
+    std::thread::sleep(SECOND);
+    for _ in 0..5 {
+        let _offline = CpuOffline::new(1);
+        wait_mask(pid, "0", SECOND);
+        drop(_offline);
+        wait_mask(pid, "1", SECOND);
+    }
+    let out = flood.wait_with_output().expect("the flood finishes");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut n = text.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+    let (calls, failed) = (n.next().unwrap(), n.next().unwrap());
+    assert!(calls > 100_000, "a real flood: {calls} calls");
+    assert_eq!(calls, failed, "nobody may not move a kthread");
+    let elapsed = started.elapsed().as_secs_f64();
+    // Let the last records arrive.
+    d.wait_event(2 * SECOND, "the last online step handled", |e| {
+        e["type"] == "hotplug_handled" && e["online"] == true
+    });
+    let ticks = cpu_ticks(d.pid()) - ticks_before;
+    let events = d.events_since(before);
+    let handled = of_type(&events, "hotplug_handled");
+    assert_eq!(handled.len(), 10, "every step handled: {handled:?}");
+    assert!(of_type(&events, "drops").is_empty(), "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "affinity_changed" && e["by_comm"] == "flood"),
+        "a refused call is not a change"
+    );
+    // The daemon's CPU time while 2 threads flooded: at most 10 % of one
+    // CPU (hotplug work included); it was busy draining records before.
+    let cpu = ticks as f64 / ticks_per_second() as f64;
+    assert!(
+        cpu < 0.1 * elapsed,
+        "daemon used {cpu:.2} s of CPU in {elapsed:.1} s of flood"
+    );
+    assert!(d.stop().success());
+    let s = last_summary(&d);
+    assert!(
+        s["records"].as_u64().unwrap() < 1000,
+        "the flood produced no records: {s}"
+    );
+    eprintln!("flood: {calls} refused calls in {elapsed:.1} s; daemon CPU {cpu:.2} s; {s}");
+}
+
+#[test]
+fn hotplug_cycles_with_kthreads_preferring_cpu1_are_not_violations() {
+    let Some(_masks) = setup("hotplug_cycles_with_kthreads_preferring_cpu1_are_not_violations")
+    else {
+        return;
+    };
+    // Every movable kthread prefers cpu1: each offline moves them all to
+    // cpu0 and each online back, while they keep running. Except those a
+    // 6.14+ kernel re-affines itself on every hotplug step (RCU's, DAMON's):
+    // the kernel overriding a preference is a real violation of it.
+    let config = "[[rule]]\nmatch = \"rcu*\"\nprefer = \"housekeeping\"\n\n\
+                  [[rule]]\nmatch = \"kdamond*\"\nprefer = \"housekeeping\"\n\n\
+                  [[rule]]\nmatch = \"*\"\nprefer = \"1\"\n";
+    let mut d = Daemon::start_with_config(config, &[]);
+    let pid = pid_of("khugepaged");
+    wait_mask(pid, "1", 2 * SECOND);
+    for _ in 0..200 {
+        let _offline = CpuOffline::new(1);
+    }
+    // The daemon may trail the kernel by a few hundred steps here.
+    let handled = || {
+        d.events()
+            .iter()
+            .filter(|e| e["type"] == "hotplug_handled")
+            .count()
+    };
+    assert!(
+        wait_for(30 * SECOND, || (handled() >= 400).then_some(())).is_some(),
+        "{} of 400 steps handled",
+        handled()
+    );
+    wait_mask(pid, "1", 2 * SECOND);
+    // The counters are read every second.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(d.stop().success());
+    let s = last_summary(&d);
+    assert_eq!(s["hotplug"], 400, "{s}");
+    let odd: Vec<Value> = d
+        .events()
+        .into_iter()
+        .filter(|e| {
+            ["violation", "resync", "refused", "error"].contains(&e["type"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(
+        s["violations_seen"], 0,
+        "runs the old or the new online set allows are not violations: {s}; {odd:#?}"
+    );
+    assert!(of_type(&d.events(), "violation").is_empty());
+}
+
+/// The RCU grace-period kthread: it runs whenever anything needs a grace
+/// period, several times a second.
+fn rcu_gp_kthread() -> u32 {
+    kthreads()
+        .into_iter()
+        .find(|(_, c, f)| {
+            (c == "rcu_preempt" || c == "rcu_sched") && f & affinity_common::PF_NO_SETAFFINITY == 0
+        })
+        .map(|(p, _, _)| p)
+        .expect("an rcu_preempt or rcu_sched kthread")
+}
+
+#[test]
+fn a_real_violation_is_reported_every_time_with_its_run_time() {
+    let Some(_masks) = setup("a_real_violation_is_reported_every_time_with_its_run_time") else {
+        return;
+    };
+    let pid = rcu_gp_kthread();
+    set_mask(pid, "0");
+    let d = Daemon::start(&["--observe", "--isolate", "1"]);
+    for round in 0..5 {
+        let seen = d.events().len();
+        set_mask(pid, "1");
+        let moved = Instant::now();
+        // Wake it: a grace period.
+        let _ = Command::new("true").status();
+        let ran = |e: &Value| {
+            e["type"] == "violation"
+                && e["pid"] == pid
+                && e["cpu"] == 1
+                && e["run_us"].as_f64().is_some_and(|t| t > 0.0)
+        };
+        let v = wait_for(SECOND, || d.events_since(seen).into_iter().find(|e| ran(e)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "round {round}: no timed run on cpu1 within 1 s of the move ({:?}); events: {:?}",
+                    moved.elapsed(),
+                    d.events_since(seen)
+                )
+            });
+        assert_eq!(v["allowed"], "0", "{v}");
+        assert!(
+            v["run_us"].as_f64().unwrap() > 0.0,
+            "with its run time: {v}"
+        );
+        set_mask(pid, "0");
+        // Past the per-pid rate limit (500 ms).
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert_eq!(mask_of(pid), "0");
+}
+
+#[test]
+fn lost_hotplug_records_converge_to_the_kernels_state() {
+    let Some(_masks) = setup("lost_hotplug_records_converge_to_the_kernels_state") else {
+        return;
+    };
+    let pid = pid_of("khugepaged");
+    set_mask(pid, "0-1");
+    // A one-page hotplug ring holds ~80 records; a stopped daemon reads none.
+    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &["--hotplug-ring-bytes", "4096"]);
+    wait_mask(pid, "1", 2 * SECOND);
+    d.signal(libc::SIGSTOP);
+    for _ in 0..60 {
+        let _offline = CpuOffline::new(1);
+    }
+    // The last step, lost with the others: cpu1 ends offline.
+    set_cpu_online(1, false);
+    let guard = CpuOnlineGuard;
+    d.signal(libc::SIGCONT);
+    let drops = d.wait_event(3 * SECOND, "drops reported", |e| e["type"] == "drops");
+    assert!(drops["count"].as_u64().unwrap() > 0, "{drops}");
+    // The daemon acted on the records it had (cpu1 back online), then
+    // read the truth: cpu1 is offline.
+    wait_mask(pid, "0", 3 * SECOND);
+    let resync = d.wait_event(3 * SECOND, "a resync", |e| e["type"] == "resync");
+    assert!(
+        resync["what"]
+            .as_str()
+            .unwrap()
+            .contains("online CPUs are 0"),
+        "{resync}"
+    );
+    drop(guard);
+    wait_mask(pid, "1", 2 * SECOND);
+    assert!(d.is_alive());
+}
+
+/// Brings cpu1 back online on drop.
+struct CpuOnlineGuard;
+
+impl Drop for CpuOnlineGuard {
+    fn drop(&mut self) {
+        drop(CpuOffline::adopt(1));
+    }
+}
+
+#[test]
+fn a_silent_control_client_delays_neither_hotplug_nor_prefer() {
+    let Some(_masks) = setup("a_silent_control_client_delays_neither_hotplug_nor_prefer") else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let pid = pid_of("khugepaged");
+    let reaper = pid_of("oom_reaper");
+    set_mask(pid, "0-1");
+    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &["--metrics", &addr.to_string()]);
+    wait_mask(pid, "1", 2 * SECOND);
+    // Connects and never writes, for the whole test.
+    let _silent = UnixStream::connect(&d.socket).expect("connecting");
+    {
+        let _offline = CpuOffline::new(1);
+        let t = Instant::now();
+        wait_mask(pid, "0", SECOND);
+        assert!(t.elapsed() < SECOND);
+    }
+    wait_mask(pid, "1", SECOND);
+    // Hotplug and scrapes meanwhile, from other threads.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut cycles = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _offline = CpuOffline::new(1);
+                if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+                }
+                cycles += 1;
+            }
+            cycles
+        })
+    };
+    let mut failures = Vec::new();
+    for i in 0..100 {
+        let cpus = if i % 2 == 0 { "0" } else { "0-1" };
+        let out = Command::new(affinity_tests::daemon::affinity_bin())
+            .args(["prefer", "oom_reaper", cpus, "--update", "--socket"])
+            .arg(&d.socket)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            failures.push(format!("{i}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cycles = noise.join().unwrap();
+    assert!(failures.is_empty(), "prefer failed: {failures:?}");
+    assert!(cycles > 0);
+    wait_mask(reaper, "0-1", 2 * SECOND);
+    assert!(d.is_alive());
+}
+
+#[test]
+fn proc_kernel_sets_reads_back_and_knows_an_exited_pid() {
+    let Some(_masks) = setup("proc_kernel_sets_reads_back_and_knows_an_exited_pid") else {
+        return;
+    };
+    let width = fs::read_to_string(format!("{SYS_CPU}/possible"))
+        .ok()
+        .and_then(|p| CpuSet::parse(&p, 8192).ok())
+        .and_then(|s| s.last())
+        .unwrap()
+        + 1;
+    let mut k = ProcKernel::new("/proc", "/sys", width);
+    let pid = pid_of("khugepaged");
+    let me = k.kthread(pid).unwrap().expect("khugepaged is a kthread");
+    let got = k
+        .set_affinity(pid, me.start_time, &CpuSet::parse("1", width).unwrap())
+        .expect("setting khugepaged's mask");
+    assert_eq!(got.to_string(), "1", "the mask read back");
+    assert_eq!(mask_of(pid), "1");
+    // Another start time: a reused pid is never touched.
+    assert!(matches!(
+        k.set_affinity(pid, me.start_time + 1, &CpuSet::parse("0", width).unwrap()),
+        Err(SetAffinityError::Gone(_))
+    ));
+    assert_eq!(mask_of(pid), "1");
+    // A pinned kthread.
+    let (pinned, _, _) = kthreads()
+        .into_iter()
+        .find(|(_, c, _)| c.starts_with("ksoftirqd/"))
+        .expect("a ksoftirqd");
+    let pk = k.kthread(pinned).unwrap().unwrap();
+    assert!(matches!(
+        k.set_affinity(pinned, pk.start_time, &CpuSet::parse("0-1", width).unwrap()),
+        Err(SetAffinityError::Pinned(_))
+    ));
+    // A pid that exited: not a kthread, and gone.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    assert!(k.kthread(dead).unwrap().is_none());
+    assert!(matches!(
+        k.set_affinity(dead, 0, &CpuSet::parse("0", width).unwrap()),
+        Err(SetAffinityError::Gone(_))
+    ));
+    let online = k.online_cpus().unwrap();
+    assert_eq!(
+        online.to_string(),
+        fs::read_to_string(format!("{SYS_CPU}/online"))
+            .unwrap()
+            .trim()
+    );
+    assert!(k.cpu_settled(1));
+}
