@@ -83,11 +83,6 @@ impl CpuOffline {
         set_cpu_online(cpu, false);
         guard
     }
-
-    /// Takes charge of a CPU something else took offline: online on drop.
-    pub fn adopt(cpu: u32) -> Self {
-        CpuOffline { cpu }
-    }
 }
 
 impl Drop for CpuOffline {

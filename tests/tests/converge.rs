@@ -17,8 +17,8 @@ use affinity::{
     policy::CpuSet,
 };
 use affinity_tests::{
-    CpuOffline, SYS_CPU, cpu_online, daemon::Daemon, kthreads, mask_of, pid_of, set_cpu_online,
-    set_mask, setup, wait_for,
+    CpuOffline, SYS_CPU, cpu_online, daemon::Daemon, kthreads, mask_of, pid_of, set_mask, setup,
+    wait_for,
 };
 use serde_json::Value;
 
@@ -330,42 +330,46 @@ fn lost_hotplug_records_converge_to_the_kernels_state() {
     };
     let pid = pid_of("khugepaged");
     set_mask(pid, "0-1");
-    // A one-page hotplug ring holds ~80 records; a stopped daemon reads none.
+    // A one-page hotplug ring holds ~85 records; a stopped daemon reads
+    // none, so of 60 cycles (180 records) only the first ~28 arrive and
+    // the daemon's last word on cpu1 is "offline" two times in three.
     let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &["--hotplug-ring-bytes", "4096"]);
     wait_mask(pid, "1", 2 * SECOND);
-    d.signal(libc::SIGSTOP);
-    for _ in 0..60 {
-        let _offline = CpuOffline::new(1);
+    let mut resyncs = 0;
+    for round in 0..3 {
+        let seen = d.events().len();
+        d.signal(libc::SIGSTOP);
+        for _ in 0..60 {
+            let _offline = CpuOffline::new(1);
+        }
+        d.signal(libc::SIGCONT);
+        let drops = wait_for(3 * SECOND, || {
+            d.events_since(seen)
+                .into_iter()
+                .find(|e| e["type"] == "drops")
+        })
+        .unwrap_or_else(|| panic!("round {round}: no drops reported"));
+        assert!(drops["count"].as_u64().unwrap() > 0, "{drops}");
+        // cpu1 is online: whatever the last record it read said, the
+        // daemon ends where the kernel is.
+        wait_mask(pid, "1", 6 * SECOND);
+        resyncs += d
+            .events_since(seen)
+            .iter()
+            .filter(|e| e["type"] == "resync")
+            .count();
     }
-    // The last step, lost with the others: cpu1 ends offline.
-    set_cpu_online(1, false);
-    let guard = CpuOnlineGuard;
-    d.signal(libc::SIGCONT);
-    let drops = d.wait_event(3 * SECOND, "drops reported", |e| e["type"] == "drops");
-    assert!(drops["count"].as_u64().unwrap() > 0, "{drops}");
-    // The daemon acted on the records it had (cpu1 back online), then
-    // read the truth: cpu1 is offline.
-    wait_mask(pid, "0", 3 * SECOND);
-    let resync = d.wait_event(3 * SECOND, "a resync", |e| e["type"] == "resync");
     assert!(
-        resync["what"]
-            .as_str()
-            .unwrap()
-            .contains("online CPUs are 0"),
-        "{resync}"
+        resyncs > 0,
+        "three rounds, none corrected from sysfs (a 1 in 27 chance if the records alone decided)"
     );
-    drop(guard);
-    wait_mask(pid, "1", 2 * SECOND);
-    assert!(d.is_alive());
-}
-
-/// Brings cpu1 back online on drop.
-struct CpuOnlineGuard;
-
-impl Drop for CpuOnlineGuard {
-    fn drop(&mut self) {
-        drop(CpuOffline::adopt(1));
+    // And it keeps working.
+    {
+        let _offline = CpuOffline::new(1);
+        wait_mask(pid, "0", SECOND);
     }
+    wait_mask(pid, "1", SECOND);
+    assert!(d.is_alive());
 }
 
 #[test]

@@ -171,6 +171,12 @@ impl<K: Kernel, W: Write> Core<K, W> {
                 ret,
                 seq,
             } => {
+                // Older than what a convergence read from the kernel after a
+                // loss (or the teardown's second record, which changes
+                // nothing): acting on it would undo the truth.
+                if seq <= self.acked && self.acked > 0 {
+                    return None;
+                }
                 self.on_hotplug(ts_ns, cpu, phase, state, ret, maps);
                 self.acknowledge(seq, maps);
                 return None;
