@@ -25,9 +25,13 @@ fn main() {
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
-    let workspace = manifest_dir.parent().unwrap().to_path_buf();
-    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir
+        .parent()
+        .expect("affinity-user lives in the workspace")
+        .to_path_buf();
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let object = out_dir.join("affinity.bpf.o");
 
     for dir in ["affinity-ebpf/src", "affinity-common/src"] {
@@ -41,7 +45,7 @@ fn main() {
 
     let require = env::var("AFFINITY_REQUIRE_EBPF").is_ok_and(|v| v == "1");
     if env::var("AFFINITY_SKIP_EBPF").is_ok_and(|v| v == "1") && !require {
-        fs::write(&object, b"").unwrap();
+        fs::write(&object, b"").expect("writing the empty eBPF object placeholder");
         return;
     }
     let toolchain = env::var("AFFINITY_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into());
@@ -54,7 +58,7 @@ fn main() {
         println!(
             "cargo:warning=eBPF object not built ({missing}); `affinity run` will refuse to start. `cargo xtask build` installs the toolchain."
         );
-        fs::write(&object, b"").unwrap();
+        fs::write(&object, b"").expect("writing the empty eBPF object placeholder");
         return;
     }
 

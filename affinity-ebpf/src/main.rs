@@ -35,6 +35,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
 
-// Lets `cargo clippy --workspace` build this crate for the host.
+// Lets `cargo clippy --workspace` build this crate for the host, where
+// none of the programs (and so none of the dependencies) are compiled.
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
+#[cfg(not(target_arch = "bpf"))]
+use {affinity_common as _, aya_ebpf as _, aya_log_ebpf as _};

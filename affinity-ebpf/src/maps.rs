@@ -49,8 +49,8 @@ pub static SETAFFINITY: HashMap<u32, PendingSetAffinity> = HashMap::with_max_ent
 
 pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // Per-CPU slot: no other CPU writes it, and programs do not nest on
-        // one CPU for these tracepoints.
+        // SAFETY: a valid per-CPU slot: no other CPU writes it, and programs
+        // do not nest on one CPU for these tracepoints.
         unsafe { *slot += 1 };
     }
 }
@@ -83,6 +83,7 @@ pub mod globals {
 
     #[inline(always)]
     pub fn get<T: Copy>(v: &'static T) -> T {
+        // SAFETY: a reference to a static is valid for reads, forever.
         unsafe { core::ptr::read_volatile(v) }
     }
 }

@@ -40,7 +40,7 @@ fn in_init_pidns() -> bool {
             globals::get(&INIT_PIDNS_DEV),
             globals::get(&INIT_PIDNS_INO),
             &mut info,
-            core::mem::size_of::<bpf_pidns_info>() as u32,
+            size_of::<bpf_pidns_info>() as u32,
         )
     };
     ret == 0

@@ -2,12 +2,18 @@
 //! the embedded default policy, then a CPU going offline (every mask
 //! recomputed).
 
+#![allow(
+    clippy::unwrap_used,
+    unused_crate_dependencies,
+    reason = "a binary, test or bench target of affinity-user sees the library's dependencies too"
+)]
+
 use std::{collections::BTreeMap, hint::black_box};
 
 use affinity::{
     commands::plan::{WhatIf, plan},
+    kernel::sysfs::Machine,
     policy::{Config, CpuSet, Engine, Event, Kthread, PF_KTHREAD, PF_NO_SETAFFINITY, Topology},
-    sysfs::Machine,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 

@@ -1,3 +1,7 @@
+#![allow(
+    unused_crate_dependencies,
+    reason = "a binary, test or bench target of affinity-user sees the library's dependencies too"
+)]
 use std::process::ExitCode;
 
 use affinity::commands::{self, BadInput};

@@ -2,6 +2,12 @@
 //! plan (on a snapshot fixture) and their error paths. Every malformed
 //! input must exit 2 with a message that says what and where.
 
+#![allow(
+    clippy::unwrap_used,
+    unused_crate_dependencies,
+    reason = "a binary, test or bench target of affinity-user sees the library's dependencies too"
+)]
+
 use std::{path::PathBuf, process::Command};
 
 use serde_json::Value;

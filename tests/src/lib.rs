@@ -4,6 +4,15 @@
 //! machine without them skips the tests loudly; under CI (`CI=true`) it fails
 //! them, so a green run always means the kernel tests ran.
 
+#![allow(
+    unused_crate_dependencies,
+    reason = "every kernel test target shares the test crate's dependencies and uses some"
+)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test support: a panic is how a kernel test fails"
+)]
+
 use std::{
     fs,
     path::{Path, PathBuf},

@@ -4,6 +4,12 @@
 //! of a hotplug step. Run with one test thread: hotplug and kthread masks
 //! are machine-wide.
 
+#![allow(
+    clippy::unwrap_used,
+    unused_crate_dependencies,
+    reason = "every kernel test target shares the test crate's dependencies and uses some"
+)]
+
 use std::{
     fs,
     io::Write,
@@ -13,7 +19,8 @@ use std::{
 };
 
 use affinity::{
-    daemon::kernel::{Kernel, ProcKernel, SetAffinityError},
+    daemon::kernel::{Kernel, SetAffinityError},
+    kernel::procfs::ProcKernel,
     policy::CpuSet,
 };
 use affinity_tests::{

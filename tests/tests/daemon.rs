@@ -2,6 +2,12 @@
 //! real `affinity` binary. Run with one test thread: hotplug and kthread
 //! masks are machine-wide.
 
+#![allow(
+    clippy::unwrap_used,
+    unused_crate_dependencies,
+    reason = "every kernel test target shares the test crate's dependencies and uses some"
+)]
+
 use std::{process::Command, time::Duration};
 
 use affinity_tests::{

@@ -2,16 +2,24 @@
 //! loads, attaches to the cpuhp tracepoints, and hotplug of cpu1 reaches
 //! userspace through the ring buffer with the right CPU and direction.
 
+#![allow(
+    clippy::unwrap_used,
+    unused_crate_dependencies,
+    reason = "every kernel test target shares the test crate's dependencies and uses some"
+)]
+
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use affinity::{
-    bpf::{EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
-    btf::KernelLayout,
+    kernel::{
+        bpf::{EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
+        btf::KernelLayout,
+        wire::{HotplugPhase, WireEvent},
+    },
     policy::CpuSet,
-    wire::{HotplugPhase, WireEvent},
 };
 use affinity_tests::{CpuOffline, all_cpus_online, kernel_tests_can_run};
 
@@ -36,7 +44,7 @@ fn load(logs: Logs) -> Observer {
         report_interval: Duration::from_millis(100),
         width,
         online: CpuSet::parse(&online, width).unwrap().words().to_vec(),
-        init_pidns: affinity::bpf::init_pidns("/proc".as_ref()).unwrap(),
+        init_pidns: affinity::kernel::bpf::init_pidns("/proc".as_ref()).unwrap(),
         hotplug_ring_bytes: None,
     };
     Observer::load(EMBEDDED_OBJECT, &cfg, logs)

@@ -5,6 +5,12 @@
 //! test makes the kernel create a kthread by mounting an ext4 image through
 //! a loop device, which virtme-ng guests refuse (EPERM).
 
+#![allow(
+    clippy::unwrap_used,
+    unused_crate_dependencies,
+    reason = "every kernel test target shares the test crate's dependencies and uses some"
+)]
+
 use std::{process::Command, time::Duration};
 
 use affinity_tests::{daemon::Daemon, mask_of, setup};

@@ -2,6 +2,12 @@
 //! 4 vCPUs and `isolcpus=2,3 nohz_full=2,3`, on Debian's 6.1 and 6.12 kernels
 //! (which have no in-kernel preferred affinity).
 
+#![allow(
+    clippy::unwrap_used,
+    unused_crate_dependencies,
+    reason = "every kernel test target shares the test crate's dependencies and uses some"
+)]
+
 use std::time::Duration;
 
 use affinity_tests::{

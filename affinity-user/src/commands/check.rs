@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 
-use crate::{policy::MAX_CPUS, policy::Topology, sysfs};
+use crate::{kernel::sysfs, policy::MAX_CPUS, policy::Topology};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {

@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::{
-    commands::BadInput,
+    input::BadInput,
+    kernel::sysfs::{self, Machine},
     policy::{Config, CpuSet, Engine, Event, kernel_manages_affinity},
-    sysfs::{self, Machine},
 };
 
 #[derive(Debug, clap::Args)]

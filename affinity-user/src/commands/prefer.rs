@@ -7,8 +7,8 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 
 use crate::{
-    commands::BadInput,
     daemon::control::{self, Request},
+    input::BadInput,
 };
 
 #[derive(Debug, clap::Args)]

@@ -29,20 +29,20 @@ use tokio::{
 };
 
 use crate::{
-    bpf::{self, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
-    btf::KernelLayout,
-    commands::BadInput,
     daemon::{
         Core, Options, Stats, coalesce,
         control::{self, ControlCall, ControlServer, Request, Response},
-        kernel::ProcKernel,
         metrics,
         output::{LineQueue, QUEUE_LINES},
         report::{Format, Report, Reporter},
     },
+    input::BadInput,
+    kernel::bpf::{self, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
+    kernel::btf::KernelLayout,
+    kernel::procfs::ProcKernel,
+    kernel::sysfs::{self, Machine, Scan},
+    kernel::wire::WireEvent,
     policy::{Config, CpuSet, Engine, Preference, Target},
-    sysfs::{self, Machine, Scan},
-    wire::WireEvent,
 };
 
 #[derive(Debug, clap::Args)]

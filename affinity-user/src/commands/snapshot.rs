@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 
-use crate::sysfs::Machine;
+use crate::kernel::sysfs::Machine;
 
 #[derive(Debug, clap::Args)]
 pub struct SnapshotArgs {

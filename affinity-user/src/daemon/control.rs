@@ -671,7 +671,7 @@ pub async fn call(path: &Path, request: &Request) -> Result<Response> {
         .await
         .context("sending the request")?;
     let mut answer = String::new();
-    tokio::time::timeout(
+    timeout(
         Duration::from_secs(10),
         BufReader::new(stream).read_line(&mut answer),
     )

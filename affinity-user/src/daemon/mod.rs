@@ -26,9 +26,9 @@ use report::{Report, Reporter};
 pub use stats::Stats;
 
 use crate::{
+    kernel::sysfs::Scan,
+    kernel::wire::{HotplugPhase, WireEvent},
     policy::{CpuSet, Engine, Event, Preference, RegistryError, Target},
-    sysfs::Scan,
-    wire::{HotplugPhase, WireEvent},
 };
 
 /// What the eBPF programs read: the policy per pid, and their view of the
@@ -49,7 +49,7 @@ pub trait PolicyMaps {
     fn correct_online(&mut self, online: &CpuSet) -> anyhow::Result<u64>;
 }
 
-impl PolicyMaps for crate::bpf::Observer {
+impl PolicyMaps for crate::kernel::bpf::Observer {
     fn set_policy(
         &mut self,
         pid: u32,
@@ -57,7 +57,7 @@ impl PolicyMaps for crate::bpf::Observer {
         preferred: Option<&CpuSet>,
     ) -> anyhow::Result<()> {
         let none: &[u64] = &[];
-        Ok(crate::bpf::Observer::set_policy(
+        Ok(crate::kernel::bpf::Observer::set_policy(
             self,
             pid,
             applied.words(),
@@ -65,16 +65,19 @@ impl PolicyMaps for crate::bpf::Observer {
         )?)
     }
     fn clear_policy(&mut self, pid: u32) -> anyhow::Result<()> {
-        Ok(crate::bpf::Observer::remove_allowed(self, pid)?)
+        Ok(crate::kernel::bpf::Observer::remove_allowed(self, pid)?)
     }
     fn acknowledge(&mut self, seq: u64) -> anyhow::Result<()> {
-        Ok(crate::bpf::Observer::acknowledge(self, seq)?)
+        Ok(crate::kernel::bpf::Observer::acknowledge(self, seq)?)
     }
     fn hotplug_view(&self) -> anyhow::Result<(u64, Vec<u64>)> {
-        Ok(crate::bpf::Observer::hotplug_view(self)?)
+        Ok(crate::kernel::bpf::Observer::hotplug_view(self)?)
     }
     fn correct_online(&mut self, online: &CpuSet) -> anyhow::Result<u64> {
-        Ok(crate::bpf::Observer::correct_online(self, online.words())?)
+        Ok(crate::kernel::bpf::Observer::correct_online(
+            self,
+            online.words(),
+        )?)
     }
 }
 
@@ -571,7 +574,7 @@ pub fn monotonic_ns() -> u64 {
 /// nothing more, and a flood of calls must not slow the drain. Failed calls
 /// never get here (the programs drop them), so the one kept names a caller
 /// that did move the kthread.
-pub fn coalesce(batch: &mut Vec<Result<WireEvent, crate::wire::WireError>>) {
+pub fn coalesce(batch: &mut Vec<Result<WireEvent, crate::kernel::wire::WireError>>) {
     let mut seen = std::collections::HashSet::new();
     let mut keep = vec![true; batch.len()];
     for (i, ev) in batch.iter().enumerate().rev() {

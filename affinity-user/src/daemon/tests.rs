@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, io};
 use super::*;
 use crate::{
     daemon::kernel::SetAffinityError,
+    kernel::wire::TaskRecord,
     policy::{Kthread, PF_KTHREAD, PF_NO_SETAFFINITY, Rule, Topology},
-    wire::TaskRecord,
 };
 
 const W: u32 = 4;

@@ -4,6 +4,11 @@
 //! kernel tests run it as `nobody` against kthreads to show that refused
 //! calls cannot flood the daemon.
 
+#![allow(
+    unused_crate_dependencies,
+    reason = "a helper binary of the test crate, which sees all of its dependencies"
+)]
+
 use std::{
     sync::{
         Arc,

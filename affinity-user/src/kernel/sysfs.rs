@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    commands::BadInput,
+    input::BadInput,
     policy::{self, Config, CpuSet, HousekeepingSpec, Kthread, MAX_CPUS, PF_KTHREAD, Topology},
 };
 

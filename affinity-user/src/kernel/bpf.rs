@@ -18,8 +18,8 @@ use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    btf::{BtfError, KernelLayout},
-    wire::{self, WireEvent},
+    kernel::btf::{BtfError, KernelLayout},
+    kernel::wire::{self, WireEvent},
 };
 
 /// The eBPF object built from `affinity-ebpf` by build.rs.
@@ -401,7 +401,7 @@ impl Observer {
 /// not have mounted. Mount it where the kernel expects it; if that fails the
 /// attach below fails and says so.
 fn ensure_tracefs() {
-    let dir = std::path::Path::new("/sys/kernel/tracing");
+    let dir = Path::new("/sys/kernel/tracing");
     if dir.join("events").exists() || !dir.is_dir() {
         return;
     }
