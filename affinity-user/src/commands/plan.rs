@@ -41,6 +41,28 @@ pub struct PlanArgs {
     pub proc: PathBuf,
 }
 
+/// What the policy would do to a kthread; serialised as `set`, `keep`,
+/// `pinned` or `unmanaged`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanAction {
+    Set,
+    Keep,
+    Pinned,
+    Unmanaged,
+}
+
+impl std::fmt::Display for PlanAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PlanAction::Set => "set",
+            PlanAction::Keep => "keep",
+            PlanAction::Pinned => "pinned",
+            PlanAction::Unmanaged => "unmanaged",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanRow {
     pub pid: u32,
@@ -49,8 +71,7 @@ pub struct PlanRow {
     pub preferred: Option<String>,
     pub applied: String,
     pub current: String,
-    /// `set`, `keep`, `pinned` or `unmanaged`.
-    pub action: &'static str,
+    pub action: PlanAction,
     #[serde(skip)]
     pub pinned: bool,
     #[serde(skip)]
@@ -105,12 +126,16 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
         .map(|e| {
             let current = current.get(&e.pid).cloned().unwrap_or_default();
             let (applied, action) = if e.pinned() {
-                (current.clone(), "pinned")
+                (current.clone(), PlanAction::Pinned)
             } else if e.preference.is_none() {
-                (current.clone(), "unmanaged")
+                (current.clone(), PlanAction::Unmanaged)
             } else {
                 let applied = e.applied.to_string();
-                let action = if applied == current { "keep" } else { "set" };
+                let action = if applied == current {
+                    PlanAction::Keep
+                } else {
+                    PlanAction::Set
+                };
                 (applied, action)
             };
             let kthread = machine
@@ -227,7 +252,7 @@ pub fn table(plan: &Plan) -> String {
         .map(String::from),
     ];
     let mut sorted: Vec<&PlanRow> = plan.kthreads.iter().collect();
-    sorted.sort_by_key(|r| (r.action != "set", r.pid));
+    sorted.sort_by_key(|r| (r.action != PlanAction::Set, r.pid));
     for r in sorted {
         rows.push([
             r.pid.to_string(),
@@ -244,7 +269,11 @@ pub fn table(plan: &Plan) -> String {
         plan.online, plan.housekeeping
     );
     out.push_str(&align(&rows));
-    let changes = plan.kthreads.iter().filter(|r| r.action == "set").count();
+    let changes = plan
+        .kthreads
+        .iter()
+        .filter(|r| r.action == PlanAction::Set)
+        .count();
     let _ = writeln!(
         out,
         "{changes} of {} kthreads would change",

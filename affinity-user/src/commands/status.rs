@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 
-use super::plan::{WhatIf, align, load, plan};
+use super::plan::{PlanAction, WhatIf, align, load, plan};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -43,7 +43,7 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         } else {
             "nobody"
         };
-        let actual = if r.current == r.applied || r.action != "set" {
+        let actual = if r.current == r.applied || r.action != PlanAction::Set {
             r.current.clone()
         } else {
             format!("{} !", r.current)
@@ -63,7 +63,11 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
         machine.kernel, p.online, p.housekeeping
     );
     print!("{}", align(&rows));
-    let off = p.kthreads.iter().filter(|r| r.action == "set").count();
+    let off = p
+        .kthreads
+        .iter()
+        .filter(|r| r.action == PlanAction::Set)
+        .count();
     println!("{off} movable kthreads are not where the policy would put them (marked !)");
     Ok(ExitCode::SUCCESS)
 }

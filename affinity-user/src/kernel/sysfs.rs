@@ -348,21 +348,34 @@ pub struct SnapshotKthread {
     pub cpus_allowed: String,
 }
 
+/// A snapshot field that does not hold what it should.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct SnapshotError {
+    pub field: String,
+    pub problem: String,
+}
+
 impl Snapshot {
-    pub fn to_machine(&self) -> Result<Machine, String> {
+    pub fn to_machine(&self) -> Result<Machine, SnapshotError> {
+        let bad = |field: &str, problem: String| SnapshotError {
+            field: field.to_string(),
+            problem,
+        };
         let possible =
-            CpuSet::parse(&self.possible, MAX_CPUS).map_err(|e| format!("possible: {e}"))?;
+            CpuSet::parse(&self.possible, MAX_CPUS).map_err(|e| bad("possible", e.to_string()))?;
         let width = possible
             .last()
             .map(|l| l + 1)
-            .ok_or("possible: no CPU at all")?;
+            .ok_or_else(|| bad("possible", "no CPU at all".into()))?;
         let possible = CpuSet::from_words(width, possible.words());
-        let list = |key: &str, v: &str| CpuSet::parse(v, width).map_err(|e| format!("{key}: {e}"));
+        let list =
+            |key: &str, v: &str| CpuSet::parse(v, width).map_err(|e| bad(key, e.to_string()));
         let mut nodes = BTreeMap::new();
         for (n, cpus) in &self.nodes {
             let id: u32 = n
                 .parse()
-                .map_err(|_| format!("nodes: {n:?} is not a node number"))?;
+                .map_err(|_| bad("nodes", format!("{n:?} is not a node number")))?;
             nodes.insert(id, list(&format!("nodes.{n}"), cpus)?);
         }
         if nodes.is_empty() {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
 
-use super::{CpuSet, Topology};
+use super::{CpuListError, CpuSet, Topology};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Preference {
@@ -26,8 +26,19 @@ pub enum Preference {
     OwnNode,
 }
 
+/// Why a `prefer` value is not one.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PreferenceError {
+    #[error("{node:?} is not a node number (in {text:?})")]
+    Node { node: String, text: String },
+    #[error(
+        "{0}; a preference is a cpulist such as \"0-3\", \"housekeeping\", \"node\" or \"node:N\""
+    )]
+    Cpus(CpuListError),
+}
+
 impl Preference {
-    pub fn parse(text: &str, width: u32) -> Result<Self, String> {
+    pub fn parse(text: &str, width: u32) -> Result<Self, PreferenceError> {
         let t = text.trim();
         match t {
             "housekeeping" => Ok(Preference::Housekeeping),
@@ -37,11 +48,14 @@ impl Preference {
                     return n
                         .parse()
                         .map(Preference::Node)
-                        .map_err(|_| format!("{n:?} is not a node number (in {t:?})"));
+                        .map_err(|_| PreferenceError::Node {
+                            node: n.to_string(),
+                            text: t.to_string(),
+                        });
                 }
-                CpuSet::parse(t, width).map(Preference::Cpus).map_err(|e| {
-                    format!("{e}; a preference is a cpulist such as \"0-3\", \"housekeeping\", \"node\" or \"node:N\"")
-                })
+                CpuSet::parse(t, width)
+                    .map(Preference::Cpus)
+                    .map_err(PreferenceError::Cpus)
             }
         }
     }

@@ -9,7 +9,9 @@ mod kthread;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Config, ConfigError, ConfigErrors, HousekeepingSpec, Preference, Rule, Target};
+pub use config::{
+    Config, ConfigError, ConfigErrors, HousekeepingSpec, Preference, PreferenceError, Rule, Target,
+};
 pub use cpuset::{CpuListError, CpuSet, MAX_CPUS};
 pub use engine::{Action, Engine, Entry, Event, Refusal, RegistryError, State, Topology};
 pub use kthread::{
