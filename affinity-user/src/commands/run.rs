@@ -523,7 +523,7 @@ fn handle_request(
 ) -> Response {
     let target = |t: &str| match t.parse::<u32>() {
         Ok(pid) => Target::Pid(pid),
-        Err(_) => Target::Comm(t.to_string()),
+        Err(_) => Target::Comm(t.into()),
     };
     let result = match request {
         Request::Prefer {

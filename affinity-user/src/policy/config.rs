@@ -76,16 +76,63 @@ impl fmt::Display for Preference {
 pub enum Target {
     Pid(u32),
     /// A glob on the comm (`kswapd*`); a plain name matches only itself.
-    Comm(String),
+    Comm(CommGlob),
+}
+
+/// A comm glob, compiled once: matching runs for every kthread on every
+/// registration and rescan.
+#[derive(Clone, Debug)]
+pub struct CommGlob {
+    text: String,
+    /// None when the text is not a valid glob: then it matches itself only.
+    pattern: Option<glob::Pattern>,
+}
+
+impl CommGlob {
+    pub fn new(text: &str) -> CommGlob {
+        CommGlob {
+            text: text.to_string(),
+            pattern: glob::Pattern::new(text).ok(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn matches(&self, comm: &str) -> bool {
+        match &self.pattern {
+            Some(p) => p.matches(comm),
+            None => self.text == comm,
+        }
+    }
+}
+
+impl PartialEq for CommGlob {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for CommGlob {}
+
+impl From<&str> for CommGlob {
+    fn from(text: &str) -> Self {
+        CommGlob::new(text)
+    }
+}
+
+impl From<String> for CommGlob {
+    fn from(text: String) -> Self {
+        CommGlob::new(&text)
+    }
 }
 
 impl Target {
     pub fn matches(&self, pid: u32, comm: &str) -> bool {
         match self {
             Target::Pid(p) => *p == pid,
-            Target::Comm(glob) => {
-                glob::Pattern::new(glob).map_or(glob == comm, |p| p.matches(comm))
-            }
+            Target::Comm(glob) => glob.matches(comm),
         }
     }
 }
@@ -94,7 +141,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Pid(p) => write!(f, "pid {p}"),
-            Target::Comm(c) => f.write_str(c),
+            Target::Comm(c) => f.write_str(c.as_str()),
         }
     }
 }
@@ -256,7 +303,7 @@ impl Config {
                         );
                         continue;
                     }
-                    (Target::Comm(pattern), m.span())
+                    (Target::Comm(pattern.into()), m.span())
                 }
                 (None, Some(p)) => (Target::Pid(*p.get_ref()), p.span()),
                 (Some(m), Some(_)) => {
