@@ -490,3 +490,40 @@ fn proc_kernel_sets_reads_back_and_knows_an_exited_pid() {
     );
     assert!(k.cpu_settled(1));
 }
+
+#[test]
+fn a_caller_in_another_pid_namespace_is_not_taken_for_a_kthreads_mover() {
+    let Some(_masks) = setup("a_caller_in_another_pid_namespace_is_not_taken_for_a_kthreads_mover")
+    else {
+        return;
+    };
+    let kthreadd = pid_of("kthreadd");
+    assert_eq!(kthreadd, 2, "kthreadd is pid 2 in the initial namespace");
+    let d = Daemon::start(&[]);
+    let seen = d.events().len();
+    // In a new pid namespace the shell is pid 1 and its first child pid 2:
+    // `taskset -p 1 2` there moves the child, and succeeds. Its target pid
+    // number is 2, kthreadd's global pid.
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c"])
+        .arg("sleep 5 & taskset -p 1 $! && kill $!")
+        .output()
+        .expect("running unshare");
+    assert!(
+        out.status.success(),
+        "unshare: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pid 2's new affinity"),
+        "the call really targeted pid 2 in its namespace: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::thread::sleep(SECOND);
+    let changed: Vec<Value> = d
+        .events_since(seen)
+        .into_iter()
+        .filter(|e| e["type"] == "affinity_changed")
+        .collect();
+    assert!(changed.is_empty(), "no kthread was moved: {changed:?}");
+}
