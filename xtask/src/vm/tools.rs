@@ -181,15 +181,13 @@ pub fn choose_accel(
         ));
     }
     let probe = super::guest::write_probe(vm_dir)?;
-    let boot = super::guest::boot(
+    let vm = super::guest::Vm {
         tools,
         vmlinuz,
-        &probe,
-        Accel::Kvm,
-        Duration::from_secs(120),
-        None,
-        "kvm-probe",
-    )?;
+        profile: &super::profile::STANDARD,
+        accel: Accel::Kvm,
+    };
+    let boot = super::guest::boot(&vm, &probe, Duration::from_secs(120), None, "kvm-probe")?;
     if boot.code == Some(0) && boot.guest_started.is_some() {
         Ok((Accel::Kvm, "a KVM probe boot worked".into()))
     } else {
