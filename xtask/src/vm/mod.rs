@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::{
     bootstrap,
@@ -124,9 +124,12 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
                     let name = p
                         .file_name()
                         .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into());
-                    (name, p.clone())
+                    // Absolute: the guest script runs from tests/.
+                    let exe = std::fs::canonicalize(p)
+                        .with_context(|| format!("--test-exe {}", p.display()))?;
+                    Ok((name, exe))
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
         }
     };
 
