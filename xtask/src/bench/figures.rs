@@ -80,21 +80,11 @@ pub fn per_program(md: &mut String, s: &Setup) -> Result<()> {
         d.stop()?;
         drop(stats);
         let progs: Value = serde_json::from_str(&json).context("parsing bpftool's JSON")?;
+        let ours = kernel_program_names();
         let mut rows = Vec::new();
         for p in progs.as_array().into_iter().flatten() {
             let name = p["name"].as_str().unwrap_or("");
-            let ours = [
-                "cpuhp_enter",
-                "cpuhp_multi_ent",
-                "cpuhp_exit",
-                "sched_switch",
-                "sched_migrate_t",
-                "task_rename",
-                "sched_process_e",
-                "sys_enter_sched",
-                "sys_exit_sched_",
-            ];
-            if !ours.contains(&name) {
+            if !ours.iter().any(|o| o == name) {
                 continue;
             }
             let (cnt, ns) = (
@@ -124,6 +114,23 @@ pub fn per_program(md: &mut String, s: &Setup) -> Result<()> {
     }
     md.push('\n');
     Ok(())
+}
+
+/// The kernel keeps 15 bytes of a program's name (BPF_OBJ_NAME_LEN 16,
+/// with the NUL).
+const KERNEL_NAME_LEN: usize = 15;
+
+/// Every program affinity can load, as `bpftool prog show` names them: the
+/// tp_btf, fexit and syscall-tracepoint ones from affinity-common.
+fn kernel_program_names() -> Vec<String> {
+    use affinity_common::programs::{BTF_TRACEPOINTS, FEXITS, SYSCALL_TRACEPOINTS};
+    BTF_TRACEPOINTS
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(FEXITS.iter().map(|(p, _)| *p))
+        .chain(SYSCALL_TRACEPOINTS.iter().map(|(p, _, _)| *p))
+        .map(|p| p.chars().take(KERNEL_NAME_LEN).collect())
+        .collect()
 }
 
 /// Section 3, hotplug reaction: cpuhp tracepoint to the last mask applied.
@@ -340,4 +347,30 @@ fn ring_burst(bin: &Path, n: u64) -> Result<Burst> {
         dropped: summary["drops"].as_u64().unwrap_or(0),
         secs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_names_as_the_kernel_shows_them() {
+        let names = kernel_program_names();
+        for n in [
+            "cpuhp_enter",
+            "cpuhp_multi_ent",
+            "cpuhp_exit",
+            "sched_switch",
+            "sched_migrate_t",
+            "sched_process_f",
+            "task_rename",
+            "sched_process_e",
+            "sched_setaffini",
+            "sys_enter_sched",
+            "sys_exit_sched_",
+        ] {
+            assert!(names.iter().any(|m| m == n), "{n} in {names:?}");
+        }
+        assert!(names.iter().all(|n| n.len() <= KERNEL_NAME_LEN));
+    }
 }
