@@ -7,15 +7,20 @@
 //! - [`tools`]: QEMU and friends from apt; virtme-ng (a venv) and virtiofsd
 //!   (`cargo install`) in a cache outside the repository
 //!   (`/var/cache/affinity-vm`, or `$AFFINITY_VM_CACHE`) so clean clones
-//!   reuse them; the accelerator probe (on these machines QEMU cannot use
-//!   /dev/kvm, see shared/VM.md, and TCG emulation is the fallback).
+//!   reuse them.
 //! - [`kernel`]: the current Debian images, downloaded once into
 //!   `target/vm/kernels`, unpacked, trimmed to the modules the guest needs.
 //! - [`profile`]: the guest shapes and which test targets run in each.
 //! - [`guest`]: one boot per kernel and profile running its test
 //!   executables, with one retry only when QEMU died before the guest
 //!   started.
+//! - [`accel`]: the accelerator probe (on these machines QEMU cannot use
+//!   /dev/kvm, see shared/VM.md, and TCG emulation is the fallback).
+//!
+//! Dependencies go one way: `accel` → `guest` → `kernel`, `profile`,
+//! `tools`.
 
+mod accel;
 mod guest;
 mod kernel;
 mod profile;
@@ -33,11 +38,11 @@ use crate::{
     build::{TestBinaries, kernel_test_binaries, workspace_root},
 };
 
+pub use self::accel::AccelChoice;
 use self::{
     guest::{Outcome, Verdict},
     kernel::KERNELS,
     profile::PROFILES,
-    tools::Accel,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -47,15 +52,6 @@ pub enum KernelChoice {
     #[value(name = "6.12")]
     V6_12,
     All,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AccelChoice {
-    /// KVM if a probe shows QEMU really runs guests with it, else TCG.
-    Auto,
-    Kvm,
-    /// TCG emulation (what works on machines with a nested /dev/kvm).
-    Tcg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,7 +132,7 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
     let Some(first) = kernels.first() else {
         bail!("no kernel chosen");
     };
-    let (accel, why) = tools::choose_accel(args.accel, &tools, &first.vmlinuz, &vm_dir)?;
+    let (accel, why) = accel::choose_accel(args.accel, &tools, &first.vmlinuz, &vm_dir)?;
     eprintln!("xtask: VMs run under {accel} ({why})");
 
     let timeout = Duration::from_secs(args.timeout);
@@ -225,13 +221,4 @@ fn summary(o: &Outcome, log: &std::path::Path) -> String {
         s.push_str(&format!("; log: {}", log.display()));
     }
     s
-}
-
-impl std::fmt::Display for Accel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Accel::Kvm => "KVM",
-            Accel::Tcg => "TCG emulation",
-        })
-    }
 }
