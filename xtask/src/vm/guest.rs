@@ -17,19 +17,18 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{kernel::Kernel, tools::Accel, tools::Tools};
+use super::{
+    kernel::Kernel,
+    profile::Profile,
+    tools::{Accel, Tools},
+};
 use crate::build::{TestBinaries, workspace_root};
-
-pub const CPUS: &str = "4";
-pub const APPEND: &str = "isolcpus=2,3 nohz_full=2,3";
 
 /// The guest script's first line: after it, a failure is the tests' and is
 /// never retried.
 const STARTED: &str = "affinity-vm-guest: started";
 /// Printed for every failed test executable: `... failed NAME (exit N)`.
 const FAILED: &str = "affinity-vm-guest: failed ";
-/// Test targets named so run on the host only.
-pub const HOST_ONLY: &str = "host_";
 /// The script's last line.
 const DONE: &str = "affinity-vm-guest: done";
 
@@ -44,14 +43,21 @@ fn quote_path(p: &Path) -> Result<String> {
         .with_context(|| format!("{} is not UTF-8", p.display()))
 }
 
-/// Writes the script the guest runs: every test executable with one test
-/// thread, from the tests package's directory as `cargo test` would.
-pub fn write_script(bins: &TestBinaries, label: &str, vm_dir: &Path) -> Result<PathBuf> {
+/// Writes the script the guest runs: every test executable `profile` runs,
+/// with one test thread, from the tests package's directory as `cargo test`
+/// would.
+pub fn write_script(
+    bins: &TestBinaries,
+    label: &str,
+    profile: &Profile,
+    vm_dir: &Path,
+) -> Result<PathBuf> {
     let mut s = format!("#!/bin/sh\necho {}\n", quote(STARTED));
     s.push_str(&format!(
-        "export AFFINITY_BIN={} AFFINITY_VM=1 AFFINITY_VM_KERNEL={}\n",
+        "export AFFINITY_BIN={} AFFINITY_VM=1 AFFINITY_VM_KERNEL={} AFFINITY_VM_PROFILE={}\n",
         quote_path(&bins.affinity)?,
-        quote(label)
+        quote(label),
+        quote(profile.name)
     ));
     if let Ok(ci) = std::env::var("CI") {
         s.push_str(&format!("export CI={}\n", quote(&ci)));
@@ -62,12 +68,16 @@ pub fn write_script(bins: &TestBinaries, label: &str, vm_dir: &Path) -> Result<P
     ));
     s.push_str(
         "echo \"affinity-vm-guest: kernel $(uname -r), online $(cat /sys/devices/system/cpu/online), \
+         present $(cat /sys/devices/system/cpu/present), \
          isolated $(cat /sys/devices/system/cpu/isolated), nohz_full $(cat /sys/devices/system/cpu/nohz_full)\"\n\
+         for n in /sys/devices/system/node/node[0-9]*; do \
+         echo \"affinity-vm-guest: ${n##*/}: cpus $(cat $n/cpulist), $(grep MemTotal $n/meminfo | sed 's/.*MemTotal: *//')\"; \
+         done\n\
          rc=0\n",
     );
     // host_* targets need what a virtme-ng guest cannot do (see their docs),
-    // e.g. loop mounts.
-    for (name, exe) in bins.tests.iter().filter(|(n, _)| !n.starts_with(HOST_ONLY)) {
+    // e.g. loop mounts; a profile's own targets run only in its boot.
+    for (name, exe) in bins.tests.iter().filter(|(n, _)| profile.runs(n)) {
         let name = quote(name);
         s.push_str(&format!(
             "echo \"affinity-vm-guest: running \"{name}\n\
@@ -79,7 +89,7 @@ pub fn write_script(bins: &TestBinaries, label: &str, vm_dir: &Path) -> Result<P
     }
     s.push_str(&format!("echo \"{DONE} (exit $rc)\"\nexit $rc\n"));
     fs::create_dir_all(vm_dir)?;
-    let path = vm_dir.join(format!("guest-{label}.sh"));
+    let path = vm_dir.join(format!("guest-{label}-{}.sh", profile.name));
     fs::write(&path, s).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
@@ -178,39 +188,30 @@ pub struct Outcome {
 pub fn run_with_retry(
     tools: &Tools,
     kernel: &Kernel,
+    profile: &Profile,
     script: &Path,
     accel: Accel,
     timeout: Duration,
     log: &Path,
 ) -> Result<Outcome> {
     let mut log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut b = boot(
+    let label = format!("{}/{}", kernel.label, profile.name);
+    let vm = Vm {
         tools,
-        &kernel.vmlinuz,
-        script,
+        vmlinuz: &kernel.vmlinuz,
+        profile,
         accel,
-        timeout,
-        Some(&mut log_file),
-        kernel.label,
-    )?;
+    };
+    let mut b = boot(&vm, script, timeout, Some(&mut log_file), &label)?;
     let mut retried = false;
     if b.retryable() {
         eprintln!(
-            "xtask: VM {}: QEMU died before the guest started ({}); retrying once",
-            kernel.label,
+            "xtask: VM {label}: QEMU died before the guest started ({}); retrying once",
             b.status()
         );
         writeln!(log_file, "==== retry ====")?;
         retried = true;
-        b = boot(
-            tools,
-            &kernel.vmlinuz,
-            script,
-            accel,
-            timeout,
-            Some(&mut log_file),
-            kernel.label,
-        )?;
+        b = boot(&vm, script, timeout, Some(&mut log_file), &label)?;
     }
     let verdict = if b.timed_out {
         Verdict::TimedOut {
@@ -242,27 +243,33 @@ extern "C" fn interrupted(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// One vng run under a deadline, its output streamed with a `[label]` prefix
-/// and copied to `log`.
+/// What vng boots: a kernel image in a guest of `profile`'s shape.
+pub struct Vm<'a> {
+    pub tools: &'a Tools,
+    pub vmlinuz: &'a Path,
+    pub profile: &'a Profile,
+    pub accel: Accel,
+}
+
+/// One vng run of `vm` under a deadline, its output streamed with a
+/// `[label]` prefix and copied to `log`.
 pub fn boot(
-    tools: &Tools,
-    vmlinuz: &Path,
+    vm: &Vm,
     script: &Path,
-    accel: Accel,
     timeout: Duration,
     mut log: Option<&mut File>,
     label: &str,
 ) -> Result<Boot> {
-    let mut cmd = Command::new(&tools.vng);
-    if accel == Accel::Tcg {
+    let mut cmd = Command::new(&vm.tools.vng);
+    if vm.accel == Accel::Tcg {
         // One TCG thread: multi-threaded TCG crashed QEMU early in boot in
         // 1 of 42 runs on 7.2 (VM.md); single-threaded gave 16 of 16.
         cmd.args(["--disable-kvm", "--qemu-opts=-accel tcg,thread=single"]);
     }
     // Without --disable-kvm, vng uses KVM whenever /dev/kvm is accessible.
     cmd.arg("--run")
-        .arg(vmlinuz)
-        .args(["--cpus", CPUS, "--memory", "2G", "--append", APPEND])
+        .arg(vm.vmlinuz)
+        .args(vm.profile.vng_args())
         .arg("--rwdir")
         .arg(
             script
@@ -272,7 +279,7 @@ pub fn boot(
         .arg("--")
         .arg("sh")
         .arg(script)
-        .env("PATH", &tools.path)
+        .env("PATH", &vm.tools.path)
         .current_dir(workspace_root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

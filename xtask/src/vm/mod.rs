@@ -1,19 +1,29 @@
 //! `cargo xtask vm-test`: the kernel tests inside virtme-ng VMs booting
-//! Debian's 6.1 and 6.12 cloud kernels, with 4 vCPUs and CPUs 2-3 isolated
-//! (`isolcpus=2,3 nohz_full=2,3`).
+//! Debian's 6.1 and 6.12 cloud kernels, each twice ([`profile`]): 4 vCPUs
+//! with CPUs 2-3 isolated (`isolcpus=2,3 nohz_full=2,3`) for every kernel
+//! test, and two NUMA nodes of two CPUs with node 1's CPUs offline at boot
+//! (`maxcpus=2`) for `vm_numa`.
 //!
 //! - [`tools`]: QEMU and friends from apt; virtme-ng (a venv) and virtiofsd
 //!   (`cargo install`) in a cache outside the repository
 //!   (`/var/cache/affinity-vm`, or `$AFFINITY_VM_CACHE`) so clean clones
-//!   reuse them; the accelerator probe (on these machines QEMU cannot use
-//!   /dev/kvm, see shared/VM.md, and TCG emulation is the fallback).
+//!   reuse them.
 //! - [`kernel`]: the current Debian images, downloaded once into
 //!   `target/vm/kernels`, unpacked, trimmed to the modules the guest needs.
-//! - [`guest`]: one boot per kernel running every test executable, with one
-//!   retry only when QEMU died before the guest started.
+//! - [`profile`]: the guest shapes and which test targets run in each.
+//! - [`guest`]: one boot per kernel and profile running its test
+//!   executables, with one retry only when QEMU died before the guest
+//!   started.
+//! - [`accel`]: the accelerator probe (on these machines QEMU cannot use
+//!   /dev/kvm, see shared/VM.md, and TCG emulation is the fallback).
+//!
+//! Dependencies go one way: `accel` → `guest` → `kernel`, `profile`,
+//! `tools`.
 
+mod accel;
 mod guest;
 mod kernel;
+mod profile;
 mod tools;
 
 use std::{
@@ -21,17 +31,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::{
     bootstrap,
     build::{TestBinaries, kernel_test_binaries, workspace_root},
 };
 
+pub use self::accel::AccelChoice;
 use self::{
     guest::{Outcome, Verdict},
     kernel::KERNELS,
-    tools::Accel,
+    profile::PROFILES,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -41,15 +52,6 @@ pub enum KernelChoice {
     #[value(name = "6.12")]
     V6_12,
     All,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AccelChoice {
-    /// KVM if a probe shows QEMU really runs guests with it, else TCG.
-    Auto,
-    Kvm,
-    /// TCG emulation (what works on machines with a nested /dev/kvm).
-    Tcg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,61 +120,87 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
                     let name = p
                         .file_name()
                         .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into());
-                    (name, p.clone())
+                    // Absolute: the guest script runs from tests/.
+                    let exe = std::fs::canonicalize(p)
+                        .with_context(|| format!("--test-exe {}", p.display()))?;
+                    Ok((name, exe))
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
         }
     };
 
     let Some(first) = kernels.first() else {
         bail!("no kernel chosen");
     };
-    let (accel, why) = tools::choose_accel(args.accel, &tools, &first.vmlinuz, &vm_dir)?;
+    let (accel, why) = accel::choose_accel(args.accel, &tools, &first.vmlinuz, &vm_dir)?;
     eprintln!("xtask: VMs run under {accel} ({why})");
 
     let timeout = Duration::from_secs(args.timeout);
-    let mut results = Vec::new();
-    let skipped: Vec<_> = bins
+    let host_only: Vec<_> = bins
         .tests
         .iter()
         .map(|(n, _)| n.as_str())
-        .filter(|n| n.starts_with(guest::HOST_ONLY))
+        .filter(|n| !PROFILES.iter().any(|p| p.runs(n)))
         .collect();
-    if !skipped.is_empty() {
+    if !host_only.is_empty() {
         eprintln!(
             "xtask: host-only test targets not run in the VMs: {}",
-            skipped.join(", ")
+            host_only.join(", ")
         );
     }
+    let mut results = Vec::new();
     for k in &kernels {
-        let script = guest::write_script(&bins, k.label, &vm_dir)?;
-        let log = vm_dir.join(format!("log-{}.txt", k.label));
-        eprintln!(
-            "\nxtask: ==> VM {} ({}): {} vCPUs, {}, {accel}, {} test executable(s)",
-            k.label,
-            k.package,
-            guest::CPUS,
-            guest::APPEND,
-            bins.tests.len() - skipped.len()
-        );
-        let outcome = guest::run_with_retry(&tools, k, &script, accel, timeout, &log)?;
-        results.push((k, outcome, log));
+        for p in PROFILES {
+            let runs: Vec<_> = bins
+                .tests
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .filter(|n| p.runs(n))
+                .collect();
+            if runs.is_empty() {
+                eprintln!(
+                    "\nxtask: VM {}/{}: no test executable for this profile; not booted",
+                    k.label, p.name
+                );
+                results.push((k, p, None));
+                continue;
+            }
+            let script = guest::write_script(&bins, k.label, p, &vm_dir)?;
+            let log = vm_dir.join(format!("log-{}-{}.txt", k.label, p.name));
+            eprintln!(
+                "\nxtask: ==> VM {}/{} ({}): {}, {accel}; {}",
+                k.label,
+                p.name,
+                k.package,
+                p.describe(),
+                runs.join(", ")
+            );
+            let outcome = guest::run_with_retry(&tools, k, p, &script, accel, timeout, &log)?;
+            results.push((k, p, Some((outcome, log))));
+        }
     }
 
     eprintln!(
         "\nxtask: VM results ({accel}; tools and kernels ready in {:.0} s):",
         setup_time.as_secs_f64()
     );
-    for (k, o, log) in &results {
-        eprintln!("  {:<5} {:<48} {}", k.label, k.package, summary(o, log));
+    for (k, p, r) in &results {
+        let what = match r {
+            Some((o, log)) => summary(o, log),
+            None => "not booted: no test executable for this profile".into(),
+        };
+        eprintln!("  {:<5} {:<9} {:<48} {what}", k.label, p.name, k.package);
     }
     let failed: Vec<_> = results
         .iter()
-        .filter(|(_, o, _)| o.verdict != Verdict::Passed)
-        .map(|(k, _, _)| k.label)
+        .filter(|(_, _, r)| {
+            r.as_ref()
+                .is_some_and(|(o, _)| o.verdict != Verdict::Passed)
+        })
+        .map(|(k, p, _)| format!("{}/{}", k.label, p.name))
         .collect();
     if !failed.is_empty() {
-        bail!("VM tests failed on kernel {}", failed.join(", "));
+        bail!("VM tests failed: {}", failed.join(", "));
     }
     Ok(())
 }
@@ -193,13 +221,4 @@ fn summary(o: &Outcome, log: &std::path::Path) -> String {
         s.push_str(&format!("; log: {}", log.display()));
     }
     s
-}
-
-impl std::fmt::Display for Accel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Accel::Kvm => "KVM",
-            Accel::Tcg => "TCG emulation",
-        })
-    }
 }
