@@ -8,6 +8,12 @@
 //! The default policy prefers a node's own CPUs for kswapdN and kcompactdN;
 //! with none of them online the mask falls back to housekeeping ∩ online.
 
+#![allow(
+    clippy::unwrap_used,
+    unused_crate_dependencies,
+    reason = "every kernel test target shares the test crate's dependencies and uses some"
+)]
+
 use std::{fs, path::Path, time::Duration};
 
 use affinity_tests::{

@@ -30,7 +30,7 @@ pub struct RunArgs {
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .unwrap()
+        .expect("xtask lives in the workspace")
         .to_path_buf()
 }
 

@@ -40,7 +40,7 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    ev.lock().unwrap().push(v);
+                    ev.lock().expect("events lock").push(v);
                 }
             }
         });
@@ -56,7 +56,13 @@ impl Daemon {
     pub fn wait(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if let Some(v) = self.events.lock().unwrap().iter().find(|v| pred(v)) {
+            if let Some(v) = self
+                .events
+                .lock()
+                .expect("events lock")
+                .iter()
+                .find(|v| pred(v))
+            {
                 return Ok(v.clone());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -65,7 +71,7 @@ impl Daemon {
     }
 
     pub fn events(&self) -> Vec<Value> {
-        self.events.lock().unwrap().clone()
+        self.events.lock().expect("events lock").clone()
     }
 
     pub fn pid(&self) -> u32 {

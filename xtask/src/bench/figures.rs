@@ -175,7 +175,7 @@ pub fn hotplug_reaction(md: &mut String, s: &Setup, cycles: usize) -> Result<()>
                 .iter()
                 .filter_map(|e| e["latency_us"].as_f64())
                 .collect();
-            lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            lat.sort_by(|a, b| a.total_cmp(b));
             let applied = handled
                 .iter()
                 .filter_map(|e| e["applied"].as_u64())
@@ -297,7 +297,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(|a, b| a.total_cmp(b));
     percentile(v, 0.5)
 }
 

@@ -17,7 +17,7 @@ pub fn ping_pong(round_trips: u32) -> f64 {
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
         }
     }
     let (mut a_rx, mut b_tx) = std::io::pipe().expect("pipe");
@@ -26,19 +26,19 @@ pub fn ping_pong(round_trips: u32) -> f64 {
         pin_to_cpu0();
         let mut buf = [0u8; 1];
         for _ in 0..round_trips {
-            a_rx.read_exact(&mut buf).unwrap();
-            a_tx.write_all(&buf).unwrap();
+            a_rx.read_exact(&mut buf).expect("ping-pong pipe read");
+            a_tx.write_all(&buf).expect("ping-pong pipe write");
         }
     });
     pin_to_cpu0();
     let mut buf = [0u8; 1];
     let start = Instant::now();
     for _ in 0..round_trips {
-        b_tx.write_all(&buf).unwrap();
-        b_rx.read_exact(&mut buf).unwrap();
+        b_tx.write_all(&buf).expect("ping-pong pipe write");
+        b_rx.read_exact(&mut buf).expect("ping-pong pipe read");
     }
     let elapsed = start.elapsed();
-    echo.join().unwrap();
+    echo.join().expect("the echo thread");
     elapsed.as_nanos() as f64 / round_trips as f64
 }
 

@@ -117,8 +117,8 @@ pub struct Boot {
 }
 
 impl Boot {
-    /// A QEMU crash or hang before the guest ran anything (VM.md: 1 in ~40
-    /// boots on QEMU 7.2): the only case worth a second boot.
+    /// A QEMU crash or hang before the guest ran anything (seen in about 1
+    /// of 40 boots on QEMU 7.2): the only case worth a second boot.
     fn retryable(&self) -> bool {
         self.guest_started.is_none() && (self.code == Some(255) || self.timed_out)
     }
@@ -263,7 +263,8 @@ pub fn boot(
     let mut cmd = Command::new(&vm.tools.vng);
     if vm.accel == Accel::Tcg {
         // One TCG thread: multi-threaded TCG crashed QEMU early in boot in
-        // 1 of 42 runs on 7.2 (VM.md); single-threaded gave 16 of 16.
+        // 1 of 42 runs on QEMU 7.2 on these machines; single-threaded gave
+        // 16 of 16.
         cmd.args(["--disable-kvm", "--qemu-opts=-accel tcg,thread=single"]);
     }
     // Without --disable-kvm, vng uses KVM whenever /dev/kvm is accessible.

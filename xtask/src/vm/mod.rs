@@ -14,8 +14,9 @@
 //! - [`guest`]: one boot per kernel and profile running its test
 //!   executables, with one retry only when QEMU died before the guest
 //!   started.
-//! - [`accel`]: the accelerator probe (on these machines QEMU cannot use
-//!   /dev/kvm, see shared/VM.md, and TCG emulation is the fallback).
+//! - [`accel`]: the accelerator probe (on these machines /dev/kvm is a
+//!   nested device with which QEMU aborts with "failed to set MSR 0x10a",
+//!   so TCG emulation is the fallback).
 //!
 //! Dependencies go one way: `accel` → `guest` → `kernel`, `profile`,
 //! `tools`.
