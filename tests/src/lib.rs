@@ -234,3 +234,25 @@ impl Drop for MasksGuard {
         }
     }
 }
+
+/// Waits until `pid`'s mask is `want`; panics with what it is otherwise.
+pub fn wait_mask(pid: u32, want: &str, within: Duration) {
+    if wait_for(within, || (mask_of(pid) == want).then_some(())).is_none() {
+        panic!(
+            "pid {pid} mask is {} after {within:?}, expected {want}",
+            mask_of(pid)
+        );
+    }
+}
+
+/// The RCU grace-period kthread: it runs whenever anything needs a grace
+/// period, several times a second.
+pub fn rcu_gp_kthread() -> u32 {
+    kthreads()
+        .into_iter()
+        .find(|(_, c, f)| {
+            (c == "rcu_preempt" || c == "rcu_sched") && f & affinity_common::PF_NO_SETAFFINITY == 0
+        })
+        .map(|(p, _, _)| p)
+        .expect("an rcu_preempt or rcu_sched kthread")
+}

@@ -24,22 +24,13 @@ use affinity::{
     policy::CpuSet,
 };
 use affinity_tests::{
-    CpuOffline, SYS_CPU, cpu_online, daemon::Daemon, kthreads, mask_of, pid_of, set_mask, setup,
-    wait_for,
+    CpuOffline, SYS_CPU, cpu_online, daemon::Daemon, kthreads, mask_of, pid_of, rcu_gp_kthread,
+    set_mask, setup, wait_for, wait_mask,
 };
 use serde_json::Value;
 
 const SECOND: Duration = Duration::from_secs(1);
 const KHUGEPAGED_ON_1: &str = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"1\"\n";
-
-fn wait_mask(pid: u32, want: &str, within: Duration) {
-    if wait_for(within, || (mask_of(pid) == want).then_some(())).is_none() {
-        panic!(
-            "pid {pid} mask is {} after {within:?}, expected {want}",
-            mask_of(pid)
-        );
-    }
-}
 
 fn of_type(events: &[Value], ty: &str) -> Vec<Value> {
     events.iter().filter(|e| e["type"] == ty).cloned().collect()
@@ -276,18 +267,6 @@ fn hotplug_cycles_with_kthreads_preferring_cpu1_are_not_violations() {
         "runs the old or the new online set allows are not violations: {s}; {odd:#?}"
     );
     assert!(of_type(&d.events(), "violation").is_empty());
-}
-
-/// The RCU grace-period kthread: it runs whenever anything needs a grace
-/// period, several times a second.
-fn rcu_gp_kthread() -> u32 {
-    kthreads()
-        .into_iter()
-        .find(|(_, c, f)| {
-            (c == "rcu_preempt" || c == "rcu_sched") && f & affinity_common::PF_NO_SETAFFINITY == 0
-        })
-        .map(|(p, _, _)| p)
-        .expect("an rcu_preempt or rcu_sched kthread")
 }
 
 #[test]

@@ -13,20 +13,11 @@ use std::{process::Command, time::Duration};
 use affinity_tests::{
     CpuOffline,
     daemon::{Daemon, affinity_bin},
-    kthreads, mask_of, pid_of, set_mask, setup, wait_for,
+    kthreads, mask_of, pid_of, rcu_gp_kthread, set_mask, setup, wait_for, wait_mask,
 };
 use serde_json::Value;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn wait_mask(pid: u32, want: &str, within: Duration) {
-    if wait_for(within, || (mask_of(pid) == want).then_some(())).is_none() {
-        panic!(
-            "pid {pid} mask is {} after {within:?}, expected {want}",
-            mask_of(pid)
-        );
-    }
-}
 
 fn is(v: &Value, ty: &str, pid: u32) -> bool {
     v["type"] == ty && v["pid"] == pid
@@ -182,18 +173,6 @@ fn isolate_moves_every_movable_kthread_off_cpu1() {
         after, before,
         "--restore-on-exit restores the original masks"
     );
-}
-
-/// The RCU grace-period kthread: it runs whenever anything needs a grace
-/// period, which a daemon starting up does.
-fn rcu_gp_kthread() -> u32 {
-    kthreads()
-        .into_iter()
-        .find(|(_, c, f)| {
-            (c == "rcu_preempt" || c == "rcu_sched") && f & affinity_common::PF_NO_SETAFFINITY == 0
-        })
-        .map(|(p, _, _)| p)
-        .expect("an rcu_preempt or rcu_sched kthread")
 }
 
 #[test]
