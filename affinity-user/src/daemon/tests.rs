@@ -82,6 +82,12 @@ impl Kernel for FakeKernel {
         if k.is_pinned() {
             return Err(SetAffinityError::Pinned(pid));
         }
+        if mask.and(&self.online).is_empty() {
+            return Err(SetAffinityError::Offline {
+                pid,
+                mask: mask.to_string(),
+            });
+        }
         k.cpus_allowed = match &self.cpuset {
             Some(c) if !mask.and(c).is_empty() => mask.and(c),
             _ => mask.clone(),
@@ -736,4 +742,33 @@ fn a_kthread_created_later_gets_its_rule() {
     c.on_wire(WireEvent::KthreadNew { ts_ns: 0, task }, &mut maps);
     c.kthread_created(77, &mut maps);
     assert_eq!(c.kernel.sets, [(77, "1".to_string())]);
+}
+
+#[test]
+fn a_mask_overtaken_by_a_hotplug_is_neither_refused_nor_blocked() {
+    let mut c = core(
+        false,
+        vec![rule("khugepaged", "1")],
+        &[kt(38, "khugepaged", 0, "0-3")],
+    );
+    let mut maps = FakeMaps::new();
+    c.start(&mut maps).unwrap();
+    c.on_wire(hotplug(1, HotplugPhase::OfflineBegin, 1), &mut maps);
+    assert_eq!(c.kernel.tasks[&38].cpus_allowed.to_string(), "0,2-3");
+    // The daemon trails the kernel: cpu1 came back and went again, and the
+    // daemon hears of the online step only now.
+    c.kernel.online = set("0,2-3");
+    c.on_wire(hotplug(1, HotplugPhase::OnlineDone, 2), &mut maps);
+    assert_eq!(c.kernel.tasks[&38].cpus_allowed.to_string(), "0,2-3");
+    c.on_wire(hotplug(1, HotplugPhase::OfflineBegin, 3), &mut maps);
+    c.kernel.online = set("0-3");
+    c.on_wire(hotplug(1, HotplugPhase::OnlineDone, 4), &mut maps);
+    assert_eq!(
+        c.kernel.tasks[&38].cpus_allowed.to_string(),
+        "1",
+        "the same mask is asked for again at the next online step"
+    );
+    let r = reports(&mut c);
+    assert!(of_type(&r, "refused").is_empty(), "{r:?}");
+    assert!(of_type(&r, "error").is_empty(), "{r:?}");
 }
