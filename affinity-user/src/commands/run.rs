@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Root of procfs (for tests).
     #[arg(long, default_value = "/proc", hide = true)]
     pub proc: PathBuf,
+    /// Where the kernel refuses fexit, name who moved a kthread through the
+    /// syscall tracepoints instead, at a cost to every syscall of every task.
+    #[arg(long)]
+    pub syscall_tracepoints: bool,
     /// Bytes of the hotplug ring buffer (for tests that force drops).
     #[arg(long, hide = true, value_name = "BYTES")]
     pub hotplug_ring_bytes: Option<u32>,
@@ -258,6 +262,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         online: machine.topology.online.words().to_vec(),
         init_pidns,
         hotplug_ring_bytes: args.hotplug_ring_bytes,
+        syscall_tracepoints: args.syscall_tracepoints,
     };
     let mut observer = Observer::load(
         EMBEDDED_OBJECT,

@@ -61,6 +61,9 @@ pub struct ObserverConfig {
     pub online: Vec<u64>,
     /// (st_dev, st_ino) of the initial pid namespace, see [`init_pidns`].
     pub init_pidns: (u64, u64),
+    /// Where fexit is refused, name callers through the syscall tracepoints
+    /// (which send every syscall of every task through the tracing path).
+    pub syscall_tracepoints: bool,
     /// Size of the hotplug ring instead of the object's 64 KiB (a power of
     /// two, at least a page): the tests shrink it to force drops.
     pub hotplug_ring_bytes: Option<u32>,
@@ -221,20 +224,29 @@ impl Observer {
                     let _ = p.unload();
                 }
             }
-            ensure_tracefs();
-            let tracepoints = (|| -> Result<(), aya::programs::ProgramError> {
-                for &(program, category, name) in programs::SYSCALL_TRACEPOINTS {
-                    let prog: &mut TracePoint =
-                        ebpf.program_mut(program).expect("in object").try_into()?;
-                    prog.load()?;
-                    prog.attach(category, name)?;
+            if cfg.syscall_tracepoints {
+                ensure_tracefs();
+                let tracepoints = (|| -> Result<(), aya::programs::ProgramError> {
+                    for &(program, category, name) in programs::SYSCALL_TRACEPOINTS {
+                        let prog: &mut TracePoint =
+                            ebpf.program_mut(program).expect("in object").try_into()?;
+                        prog.load()?;
+                        prog.attach(category, name)?;
+                    }
+                    Ok(())
+                })();
+                if let Err(tp_err) = tracepoints {
+                    unavailable.push((
+                        programs::SETAFFINITY_FEXIT,
+                        format!("fexit: {fexit_err:#}; syscall tracepoints: {tp_err:#}"),
+                    ));
                 }
-                Ok(())
-            })();
-            if let Err(tp_err) = tracepoints {
+            } else {
                 unavailable.push((
                     programs::SETAFFINITY_FEXIT,
-                    format!("fexit: {fexit_err:#}; syscall tracepoints: {tp_err:#}"),
+                    format!(
+                        "fexit: {fexit_err:#}; the syscall tracepoints, which slow every syscall of every task, only with --syscall-tracepoints"
+                    ),
                 ));
             }
         }
