@@ -29,6 +29,8 @@ use crate::build::{TestBinaries, workspace_root};
 const STARTED: &str = "affinity-vm-guest: started";
 /// Printed for every failed test executable: `... failed NAME (exit N)`.
 const FAILED: &str = "affinity-vm-guest: failed ";
+/// What QEMU prints when KVM cannot run the guest (a nested /dev/kvm).
+const KVM_FATAL: &str = "KVM internal error";
 /// The script's last line.
 const DONE: &str = "affinity-vm-guest: done";
 
@@ -351,6 +353,15 @@ pub fn boot(
                 }
                 if line.contains(DONE) {
                     b.done = true;
+                }
+                // QEMU does not exit on this one; it hangs until the
+                // timeout (2 min for the KVM probe on these machines).
+                if line.contains(KVM_FATAL) && exited_at.is_none() {
+                    kill_group();
+                    let status = child.wait()?;
+                    b.code = status.code();
+                    b.signal = status.signal();
+                    exited_at = Some(Instant::now());
                 }
                 if let Some(rest) = line.split(FAILED).nth(1) {
                     let name = rest.rsplit_once(" (exit").map_or(rest, |(n, _)| n);
