@@ -35,6 +35,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // Like every Unix filter: `affinity status | head -1` ends quietly
+        // when head is done. The daemon keeps Rust's default (SIGPIPE
+        // ignored): a reader going away must never stop enforcement.
+        // SAFETY: setting a signal's disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Check(args) => commands::check::run(args),

@@ -290,3 +290,27 @@ fn plan_table_is_aligned() {
     );
     assert!(out.ends_with("5 of 16 kthreads would change\n"), "{out}");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    use std::os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::process::ExitStatusExt,
+    };
+    // Like `| head -0`: a pipe whose reader is gone before the first line.
+    let mut fds = [0; 2];
+    // SAFETY: a valid array for the two fds.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let out = Command::new(env!("CARGO_BIN_EXE_affinity"))
+        .args(["plan", "--snapshot"])
+        .arg(fixture("numa64.json"))
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
