@@ -8,10 +8,6 @@
     unused_crate_dependencies,
     reason = "every kernel test target shares the test crate's dependencies and uses some"
 )]
-#![expect(
-    clippy::unwrap_used,
-    reason = "test support: a panic is how a kernel test fails"
-)]
 
 use std::{
     fs,
