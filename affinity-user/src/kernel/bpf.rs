@@ -118,8 +118,9 @@ pub struct Observer {
     counters: PerCpuArray<MapData, u64>,
     /// Optional programs that could not be attached on this kernel, and why.
     pub unavailable: Vec<(&'static str, String)>,
-    // Last: programs are detached when this drops.
-    ebpf: Ebpf,
+    // Last: held only so that the programs and links stay attached until
+    // the observer drops, after the maps above.
+    _ebpf: Ebpf,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> ObserverError {
@@ -273,7 +274,7 @@ impl Observer {
             isolated,
             counters,
             unavailable,
-            ebpf,
+            _ebpf: ebpf,
         })
     }
 
@@ -397,15 +398,6 @@ impl Observer {
             violations: sum(Counter::Violations)?,
             hotplug_dropped: sum(Counter::HotplugDropped)?,
         })
-    }
-
-    /// Ids of every program loaded and every link attached, while we live:
-    /// what a detach test checks is gone afterwards.
-    pub fn program_ids(&self) -> Vec<(String, u32)> {
-        self.ebpf
-            .programs()
-            .filter_map(|(name, p)| Some((name.to_string(), p.info().ok()?.id())))
-            .collect()
     }
 }
 

@@ -139,12 +139,6 @@ pub fn kthread_of(proc_root: &Path, pid: u32, width: u32) -> std::io::Result<Opt
     }))
 }
 
-/// The kthread `pid` as /proc shows it now; None if gone, not a kthread or
-/// unreadable.
-pub fn read_kthread(proc_root: &Path, pid: u32, width: u32) -> Option<Kthread> {
-    kthread_of(proc_root, pid, width).ok().flatten()
-}
-
 /// One pass over /proc: every kthread that could be read, and the pids that
 /// are there but could not be (neither alive nor gone, as far as we know).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -305,11 +305,6 @@ impl Engine {
         self.entries.get(&pid)
     }
 
-    /// The runtime registrations (`affinity prefer`), newest first.
-    pub fn runtime_rules(&self) -> &[Rule] {
-        &self.runtime
-    }
-
     /// P(k): the preference's CPUs as the topology is now.
     fn preferred(&self, pref: &Preference, comm: &str) -> Option<CpuSet> {
         match pref {
