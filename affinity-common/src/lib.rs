@@ -6,6 +6,8 @@
 //! Map and program names live here so both sides agree on them.
 
 #![cfg_attr(not(feature = "user"), no_std)]
+// Every wire type shows up in a test failure or a verbose log sooner or later.
+#![warn(missing_debug_implementations)]
 
 /// Widest CPU mask the eBPF side understands (the kernel's NR_CPUS maximum).
 pub const MAX_CPUS: usize = 8192;
