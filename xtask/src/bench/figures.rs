@@ -317,7 +317,9 @@ fn ring_burst(bin: &Path, n: u64) -> Result<Burst> {
         .find(|(_, c, _)| c == "khugepaged")
         .context("no khugepaged kthread to aim the burst at")?;
     let cfg = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0-1\"\n";
-    let d = Daemon::start(bin, Some(cfg), &["--observe"])?;
+    // Callers are named (so recorded) only with fexit or, where the kernel
+    // refuses fexit, the syscall tracepoints: ask for them.
+    let d = Daemon::start(bin, Some(cfg), &["--observe", "--syscall-tracepoints"])?;
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     let words: [u64; 1] = [0b11];
