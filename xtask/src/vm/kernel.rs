@@ -48,7 +48,10 @@ enum Layout {
     /// `lib/modules/VER` (5.10 to 6.12).
     Unsigned,
     /// 7.x: the image package only depends on `linux-binary-VER`
-    /// (`usr/lib/modules/VER/vmlinuz`) and `linux-modules-VER`.
+    /// (`usr/lib/modules/VER/vmlinuz`), `linux-modules-VER` and
+    /// `linux-base-VER` (`modules.builtin`, `modules.order`, `config`:
+    /// without them depmod warns and modprobe cannot tell a built-in module
+    /// from a missing one).
     Split,
 }
 
@@ -343,7 +346,8 @@ struct Resolved {
 
 /// `linux-image-cloud-amd64` → `linux-image-6.1.0-56-cloud-amd64-unsigned`;
 /// on 7.x, `linux-image-7.3.4+deb13-cloud-amd64` →
-/// `linux-binary-7.3.4+deb13-cloud-amd64` + `linux-modules-...`.
+/// `linux-base-7.3.4+deb13-cloud-amd64` + `linux-binary-...` +
+/// `linux-modules-...`.
 fn resolve(spec: &KernelSpec, apt: &Apt) -> Result<Resolved> {
     let suffix = format!("-{}", spec.flavour);
     let query = || -> Result<Resolved> {
@@ -368,7 +372,7 @@ fn resolve(spec: &KernelSpec, apt: &Apt) -> Result<Resolved> {
             Layout::Split => {
                 let release = image.strip_prefix("linux-image-").unwrap_or(image);
                 let parts = apt.depends(image)?;
-                let debs = ["linux-binary-", "linux-modules-"]
+                let debs = ["linux-base-", "linux-binary-", "linux-modules-"]
                     .iter()
                     .map(|prefix| {
                         let want = format!("{prefix}{release}");
@@ -461,9 +465,14 @@ fn superseded(spec: &KernelSpec, current: &Resolved, name: &str) -> bool {
         .series
         .strip_prefix("linux-image-")
         .unwrap_or(spec.series);
-    let of_series = ["linux-image-", "linux-binary-", "linux-modules-"]
-        .iter()
-        .any(|p| name.starts_with(&format!("{p}{series}")));
+    let of_series = [
+        "linux-image-",
+        "linux-base-",
+        "linux-binary-",
+        "linux-modules-",
+    ]
+    .iter()
+    .any(|p| name.starts_with(&format!("{p}{series}")));
     of_series && name.contains(&format!("-{}", spec.flavour)) && !ours
 }
 
@@ -578,6 +587,7 @@ mod tests {
         let cloud = Resolved {
             name: "linux-image-7.3.4+deb13-cloud-amd64".into(),
             debs: vec![
+                "linux-base-7.3.4+deb13-cloud-amd64".into(),
                 "linux-binary-7.3.4+deb13-cloud-amd64".into(),
                 "linux-modules-7.3.4+deb13-cloud-amd64".into(),
             ],
@@ -586,6 +596,7 @@ mod tests {
             "linux-image-7.3.2+deb13-cloud-amd64",
             "linux-binary-7.3.2+deb13-cloud-amd64_7.3.2-1~bpo13+1_amd64.deb",
             "linux-modules-7.3.2+deb13-cloud-amd64_7.3.2-1~bpo13+1_amd64.deb",
+            "linux-base-7.3.2+deb13-cloud-amd64_7.3.2-1~bpo13+1_amd64.deb",
         ] {
             assert!(superseded(v7_3, &cloud, old), "{old}");
         }
