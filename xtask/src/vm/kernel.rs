@@ -225,6 +225,8 @@ fn debian_mirror(sources: &str) -> Option<String> {
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// debian-archive-keyring's; bookworm's holds the bullseye and trixie keys.
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// Touched after each successful `apt-get update` of a private suite.
+const UPDATED_STAMP: &str = "updated";
 /// Private package lists older than this are fetched again.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
@@ -294,11 +296,11 @@ impl Apt {
         if changed {
             fs::write(&list, &line).with_context(|| format!("writing {}", list.display()))?;
         }
-        let age = fs::read_dir(self.dir.join("lists"))?
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
-            .filter_map(|e| e.metadata().ok()?.modified().ok())
-            .max()
+        // Our own stamp: apt keeps an unchanged list's old mtime, and may
+        // store it compressed (`_Packages.lz4`).
+        let age = fs::metadata(self.dir.join(UPDATED_STAMP))
+            .and_then(|m| m.modified())
+            .ok()
             .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
         match age {
             _ if changed => self.update("its sources list is new or changed"),
@@ -323,7 +325,16 @@ impl Apt {
             ),
             None => eprintln!("xtask: apt-get update: {why}"),
         }
-        run(self.command("apt-get").args(["update", "-q"]))
+        run(self.command("apt-get").args(["update", "-q"]))?;
+        if self.suite.is_some() {
+            let stamp = self.dir.join(UPDATED_STAMP);
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            fs::write(&stamp, format!("{}\n", now.as_secs()))
+                .with_context(|| format!("writing {}", stamp.display()))?;
+        }
+        Ok(())
     }
 
     /// The `Depends:` of `package`.
