@@ -37,7 +37,9 @@ pub struct KernelSpec {
     /// `cloud-amd64` or `rt-amd64`.
     flavour: &'static str,
     layout: Layout,
-    /// Booted by `--kernel all` (and so by `cargo xtask test`).
+    /// Booted by `--kernel all` (and so by `cargo xtask test`): the kernels
+    /// the whole suite passes on. 7.3 and 7.3-rt do not yet (issue 10: the
+    /// kernel-managed kthreads of 6.14+/7.0, no khugepaged on PREEMPT_RT).
     pub in_all: bool,
 }
 
@@ -63,7 +65,7 @@ pub const KERNELS: [KernelSpec; 5] = [
         series: "linux-image-5.10.",
         flavour: "cloud-amd64",
         layout: Layout::Unsigned,
-        in_all: false,
+        in_all: true,
     },
     KernelSpec {
         label: "6.1",

@@ -1,6 +1,6 @@
 //! `cargo xtask vm-test`: the kernel tests inside virtme-ng VMs booting
-//! Debian's cloud kernels (`all`: 6.1 and 6.12 from the host's bookworm
-//! apt; on request also bullseye's 5.10 and trixie-backports' 7.3 and
+//! Debian's cloud kernels (`all`: bullseye's 5.10, and 6.1 and 6.12 from
+//! the host's bookworm apt; on request also trixie-backports' 7.3 and
 //! 7.3-rt), each twice ([`profile`]): 4 vCPUs
 //! with CPUs 2-3 isolated (`isolcpus=2,3 nohz_full=2,3`) for every kernel
 //! test, and two NUMA nodes of two CPUs with node 1's CPUs offline at boot
