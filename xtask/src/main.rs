@@ -30,7 +30,7 @@ enum Command {
     Run(build::RunArgs),
     /// Everything CI runs: fmt, clippy, unit tests, host kernel tests, VM tests.
     Test(test::TestArgs),
-    /// Run the kernel tests inside virtme-ng VMs on Debian's 6.1 and 6.12 kernels.
+    /// Run the kernel tests inside virtme-ng VMs on Debian's cloud kernels (5.10 to 7.3).
     VmTest(vm::VmArgs),
     /// Benchmarks (root): hot-path overhead, program cost, hotplug reaction, idle cost, scale.
     Bench(bench::BenchArgs),

@@ -120,7 +120,7 @@ pub fn test(args: TestArgs) -> Result<()> {
     if !args.no_vm {
         step(
             started,
-            "kernel tests in virtme-ng VMs (Debian 6.1 and 6.12 kernels)",
+            "kernel tests in virtme-ng VMs (Debian 5.10, 6.1 and 6.12 kernels)",
         );
         vm::vm_test(&vm::VmArgs::all_kernels())?;
     }

@@ -1,39 +1,116 @@
 //! Debian's cloud kernels for the VMs: resolved from the meta packages (the
 //! image names change with every security update), downloaded once into
 //! `target/vm/kernels`, unpacked, and trimmed to the modules the guest needs.
+//!
+//! 6.1 and 6.12 come from the host's own (bookworm) apt. The other suites
+//! (bullseye, trixie-backports) go through a private sources list and apt
+//! state under `target/vm/apt/SUITE`, on the host's Debian mirror and
+//! checked with its archive keyring; the host's apt configuration is never
+//! read for them nor changed.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    ffi::OsString,
     fs,
     path::{Path, PathBuf},
     process::Command,
-    sync::Once,
+    sync::{Mutex, PoisonError},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context, Result, bail};
 
 use crate::bootstrap::{output, run, say};
 
-/// A kernel to boot: our label and the meta package naming the current image.
+/// A kernel to boot: our label, where apt finds it and the meta package
+/// naming the current image.
 pub struct KernelSpec {
     pub label: &'static str,
+    /// None: the host's own apt sources (bookworm). Some: this Debian suite,
+    /// through a private sources list and apt state under `target/vm/apt`
+    /// (the host's apt configuration is never touched).
+    suite: Option<&'static str>,
     meta: &'static str,
-    /// What every image package of this series starts with (to prune old ones).
+    /// What every image package of this series starts with (to check the
+    /// meta package still names this series, and to prune old ones).
     series: &'static str,
+    /// `cloud-amd64` or `rt-amd64`.
+    flavour: &'static str,
+    layout: Layout,
+    /// Booted by `--kernel all` (and so by `cargo xtask test`): the kernels
+    /// the whole suite passes on. 7.3 and 7.3-rt do not yet (issue 10: the
+    /// kernel-managed kthreads of 6.14+/7.0, no khugepaged on PREEMPT_RT).
+    pub in_all: bool,
 }
 
-pub const KERNELS: [KernelSpec; 2] = [
+/// How Debian packages a kernel.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Layout {
+    /// One `linux-image-VER-unsigned` package with `boot/vmlinuz-VER` and
+    /// `lib/modules/VER` (5.10 to 6.12).
+    Unsigned,
+    /// 7.x: the image package only depends on `linux-binary-VER`
+    /// (`usr/lib/modules/VER/vmlinuz`), `linux-modules-VER` and
+    /// `linux-base-VER` (`modules.builtin`, `modules.order`, `config`:
+    /// without them depmod warns and modprobe cannot tell a built-in module
+    /// from a missing one).
+    Split,
+}
+
+pub const KERNELS: [KernelSpec; 5] = [
+    KernelSpec {
+        label: "5.10",
+        suite: Some("bullseye"),
+        meta: "linux-image-cloud-amd64",
+        series: "linux-image-5.10.",
+        flavour: "cloud-amd64",
+        layout: Layout::Unsigned,
+        in_all: true,
+    },
     KernelSpec {
         label: "6.1",
+        suite: None,
         meta: "linux-image-cloud-amd64",
         series: "linux-image-6.1.",
+        flavour: "cloud-amd64",
+        layout: Layout::Unsigned,
+        in_all: true,
     },
     KernelSpec {
         label: "6.12",
+        suite: None,
         meta: "linux-image-6.12-cloud-amd64",
         series: "linux-image-6.12.",
+        flavour: "cloud-amd64",
+        layout: Layout::Unsigned,
+        in_all: true,
+    },
+    KernelSpec {
+        label: "7.3",
+        suite: Some("trixie-backports"),
+        meta: "linux-image-cloud-amd64",
+        series: "linux-image-7.3.",
+        flavour: "cloud-amd64",
+        layout: Layout::Split,
+        in_all: false,
+    },
+    KernelSpec {
+        label: "7.3-rt",
+        suite: Some("trixie-backports"),
+        meta: "linux-image-rt-amd64",
+        series: "linux-image-7.3.",
+        flavour: "rt-amd64",
+        layout: Layout::Split,
+        in_all: false,
     },
 ];
+
+impl KernelSpec {
+    /// "bookworm (host apt)" or "bullseye" for the log.
+    pub fn source(&self) -> &'static str {
+        self.suite.unwrap_or("bookworm, the host's apt")
+    }
+}
 
 pub struct Kernel {
     pub label: &'static str,
@@ -51,78 +128,290 @@ fn wanted(module: &str) -> bool {
 /// Bump when [`wanted`] changes: cached trees are then re-extracted.
 const TRIM_VERSION: u32 = 2;
 
-/// The kernel of `spec`, downloaded and prepared under `dir` if needed.
-pub fn ensure(spec: &KernelSpec, dir: &Path) -> Result<Kernel> {
-    let package = resolve(spec)?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tree = dir.join(&package);
+/// The kernel of `spec`, downloaded and prepared under `vm_dir/kernels` if
+/// needed.
+pub fn ensure(spec: &KernelSpec, vm_dir: &Path) -> Result<Kernel> {
+    let apt = Apt::new(spec, vm_dir);
+    apt.prepare()?;
+    let resolved = resolve(spec, &apt)?;
+    let dir = vm_dir.join("kernels");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tree = dir.join(&resolved.name);
     let stamp_path = tree.join(".affinity-ready");
-    let stamp = format!("{package} trim v{TRIM_VERSION}\n");
+    let stamp = format!("{} trim v{TRIM_VERSION}\n", resolved.debs.join(" "));
     if fs::read_to_string(&stamp_path).ok().as_deref() != Some(stamp.as_str()) {
-        let deb = match find_deb(dir, &package)? {
-            Some(deb) => deb,
-            None => download(spec, &package, dir)?,
-        };
-        let partial = dir.join(format!("{package}.partial"));
+        let mut debs = Vec::new();
+        for package in &resolved.debs {
+            debs.push(match find_deb(&dir, package)? {
+                Some(deb) => deb,
+                None => download(spec, &apt, package, &dir)?,
+            });
+        }
+        let partial = dir.join(format!("{}.partial", resolved.name));
         remove(&partial)?;
-        run(Command::new("dpkg").arg("-x").arg(&deb).arg(&partial))
-            .with_context(|| format!("unpacking {}", deb.display()))?;
-        let kept = trim_modules(&partial).with_context(|| format!("trimming {package}"))?;
-        eprintln!("xtask: kernel {package}: kept {kept} modules (overlay, virtio, virtiofs)");
+        for deb in &debs {
+            run(Command::new("dpkg").arg("-x").arg(deb).arg(&partial))
+                .with_context(|| format!("unpacking {}", deb.display()))?;
+        }
+        if spec.layout == Layout::Split {
+            usual_layout(&partial).with_context(|| format!("rearranging {}", partial.display()))?;
+        }
+        let kept = trim_modules(&partial).with_context(|| format!("trimming {}", resolved.name))?;
+        eprintln!(
+            "xtask: kernel {}: kept {kept} modules (overlay, virtio, virtiofs)",
+            resolved.name
+        );
         fs::write(partial.join(".affinity-ready"), &stamp)?;
         remove(&tree)?;
         fs::rename(&partial, &tree)
             .with_context(|| format!("renaming {} to {}", partial.display(), tree.display()))?;
     }
-    prune(spec, &package, dir)?;
+    prune(spec, &resolved, &dir)?;
     let version = module_version(&tree)?;
     let vmlinuz = tree.join("boot").join(format!("vmlinuz-{version}"));
     if !vmlinuz.is_file() {
-        bail!("{package} has no {}", vmlinuz.display());
+        bail!("{} has no {}", resolved.name, vmlinuz.display());
     }
     Ok(Kernel {
         label: spec.label,
-        package,
+        package: resolved.name,
         vmlinuz,
     })
 }
 
-/// Runs `apt-get update` at most once per xtask run, when the package lists
-/// look stale (a name they do not know, a download that 404s).
-fn apt_update() -> Result<()> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        eprintln!("xtask: apt-get update: the package lists do not know the current kernels");
-        result = run(Command::new("apt-get").args(["update", "-q"]));
-    });
-    result
+/// 7.x's `usr/lib/modules/VER/{vmlinuz,kernel/...}` rearranged as the older
+/// packages have it, `boot/vmlinuz-VER` and `lib/modules/VER`: vng finds
+/// the modules by walking up from the image to `lib/modules/VER`.
+fn usual_layout(tree: &Path) -> Result<()> {
+    let usr_modules = tree.join("usr/lib/modules");
+    let lib = tree.join("lib");
+    fs::create_dir_all(&lib)?;
+    fs::rename(&usr_modules, lib.join("modules"))
+        .with_context(|| format!("moving {}", usr_modules.display()))?;
+    let version = module_version(tree)?;
+    let image = tree.join("lib/modules").join(&version).join("vmlinuz");
+    let boot = tree.join("boot");
+    fs::create_dir_all(&boot)?;
+    fs::rename(&image, boot.join(format!("vmlinuz-{version}")))
+        .with_context(|| format!("moving {}", image.display()))
 }
 
-/// `linux-image-cloud-amd64` → `linux-image-6.1.0-56-cloud-amd64-unsigned`.
-fn resolve(spec: &KernelSpec) -> Result<String> {
-    let query = || -> Result<String> {
-        let deps = output(Command::new("apt-cache").args(["depends", spec.meta]))?;
-        deps.lines()
+/// The host's Debian mirror (so the other suites come from the same
+/// place), from its deb822 or one-line sources.
+fn debian_mirror(sources: &str) -> Option<String> {
+    sources
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| {
+            let uris = l.strip_prefix("URIs:").map(str::split_whitespace);
+            let deb = l
+                .strip_prefix("deb ")
+                .map(|rest| {
+                    // "deb [signed-by=...] URI suite components"
+                    let rest = match rest.trim_start().strip_prefix('[') {
+                        Some(opts) => opts.split_once(']').map_or("", |(_, r)| r),
+                        None => rest,
+                    };
+                    rest.split_whitespace().take(1)
+                })
+                .into_iter()
+                .flatten();
+            uris.into_iter().flatten().chain(deb).collect::<Vec<_>>()
+        })
+        .map(|uri| uri.trim_end_matches('/'))
+        .find(|uri| uri.ends_with("/debian"))
+        .map(String::from)
+}
+
+const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+/// debian-archive-keyring's; bookworm's holds the bullseye and trixie keys.
+const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// Touched after each successful `apt-get update` of a private suite.
+const UPDATED_STAMP: &str = "updated";
+/// Private package lists older than this are fetched again.
+const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+fn host_mirror() -> String {
+    let mut text = fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut files: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "sources" || e == "list"))
+        {
+            text.push('\n');
+            text.push_str(&fs::read_to_string(f).unwrap_or_default());
+        }
+    }
+    debian_mirror(&text).unwrap_or_else(|| DEFAULT_MIRROR.to_string())
+}
+
+/// Where apt looks for a kernel: the host's configuration, or, for another
+/// suite, a private sources list and state under `target/vm/apt/SUITE`.
+struct Apt {
+    suite: Option<&'static str>,
+    dir: PathBuf,
+}
+
+impl Apt {
+    fn new(spec: &KernelSpec, vm_dir: &Path) -> Self {
+        Apt {
+            suite: spec.suite,
+            dir: vm_dir.join("apt").join(spec.suite.unwrap_or("host")),
+        }
+    }
+
+    /// `apt-get`/`apt-cache` with this suite's private configuration.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        if self.suite.is_some() {
+            for (option, path) in [
+                ("Dir::Etc::SourceList=", self.dir.join("sources.list")),
+                ("Dir::Etc::SourceParts=", PathBuf::from("/dev/null")),
+                ("Dir::State::Lists=", self.dir.join("lists")),
+                ("Dir::Cache=", self.dir.join("cache")),
+            ] {
+                let mut value = OsString::from(option);
+                value.push(path);
+                cmd.arg("-o").arg(value);
+            }
+        }
+        cmd
+    }
+
+    /// For a private suite: writes its sources list and fetches its package
+    /// lists when there are none yet, the list changed, or they are over a
+    /// day old. Nothing for the host's apt.
+    fn prepare(&self) -> Result<()> {
+        let Some(suite) = self.suite else {
+            return Ok(());
+        };
+        for sub in ["lists/partial", "cache/archives/partial"] {
+            let d = self.dir.join(sub);
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let list = self.dir.join("sources.list");
+        let line = format!("deb [signed-by={KEYRING}] {} {suite} main\n", host_mirror());
+        let changed = fs::read_to_string(&list).ok().as_deref() != Some(line.as_str());
+        if changed {
+            fs::write(&list, &line).with_context(|| format!("writing {}", list.display()))?;
+        }
+        // Our own stamp: apt keeps an unchanged list's old mtime, and may
+        // store it compressed (`_Packages.lz4`).
+        let age = fs::metadata(self.dir.join(UPDATED_STAMP))
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
+        match age {
+            _ if changed => self.update("its sources list is new or changed"),
+            None => self.update("no package lists yet"),
+            Some(a) if a > LISTS_MAX_AGE => self.update("its package lists are over a day old"),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// `apt-get update` at most once per xtask run and apt configuration.
+    fn update(&self, why: &str) -> Result<()> {
+        static UPDATED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+        let mut updated = UPDATED.lock().unwrap_or_else(PoisonError::into_inner);
+        if updated.contains(&self.dir) {
+            return Ok(());
+        }
+        updated.push(self.dir.clone());
+        match self.suite {
+            Some(suite) => eprintln!(
+                "xtask: apt-get update for {suite} (private lists in {}): {why}",
+                self.dir.display()
+            ),
+            None => eprintln!("xtask: apt-get update: {why}"),
+        }
+        run(self.command("apt-get").args(["update", "-q"]))?;
+        if self.suite.is_some() {
+            let stamp = self.dir.join(UPDATED_STAMP);
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            fs::write(&stamp, format!("{}\n", now.as_secs()))
+                .with_context(|| format!("writing {}", stamp.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The `Depends:` of `package`.
+    fn depends(&self, package: &str) -> Result<Vec<String>> {
+        let out = output(self.command("apt-cache").args(["depends", package]))?;
+        Ok(out
+            .lines()
             .filter_map(|l| l.trim().strip_prefix("Depends: "))
-            .find(|p| p.starts_with(spec.series) && p.ends_with("-cloud-amd64"))
-            .map(|image| format!("{image}-unsigned"))
+            .map(String::from)
+            .collect())
+    }
+}
+
+/// What a kernel is made of: the tree's name and the packages unpacked
+/// into it.
+struct Resolved {
+    name: String,
+    debs: Vec<String>,
+}
+
+/// `linux-image-cloud-amd64` → `linux-image-6.1.0-56-cloud-amd64-unsigned`;
+/// on 7.x, `linux-image-7.3.4+deb13-cloud-amd64` →
+/// `linux-base-7.3.4+deb13-cloud-amd64` + `linux-binary-...` +
+/// `linux-modules-...`.
+fn resolve(spec: &KernelSpec, apt: &Apt) -> Result<Resolved> {
+    let suffix = format!("-{}", spec.flavour);
+    let query = || -> Result<Resolved> {
+        let deps = apt.depends(spec.meta)?;
+        let image = deps
+            .iter()
+            .find(|p| p.starts_with(spec.series) && p.ends_with(&suffix))
             .with_context(|| {
                 format!(
-                    "{} depends on no {}*-cloud-amd64 image:\n{deps}",
+                    "{} depends on no {}*{suffix} image: {deps:?}",
                     spec.meta, spec.series
                 )
-            })
+            })?;
+        match spec.layout {
+            Layout::Unsigned => {
+                let name = format!("{image}-unsigned");
+                Ok(Resolved {
+                    debs: vec![name.clone()],
+                    name,
+                })
+            }
+            Layout::Split => {
+                let release = image.strip_prefix("linux-image-").unwrap_or(image);
+                let parts = apt.depends(image)?;
+                let debs = ["linux-base-", "linux-binary-", "linux-modules-"]
+                    .iter()
+                    .map(|prefix| {
+                        let want = format!("{prefix}{release}");
+                        parts.contains(&want).then_some(want).with_context(|| {
+                            format!("{image} does not depend on {prefix}{release}: {parts:?}")
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(Resolved {
+                    name: image.clone(),
+                    debs,
+                })
+            }
+        }
     };
     query()
         .or_else(|_| {
-            apt_update()?;
+            apt.update("the package lists do not know the current kernels")?;
             query()
         })
         .with_context(|| {
             format!(
-                "finding the current {} kernel (apt-cache depends {})",
-                spec.label, spec.meta
+                "finding the current {} kernel (apt-cache depends {}, {})",
+                spec.label,
+                spec.meta,
+                spec.source()
             )
         })
 }
@@ -142,16 +431,21 @@ fn find_deb(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
 
 /// `apt-get download` into a scratch directory, then moved into `dir`, so an
 /// interrupted download never looks like a cached one.
-fn download(spec: &KernelSpec, package: &str, dir: &Path) -> Result<PathBuf> {
+fn download(spec: &KernelSpec, apt: &Apt, package: &str, dir: &Path) -> Result<PathBuf> {
     say(
-        &format!("kernel {package} into {}", dir.display()),
+        &format!(
+            "kernel package {package} ({}) into {}",
+            spec.source(),
+            dir.display()
+        ),
         &format!("the {} VM boots it (downloaded once)", spec.label),
     );
     let scratch = dir.join(".download");
     remove(&scratch)?;
     fs::create_dir_all(&scratch)?;
     let get = || {
-        run(Command::new("apt-get")
+        run(apt
+            .command("apt-get")
             // Root downloads into a root-owned directory: no _apt sandbox
             // (it only warns that it cannot use it).
             .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
@@ -159,7 +453,7 @@ fn download(spec: &KernelSpec, package: &str, dir: &Path) -> Result<PathBuf> {
     };
     get()
         .or_else(|_| {
-            apt_update()?;
+            apt.update("a kernel download failed; the package lists may be stale")?;
             get()
         })
         .with_context(|| format!("apt-get download {package}"))?;
@@ -171,14 +465,35 @@ fn download(spec: &KernelSpec, package: &str, dir: &Path) -> Result<PathBuf> {
     Ok(deb)
 }
 
+/// Whether `name` (a tree or .deb under the kernel cache) is an older
+/// build of `spec`'s series and flavour than `current`.
+fn superseded(spec: &KernelSpec, current: &Resolved, name: &str) -> bool {
+    let ours = name == current.name
+        || name.starts_with(&format!("{}.", current.name))
+        || current
+            .debs
+            .iter()
+            .any(|d| name.starts_with(&format!("{d}_")));
+    let series = spec
+        .series
+        .strip_prefix("linux-image-")
+        .unwrap_or(spec.series);
+    let of_series = [
+        "linux-image-",
+        "linux-base-",
+        "linux-binary-",
+        "linux-modules-",
+    ]
+    .iter()
+    .any(|p| name.starts_with(&format!("{p}{series}")));
+    of_series && name.contains(&format!("-{}", spec.flavour)) && !ours
+}
+
 /// Removes the .debs and trees of older images of the same series.
-fn prune(spec: &KernelSpec, current: &str, dir: &Path) -> Result<()> {
+fn prune(spec: &KernelSpec, current: &Resolved, dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = name == current
-            || name.starts_with(&format!("{current}_"))
-            || name.starts_with(&format!("{current}."));
-        if name.starts_with(spec.series) && !ours {
+        if superseded(spec, current, &name) {
             eprintln!("xtask: removing the superseded kernel {name}");
             remove(&entry.path())?;
         }
@@ -260,6 +575,84 @@ fn module_name(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hosts_mirror() {
+        let deb822 = "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\n\
+                      URIs: http://deb.debian.org/debian\nSuites: bookworm\n\n\
+                      Types: deb\nURIs: http://deb.debian.org/debian-security\n";
+        assert_eq!(
+            debian_mirror(deb822).as_deref(),
+            Some("http://deb.debian.org/debian")
+        );
+        let one_line = "deb http://security.debian.org/debian-security bookworm-security main\n\
+                        deb [signed-by=/k.gpg] http://mirror.example/debian/ bookworm main\n";
+        assert_eq!(
+            debian_mirror(one_line).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        assert_eq!(debian_mirror("# deb http://x/debian bookworm main\n"), None);
+    }
+
+    #[test]
+    fn only_older_builds_of_the_same_series_and_flavour_are_pruned() {
+        let [_, v6_1, v6_12, v7_3, v7_3_rt] = &KERNELS;
+        let cloud = Resolved {
+            name: "linux-image-7.3.4+deb13-cloud-amd64".into(),
+            debs: vec![
+                "linux-base-7.3.4+deb13-cloud-amd64".into(),
+                "linux-binary-7.3.4+deb13-cloud-amd64".into(),
+                "linux-modules-7.3.4+deb13-cloud-amd64".into(),
+            ],
+        };
+        for old in [
+            "linux-image-7.3.2+deb13-cloud-amd64",
+            "linux-binary-7.3.2+deb13-cloud-amd64_7.3.2-1~bpo13+1_amd64.deb",
+            "linux-modules-7.3.2+deb13-cloud-amd64_7.3.2-1~bpo13+1_amd64.deb",
+            "linux-base-7.3.2+deb13-cloud-amd64_7.3.2-1~bpo13+1_amd64.deb",
+        ] {
+            assert!(superseded(v7_3, &cloud, old), "{old}");
+        }
+        for keep in [
+            "linux-image-7.3.4+deb13-cloud-amd64",
+            "linux-image-7.3.4+deb13-cloud-amd64.partial",
+            "linux-modules-7.3.4+deb13-cloud-amd64_7.3.4-1~bpo13+1_amd64.deb",
+            // The rt flavour of the same series is another kernel.
+            "linux-image-7.3.2+deb13-rt-amd64",
+            "linux-image-6.1.0-56-cloud-amd64-unsigned",
+        ] {
+            assert!(!superseded(v7_3, &cloud, keep), "{keep}");
+        }
+        assert!(!superseded(
+            v7_3_rt,
+            &cloud,
+            "linux-image-7.3.2+deb13-cloud-amd64"
+        ));
+        let v61 = Resolved {
+            name: "linux-image-6.1.0-56-cloud-amd64-unsigned".into(),
+            debs: vec!["linux-image-6.1.0-56-cloud-amd64-unsigned".into()],
+        };
+        assert!(superseded(
+            v6_1,
+            &v61,
+            "linux-image-6.1.0-55-cloud-amd64-unsigned"
+        ));
+        assert!(!superseded(
+            v6_1,
+            &v61,
+            "linux-image-6.1.0-56-cloud-amd64-unsigned_6.1.158-1_amd64.deb"
+        ));
+        assert!(!superseded(
+            v6_1,
+            &v61,
+            "linux-image-6.12.57+deb12-cloud-amd64-unsigned"
+        ));
+        assert!(superseded(
+            v6_12,
+            &v61,
+            "linux-image-6.12.57+deb12-cloud-amd64-unsigned"
+        ));
+    }
 
     #[test]
     fn module_names_and_the_keep_list() {

@@ -1,5 +1,7 @@
 //! `cargo xtask vm-test`: the kernel tests inside virtme-ng VMs booting
-//! Debian's 6.1 and 6.12 cloud kernels, each twice ([`profile`]): 4 vCPUs
+//! Debian's cloud kernels (`all`: bullseye's 5.10, and 6.1 and 6.12 from
+//! the host's bookworm apt; on request also trixie-backports' 7.3 and
+//! 7.3-rt), each twice ([`profile`]): 4 vCPUs
 //! with CPUs 2-3 isolated (`isolcpus=2,3 nohz_full=2,3`) for every kernel
 //! test, and two NUMA nodes of two CPUs with node 1's CPUs offline at boot
 //! (`maxcpus=2`) for `vm_numa`.
@@ -8,8 +10,10 @@
 //!   (`cargo install`) in a cache outside the repository
 //!   (`/var/cache/affinity-vm`, or `$AFFINITY_VM_CACHE`) so clean clones
 //!   reuse them.
-//! - [`kernel`]: the current Debian images, downloaded once into
-//!   `target/vm/kernels`, unpacked, trimmed to the modules the guest needs.
+//! - [`kernel`]: the current Debian images, resolved from the meta packages
+//!   (other suites through a private apt state in `target/vm/apt`),
+//!   downloaded once into `target/vm/kernels`, unpacked, trimmed to the
+//!   modules the guest needs.
 //! - [`profile`]: the guest shapes and which test targets run in each.
 //! - [`guest`]: one boot per kernel and profile running its test
 //!   executables, with one retry only when QEMU died before the guest
@@ -48,11 +52,32 @@ use self::{
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelChoice {
+    #[value(name = "5.10")]
+    V5_10,
     #[value(name = "6.1")]
     V6_1,
     #[value(name = "6.12")]
     V6_12,
+    #[value(name = "7.3")]
+    V7_3,
+    #[value(name = "7.3-rt")]
+    V7_3Rt,
+    /// The kernels marked for CI (see `kernel::KERNELS`).
     All,
+}
+
+impl KernelChoice {
+    /// The [`kernel::KernelSpec`] label chosen; None for `all`.
+    fn label(self) -> Option<&'static str> {
+        match self {
+            KernelChoice::V5_10 => Some("5.10"),
+            KernelChoice::V6_1 => Some("6.1"),
+            KernelChoice::V6_12 => Some("6.12"),
+            KernelChoice::V7_3 => Some("7.3"),
+            KernelChoice::V7_3Rt => Some("7.3-rt"),
+            KernelChoice::All => None,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,15 +122,11 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
 
     let chosen: Vec<_> = KERNELS
         .iter()
-        .filter(|k| match args.kernel {
-            KernelChoice::All => true,
-            KernelChoice::V6_1 => k.label == "6.1",
-            KernelChoice::V6_12 => k.label == "6.12",
-        })
+        .filter(|k| args.kernel.label().map_or(k.in_all, |l| k.label == l))
         .collect();
     let kernels = chosen
         .iter()
-        .map(|k| kernel::ensure(k, &vm_dir.join("kernels")))
+        .map(|k| kernel::ensure(k, &vm_dir))
         .collect::<Result<Vec<_>>>()?;
     let setup_time = setup.elapsed();
 
@@ -190,7 +211,7 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
             Some((o, log)) => summary(o, log),
             None => "not booted: no test executable for this profile".into(),
         };
-        eprintln!("  {:<5} {:<9} {:<48} {what}", k.label, p.name, k.package);
+        eprintln!("  {:<6} {:<9} {:<48} {what}", k.label, p.name, k.package);
     }
     let failed: Vec<_> = results
         .iter()

@@ -72,7 +72,7 @@ pub fn ensure() -> Result<Tools> {
     if !venv_done.exists() || !vng.exists() {
         say(
             &format!("{VIRTME_NG} into {}", venv.display()),
-            "boots the kernel tests in VMs on Debian's 6.1 and 6.12 kernels",
+            "boots the kernel tests in VMs on Debian's cloud kernels",
         );
         if venv.exists() {
             fs::remove_dir_all(&venv)
