@@ -203,11 +203,12 @@ fn an_unprivileged_flood_cannot_crowd_out_hotplug() {
             .any(|e| e["type"] == "affinity_changed" && e["by_comm"] == "flood"),
         "a refused call is not a change"
     );
-    // The daemon's CPU time while 2 threads flooded: at most 10 % of one
-    // CPU (hotplug work included); it was busy draining records before.
+    // The daemon's CPU time while 2 threads flooded: at most 20 % of one
+    // CPU, hotplug work included (~10 % under TCG emulation, ~1 % on the
+    // host); it spent all of a CPU draining records before.
     let cpu = ticks as f64 / ticks_per_second() as f64;
     assert!(
-        cpu < 0.1 * elapsed,
+        cpu < 0.2 * elapsed,
         "daemon used {cpu:.2} s of CPU in {elapsed:.1} s of flood"
     );
     assert!(d.stop().success());
