@@ -201,6 +201,27 @@ fn core(observe: bool, rules: Vec<Rule>, tasks: &[Kthread]) -> Core<FakeKernel, 
     )
 }
 
+fn khugepaged_record() -> TaskRecord {
+    TaskRecord {
+        pid: 38,
+        tgid: 38,
+        flags: PF_KTHREAD,
+        comm: "khugepaged".into(),
+    }
+}
+
+/// A started core whose only rule moves khugepaged (pid 38, on 0-3) to `cpus`.
+fn khugepaged_on(cpus: &str) -> (Core<FakeKernel, Vec<u8>>, FakeMaps) {
+    let mut c = core(
+        false,
+        vec![rule("khugepaged", cpus)],
+        &[kt(38, "khugepaged", 0, "0-3")],
+    );
+    let mut maps = FakeMaps::new();
+    c.start(&mut maps).unwrap();
+    (c, maps)
+}
+
 fn rule(comm: &str, cpus: &str) -> Rule {
     Rule {
         target: Target::Comm(comm.into()),
@@ -234,13 +255,7 @@ fn hotplug(cpu: u32, phase: HotplugPhase, seq: u64) -> WireEvent {
 
 #[test]
 fn start_applies_rules_and_fills_the_map() {
-    let mut c = core(
-        false,
-        vec![rule("khugepaged", "1")],
-        &[kt(38, "khugepaged", 0, "0-3")],
-    );
-    let mut maps = FakeMaps::new();
-    c.start(&mut maps).unwrap();
+    let (mut c, maps) = khugepaged_on("1");
     assert_eq!(c.kernel.sets, [(38, "1".to_string())]);
     assert_eq!(
         maps.policy.get(&38),
@@ -279,13 +294,7 @@ fn observe_sets_nothing_but_says_what_it_would_do_once() {
 
 #[test]
 fn offline_begin_shrinks_masks_online_restores_them_and_steps_are_acknowledged() {
-    let mut c = core(
-        false,
-        vec![rule("khugepaged", "1-2")],
-        &[kt(38, "khugepaged", 0, "0-3")],
-    );
-    let mut maps = FakeMaps::new();
-    c.start(&mut maps).unwrap();
+    let (mut c, mut maps) = khugepaged_on("1-2");
     c.on_wire(hotplug(1, HotplugPhase::OfflineBegin, 1), &mut maps);
     assert_eq!(c.kernel.tasks[&38].cpus_allowed.to_string(), "2");
     assert_eq!(maps.acked, 1, "acknowledged once the masks are in place");
@@ -305,13 +314,7 @@ fn offline_begin_shrinks_masks_online_restores_them_and_steps_are_acknowledged()
 
 #[test]
 fn an_aborted_teardown_puts_the_masks_back() {
-    let mut c = core(
-        false,
-        vec![rule("khugepaged", "1")],
-        &[kt(38, "khugepaged", 0, "0-3")],
-    );
-    let mut maps = FakeMaps::new();
-    c.start(&mut maps).unwrap();
+    let (mut c, mut maps) = khugepaged_on("1");
     c.on_wire(hotplug(1, HotplugPhase::OfflineBegin, 1), &mut maps);
     assert_eq!(c.kernel.tasks[&38].cpus_allowed.to_string(), "0,2-3");
     let mut aborted = hotplug(1, HotplugPhase::OfflineAborted, 2);
@@ -339,13 +342,7 @@ fn an_aborted_teardown_puts_the_masks_back() {
 
 #[test]
 fn a_lost_online_record_is_corrected_from_sysfs() {
-    let mut c = core(
-        false,
-        vec![rule("khugepaged", "1")],
-        &[kt(38, "khugepaged", 0, "0-3")],
-    );
-    let mut maps = FakeMaps::new();
-    c.start(&mut maps).unwrap();
+    let (mut c, mut maps) = khugepaged_on("1");
     c.on_wire(hotplug(1, HotplugPhase::OfflineBegin, 1), &mut maps);
     c.on_wire(hotplug(1, HotplugPhase::OfflineDone, 1), &mut maps);
     assert_eq!(c.kernel.tasks[&38].cpus_allowed.to_string(), "0,2-3");
@@ -563,13 +560,7 @@ fn transient_errors_are_not_exits() {
 
 #[test]
 fn a_foreign_setaffinity_is_named_and_undone() {
-    let mut c = core(
-        false,
-        vec![rule("khugepaged", "0")],
-        &[kt(38, "khugepaged", 0, "0-3")],
-    );
-    let mut maps = FakeMaps::new();
-    c.start(&mut maps).unwrap();
+    let (mut c, mut maps) = khugepaged_on("0");
     c.kernel.tasks.get_mut(&38).unwrap().cpus_allowed = set("3");
     c.on_wire(
         WireEvent::SetAffinity {
@@ -604,19 +595,8 @@ fn a_foreign_setaffinity_is_named_and_undone() {
 
 #[test]
 fn violations_judged_by_the_kernel_are_reported_as_judged() {
-    let mut c = core(
-        false,
-        vec![rule("khugepaged", "1")],
-        &[kt(38, "khugepaged", 0, "0-3")],
-    );
-    let mut maps = FakeMaps::new();
-    c.start(&mut maps).unwrap();
-    let task = TaskRecord {
-        pid: 38,
-        tgid: 38,
-        flags: PF_KTHREAD,
-        comm: "khugepaged".into(),
-    };
+    let (mut c, mut maps) = khugepaged_on("1");
+    let task = khugepaged_record();
     // Even on a CPU the current mask allows: the kernel saw it outside
     // every set of its hotplug step.
     for cpu in [3, 1] {
@@ -645,19 +625,8 @@ fn violations_judged_by_the_kernel_are_reported_as_judged() {
 
 #[test]
 fn an_exiting_kthread_is_reported_and_leaves_the_map() {
-    let mut c = core(
-        false,
-        vec![rule("khugepaged", "1")],
-        &[kt(38, "khugepaged", 0, "0-3")],
-    );
-    let mut maps = FakeMaps::new();
-    c.start(&mut maps).unwrap();
-    let task = TaskRecord {
-        pid: 38,
-        tgid: 38,
-        flags: PF_KTHREAD,
-        comm: "khugepaged".into(),
-    };
+    let (mut c, mut maps) = khugepaged_on("1");
+    let task = khugepaged_record();
     c.on_wire(WireEvent::KthreadExit { ts_ns: 0, task }, &mut maps);
     assert!(!maps.policy.contains_key(&38));
     assert!(c.engine.entry(38).is_none());
@@ -670,13 +639,7 @@ fn an_exiting_kthread_is_reported_and_leaves_the_map() {
 
 #[test]
 fn restore_on_exit_puts_original_masks_back() {
-    let mut c = core(
-        false,
-        vec![rule("khugepaged", "1")],
-        &[kt(38, "khugepaged", 0, "0-3")],
-    );
-    let mut maps = FakeMaps::new();
-    c.start(&mut maps).unwrap();
+    let (mut c, _maps) = khugepaged_on("1");
     assert_eq!(c.restore_originals(), 1);
     assert_eq!(c.kernel.tasks[&38].cpus_allowed.to_string(), "0-3");
 }
@@ -746,13 +709,7 @@ fn a_kthread_created_later_gets_its_rule() {
 
 #[test]
 fn a_mask_overtaken_by_a_hotplug_is_neither_refused_nor_blocked() {
-    let mut c = core(
-        false,
-        vec![rule("khugepaged", "1")],
-        &[kt(38, "khugepaged", 0, "0-3")],
-    );
-    let mut maps = FakeMaps::new();
-    c.start(&mut maps).unwrap();
+    let (mut c, mut maps) = khugepaged_on("1");
     c.on_wire(hotplug(1, HotplugPhase::OfflineBegin, 1), &mut maps);
     assert_eq!(c.kernel.tasks[&38].cpus_allowed.to_string(), "0,2-3");
     // The daemon trails the kernel: cpu1 came back and went again, and the
