@@ -331,7 +331,9 @@ fn lost_hotplug_records_converge_to_the_kernels_state() {
             let _offline = CpuOffline::new(1);
         }
         d.signal(libc::SIGCONT);
-        let drops = wait_for(3 * SECOND, || {
+        // The counters are read every second, after the backlog the daemon
+        // did get is handled: seconds under TCG emulation.
+        let drops = wait_for(10 * SECOND, || {
             d.events_since(seen)
                 .into_iter()
                 .find(|e| e["type"] == "drops")
@@ -340,7 +342,7 @@ fn lost_hotplug_records_converge_to_the_kernels_state() {
         assert!(drops["count"].as_u64().unwrap() > 0, "{drops}");
         // cpu1 is online: whatever the last record it read said, the
         // daemon ends where the kernel is.
-        wait_mask(pid, "1", 6 * SECOND);
+        wait_mask(pid, "1", 10 * SECOND);
         resyncs += d
             .events_since(seen)
             .iter()
