@@ -206,12 +206,7 @@ pub fn violation_window(md: &mut String, s: &Setup) -> Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     let events = d.stop()?;
     let violations = events.iter().filter(|e| e["type"] == "violation").count();
-    let summary = events
-        .iter()
-        .rev()
-        .find(|e| e["type"] == "summary")
-        .cloned()
-        .unwrap_or_default();
+    let summary = last_summary(&events);
     let _ = writeln!(
         md,
         "## 4. Violation window on offline (target 0)\n\n200 offline/online cycles of cpu1 with {} kthreads registered \
@@ -337,12 +332,7 @@ fn ring_burst(bin: &Path, n: u64) -> Result<Burst> {
     let secs = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     let events = d.stop()?;
-    let summary = events
-        .iter()
-        .rev()
-        .find(|e| e["type"] == "summary")
-        .cloned()
-        .unwrap_or_default();
+    let summary = last_summary(&events);
     Ok(Burst {
         sent: n,
         received: summary["records"].as_u64().unwrap_or(0),
@@ -375,4 +365,14 @@ mod tests {
         }
         assert!(names.iter().all(|n| n.len() <= KERNEL_NAME_LEN));
     }
+}
+
+/// The daemon's last `summary` event (null if it printed none).
+fn last_summary(events: &[Value]) -> Value {
+    events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "summary")
+        .cloned()
+        .unwrap_or_default()
 }
