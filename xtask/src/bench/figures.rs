@@ -341,6 +341,16 @@ fn ring_burst(bin: &Path, n: u64) -> Result<Burst> {
     })
 }
 
+/// The daemon's last `summary` event (null if it printed none).
+fn last_summary(events: &[Value]) -> Value {
+    events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "summary")
+        .cloned()
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,14 +375,4 @@ mod tests {
         }
         assert!(names.iter().all(|n| n.len() <= KERNEL_NAME_LEN));
     }
-}
-
-/// The daemon's last `summary` event (null if it printed none).
-fn last_summary(events: &[Value]) -> Value {
-    events
-        .iter()
-        .rev()
-        .find(|e| e["type"] == "summary")
-        .cloned()
-        .unwrap_or_default()
 }
