@@ -37,7 +37,7 @@ use crate::{
         report::{Format, Report, Reporter},
     },
     input::BadInput,
-    kernel::bpf::{self, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
+    kernel::bpf::{self, Counters, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
     kernel::btf::KernelLayout,
     kernel::procfs::ProcKernel,
     kernel::sysfs::{self, Machine, Scan},
@@ -342,7 +342,10 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
     let mut batch = Vec::new();
     let mut last_summary = r.core.stats.clone();
     let mut last_metrics: Option<Stats> = None;
-    let mut seen_counters = r.observer.counters()?;
+    // The maps were created at load, so every count is this daemon's: a
+    // baseline read here would hide what was dropped while the first masks
+    // were set (seconds under emulation), and no resync would follow.
+    let mut seen_counters = Counters::default();
     // The scan under way, and the epoch it started in.
     let mut scan: Option<(JoinHandle<std::io::Result<Scan>>, u64)> = None;
     let mut lost_since_scan = false;
