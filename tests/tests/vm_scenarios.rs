@@ -218,3 +218,42 @@ fn kswapd_node_rule_survives_hotplug_like_the_6_14_kernel() {
     }
     assert!(d.stop().success());
 }
+
+#[test]
+fn a_quiet_minute_reports_no_violation_by_a_thread_the_policy_cannot_move() {
+    let Some(_masks) =
+        in_vm("a_quiet_minute_reports_no_violation_by_a_thread_the_policy_cannot_move")
+    else {
+        return;
+    };
+    let mut d = Daemon::start(&[]);
+    wait_within(&[0, 1], 5 * SECOND, "the default policy");
+    // Isolated CPUs 2-3 idle for a minute: their idle tasks (pid 0, which on
+    // 5.10 is a PF_KTHREAD without PF_NO_SETAFFINITY) and their per-CPU
+    // kthreads run there all the time, and none of that is a violation.
+    std::thread::sleep(60 * SECOND);
+    let events = d.events();
+    let pinned: std::collections::HashSet<_> = events
+        .iter()
+        .filter(|e| e["type"] == "pinned")
+        .map(|e| e["pid"].clone())
+        .collect();
+    assert!(
+        !pinned.is_empty(),
+        "per-CPU kthreads are reported as pinned"
+    );
+    let wrong: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            e["type"] == "violation"
+                && (e["pid"] == 0
+                    || e["comm"].as_str().is_some_and(|c| c.starts_with("swapper"))
+                    || pinned.contains(&e["pid"]))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "violations by threads the policy cannot move: {wrong:?}"
+    );
+    assert!(d.stop().success());
+}
