@@ -448,7 +448,7 @@ impl Engine {
                 // Put it back, even if the same mask was asked for before.
                 e.requested = None;
                 e.refused = None;
-                Self::sync(e, &mut actions);
+                Self::sync(e, &self.topology.online, &mut actions);
             }
             Event::Ran {
                 pid,
@@ -657,7 +657,7 @@ impl Engine {
                 actions.push(Self::policy(&entry));
             }
         }
-        Self::sync(&mut entry, actions);
+        Self::sync(&mut entry, &self.topology.online, actions);
         self.entries.insert(k.pid, entry);
     }
 
@@ -671,8 +671,18 @@ impl Engine {
 
     /// Asks for the applied mask when the kthread does not have it and it
     /// has not been asked for already (or refused and not yet due again).
-    fn sync(e: &mut Entry, actions: &mut Vec<Action>) {
+    ///
+    /// A kthread the kernel manages itself (6.14+, all unbound ones on 7.0+)
+    /// is left alone while it can run only where the policy puts it: the
+    /// kernel keeps its mask across an offline step and re-affines it on
+    /// online, and a mask set by us would stay behind as `user_cpus_ptr`,
+    /// clipping the kernel's later choices. Only a preference that differs
+    /// from the kernel's own result is set.
+    fn sync(e: &mut Entry, online: &CpuSet, actions: &mut Vec<Action>) {
         if !e.managed() || e.applied == e.current {
+            return;
+        }
+        if e.kernel_managed && e.current.and(online) == e.applied {
             return;
         }
         if e.requested.as_ref() == Some(&e.applied) {
@@ -705,6 +715,7 @@ impl Engine {
         let Some(e) = self.entries.get_mut(&pid) else {
             return;
         };
+        let online = &self.topology.online;
         let changed = e.preferred != preferred || e.applied != applied;
         e.preferred = preferred;
         e.applied = applied;
@@ -713,7 +724,7 @@ impl Engine {
             e.refused = None;
             actions.push(Self::policy(e));
         }
-        Self::sync(e, actions);
+        Self::sync(e, online, actions);
     }
 
     fn recompute_all(&mut self, actions: &mut Vec<Action>) {

@@ -439,3 +439,64 @@ proptest! {
         prop_assert!(offline.is_empty());
     }
 }
+
+#[test]
+fn a_kernel_managed_kthread_is_set_only_where_the_preference_differs_from_the_kernels() {
+    // Housekeeping 0-3 on a 7.x kernel: the kernel keeps every unbound
+    // kthread on housekeeping ∩ online itself.
+    let rules = vec![
+        rule("kthreadd", Preference::Housekeeping),
+        rule("narrow", Preference::Cpus(set("1"))),
+    ];
+    let mut e = Engine::new(topo("0-7"), set("0-3"), rules).with_kernel("7.3.4-cloud-amd64");
+    // Already where the kernel put it: nothing to set.
+    assert_eq!(
+        sets(&e.handle(Event::KthreadNew(kt(2, "kthreadd", "0-3")))),
+        []
+    );
+    assert_eq!(
+        sets(&e.handle(Event::KthreadNew(kt(3, "narrow", "0-3")))),
+        [(3, "1".into())]
+    );
+    e.handle(Event::Applied {
+        pid: 3,
+        start_time: 3,
+        requested: set("1"),
+        mask: set("1"),
+    });
+    // cpu2 goes: kthreadd can only run on 0-1,3 anyway; no mask is left behind.
+    assert_eq!(sets(&e.handle(Event::CpuOfflineBegin { cpu: 2 })), []);
+    assert_eq!(e.entry(2).unwrap().applied.to_string(), "0-1,3");
+    // cpu1 goes: the narrow preference falls back to housekeeping ∩ online,
+    // which the kernel would not do for it (its mask is 1): set.
+    assert_eq!(
+        sets(&e.handle(Event::CpuOfflineBegin { cpu: 1 })),
+        [(3, "0,3".into())]
+    );
+    // The kernel re-affines kthreadd on online to what the policy says: left alone.
+    e.handle(Event::CpuOnline {
+        cpu: 2,
+        node: Some(0),
+    });
+    assert_eq!(
+        sets(&e.handle(Event::AffinityChanged {
+            pid: 2,
+            mask: set("0,2-3"),
+            by_pid: None,
+            by_comm: None,
+        })),
+        []
+    );
+    // Before 6.14 the kernel manages nothing: the same kthread is set.
+    let mut old = Engine::new(
+        topo("0-7"),
+        set("0-3"),
+        vec![rule("kthreadd", Preference::Housekeeping)],
+    )
+    .with_kernel("6.12.117");
+    old.handle(Event::KthreadNew(kt(2, "kthreadd", "0-3")));
+    assert_eq!(
+        sets(&old.handle(Event::CpuOfflineBegin { cpu: 2 })),
+        [(2, "0-1,3".into())]
+    );
+}
