@@ -30,7 +30,7 @@ enum Command {
     Run(build::RunArgs),
     /// Everything CI runs: fmt, clippy, unit tests, host kernel tests, VM tests.
     Test(test::TestArgs),
-    /// Run the kernel tests inside virtme-ng VMs on Debian's cloud kernels (5.10 to 7.3).
+    /// Run the kernel tests inside virtme-ng VMs on Debian's cloud kernels (5.10 to the newest 7.x).
     VmTest(vm::VmArgs),
     /// Benchmarks (root): hot-path overhead, program cost, hotplug reaction, idle cost, scale.
     Bench(bench::BenchArgs),

@@ -1,7 +1,7 @@
 //! `cargo xtask vm-test`: the kernel tests inside virtme-ng VMs booting
 //! Debian's cloud kernels (`all`: bullseye's 5.10, and 6.1 and 6.12 from
-//! the host's bookworm apt; on request also trixie-backports' 7.3 and
-//! 7.3-rt), each twice ([`profile`]): 4 vCPUs
+//! the host's bookworm apt; on request also trixie-backports' newest 7.x and
+//! 7.x-rt), each twice ([`profile`]): 4 vCPUs
 //! with CPUs 2-3 isolated (`isolcpus=2,3 nohz_full=2,3`) for every kernel
 //! test, and two NUMA nodes of two CPUs with node 1's CPUs offline at boot
 //! (`maxcpus=2`) for `vm_numa`.
@@ -58,10 +58,12 @@ pub enum KernelChoice {
     V6_1,
     #[value(name = "6.12")]
     V6_12,
-    #[value(name = "7.3")]
-    V7_3,
-    #[value(name = "7.3-rt")]
-    V7_3Rt,
+    /// The newest 7.x cloud kernel trixie-backports has (7.3 today).
+    #[value(name = "7", alias = "7.3")]
+    V7,
+    /// The newest 7.x PREEMPT_RT kernel trixie-backports has.
+    #[value(name = "7-rt", alias = "7.3-rt")]
+    V7Rt,
     /// The kernels marked for CI (see `kernel::KERNELS`).
     All,
 }
@@ -73,8 +75,8 @@ impl KernelChoice {
             KernelChoice::V5_10 => Some("5.10"),
             KernelChoice::V6_1 => Some("6.1"),
             KernelChoice::V6_12 => Some("6.12"),
-            KernelChoice::V7_3 => Some("7.3"),
-            KernelChoice::V7_3Rt => Some("7.3-rt"),
+            KernelChoice::V7 => Some("7"),
+            KernelChoice::V7Rt => Some("7-rt"),
             KernelChoice::All => None,
         }
     }
