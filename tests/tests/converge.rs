@@ -347,16 +347,33 @@ fn lost_hotplug_records_converge_to_the_kernels_state() {
         // reading sysfs can have told it otherwise. (It may also act on
         // none: a loss acknowledges every step up to the kernel's, and
         // records older than that are stale.)
-        let round_events = d.events_since(seen);
-        let corrected = round_events.iter().any(|e| e["type"] == "resync");
-        let last_step = round_events
-            .iter()
-            .rev()
-            .find(|e| e["type"] == "hotplug" || e["type"] == "hotplug_aborted");
-        assert!(
-            corrected || last_step.is_none_or(|e| e["online"] == true),
-            "round {round}: the last step read was {last_step:?} and nothing was corrected"
-        );
+        // The report is written by the daemon's output thread and read by
+        // ours: it may trail the mask it preceded by a moment.
+        let explained = |events: &[Value]| {
+            let corrected = events.iter().any(|e| e["type"] == "resync");
+            let last_step = events
+                .iter()
+                .rev()
+                .find(|e| e["type"] == "hotplug" || e["type"] == "hotplug_aborted")
+                .cloned();
+            (corrected || last_step.as_ref().is_none_or(|e| e["online"] == true))
+                .then_some(())
+                .ok_or(last_step)
+        };
+        if wait_for(5 * SECOND, || explained(&d.events_since(seen)).ok()).is_none() {
+            let events = d.events_since(seen);
+            let last_step = explained(&events).err().flatten();
+            let tail: Vec<_> = events
+                .iter()
+                .rev()
+                .take(12)
+                .map(|e| e.to_string())
+                .collect();
+            panic!(
+                "round {round}: the last step read was {last_step:?} and nothing was corrected; \
+                 last events, newest first: {tail:?}"
+            );
+        }
     }
     // And it keeps working.
     {
