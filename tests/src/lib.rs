@@ -252,3 +252,23 @@ pub fn rcu_gp_kthread() -> u32 {
         .map(|(p, _, _)| p)
         .expect("an rcu_preempt or rcu_sched kthread")
 }
+
+/// Where a kthread can run now, as the policy sees it: its mask, except
+/// that for a kthread the running kernel manages itself (6.14+ registered
+/// ones, every unbound one on 7.0+) the daemon leaves offline CPUs in the
+/// mask (the kernel keeps it across offline and re-affines on online), so
+/// the CPUs that count are mask ∩ online.
+pub fn placed_mask(pid: u32) -> String {
+    let width = 4096;
+    let proc = Path::new("/proc");
+    let Ok(Some(k)) = affinity::kernel::sysfs::kthread_of(proc, pid, width) else {
+        return mask_of(pid);
+    };
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if !affinity::policy::kernel_manages_affinity(release.trim(), &k) {
+        return mask_of(pid);
+    }
+    let online = affinity::kernel::sysfs::online_cpus(Path::new("/sys"), width)
+        .expect("reading the online CPUs");
+    k.cpus_allowed.and(&online).to_string()
+}

@@ -17,7 +17,8 @@
 use std::{fs, path::Path, time::Duration};
 
 use affinity_tests::{
-    MasksGuard, cpu_online, daemon::Daemon, kernel_tests_can_run, mask_of, pid_of, wait_for,
+    MasksGuard, cpu_online, daemon::Daemon, kernel_tests_can_run, mask_of, pid_of, placed_mask,
+    wait_for,
 };
 use serde_json::Value;
 
@@ -207,7 +208,7 @@ impl Kthreads {
                 .map(|(n, p)| (n, p, node0))
                 .chain(self.node1.iter().map(|(n, p)| (n, p, node1)))
                 .filter_map(|(n, p, want)| {
-                    let got = mask_of(*p);
+                    let got = placed_mask(*p);
                     (got != want).then(|| format!("{n}({p}) has {got}, expected {want}"))
                 })
                 .collect()

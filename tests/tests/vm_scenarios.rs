@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use affinity_tests::{
     CpuOffline, MasksGuard, all_cpus_online, daemon::Daemon, kernel_tests_can_run, kthreads,
-    mask_of, pid_of, set_mask, wait_for,
+    mask_of, pid_of, placed_mask, set_mask, wait_for,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -138,8 +138,12 @@ fn hotplug_keeps_registered_masks_on_online_housekeeping_cpus() {
     let mut d = Daemon::start_with_config(config, &[]);
     let check = |k: &str, r: &str, step: &str| {
         for (pid, want) in [(khugepaged, k), (reaper, r)] {
-            if wait_for(5 * SECOND, || (mask_of(pid) == want).then_some(())).is_none() {
-                panic!("{step}: pid {pid} mask {} expected {want}", mask_of(pid));
+            if wait_for(5 * SECOND, || (placed_mask(pid) == want).then_some(())).is_none() {
+                panic!(
+                    "{step}: pid {pid} mask {} (placed {}) expected {want}",
+                    mask_of(pid),
+                    placed_mask(pid)
+                );
             }
         }
     };
@@ -182,8 +186,12 @@ fn kswapd_node_rule_survives_hotplug_like_the_6_14_kernel() {
     let mut d = Daemon::start_with_config(config, &[]);
     // node 0 holds every CPU; housekeeping is 0-1.
     let wait = |want: &str, step: &str| {
-        if wait_for(5 * SECOND, || (mask_of(kswapd) == want).then_some(())).is_none() {
-            panic!("{step}: kswapd0 mask {} expected {want}", mask_of(kswapd));
+        if wait_for(5 * SECOND, || (placed_mask(kswapd) == want).then_some(())).is_none() {
+            panic!(
+                "{step}: kswapd0 mask {} (placed {}) expected {want}",
+                mask_of(kswapd),
+                placed_mask(kswapd)
+            );
         }
     };
     wait("0-1", "start");
