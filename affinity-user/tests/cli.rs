@@ -297,20 +297,159 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
         fd::{FromRawFd, OwnedFd},
         unix::process::ExitStatusExt,
     };
-    // Like `| head -0`: a pipe whose reader is gone before the first line.
-    let mut fds = [0; 2];
-    // SAFETY: a valid array for the two fds.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: both fds were just created and are owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    drop(read);
-    let out = Command::new(env!("CARGO_BIN_EXE_affinity"))
-        .args(["plan", "--snapshot"])
-        .arg(fixture("numa64.json"))
-        .stdout(std::process::Stdio::from(write))
-        .output()
+    let snap = fixture("numa64.json");
+    let vm = example("vm-host.toml");
+    let cases: [&[&str]; 8] = [
+        &["plan", "--snapshot", &snap],
+        &["plan", "--snapshot", &snap, "--json"],
+        &["plan", "--snapshot", &snap, "--format", "json"],
+        &["status", "--socket", "/nonexistent/affinity.sock"],
+        &["status", "--socket", "/nonexistent/affinity.sock", "--json"],
+        &["verify", "--socket", "/nonexistent/affinity.sock"],
+        &["snapshot"],
+        &["check", "--snapshot", &snap, &vm],
+    ];
+    for args in cases {
+        // Like `| head -0`: a pipe whose reader is gone before the first line.
+        let mut fds = [0; 2];
+        // SAFETY: a valid array for the two fds.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both fds were just created and are owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(read);
+        let out = Command::new(env!("CARGO_BIN_EXE_affinity"))
+            .args(args)
+            .stdout(std::process::Stdio::from(write))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}
+
+fn affinity_stdin(args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_affinity"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn json_switch_is_shared_and_records_carry_time_and_schema() {
+    let snap = fixture("numa64.json");
+    for switch in [&["--json"][..], &["--format", "json"]] {
+        let mut args = vec!["plan", "--snapshot", snap.as_str()];
+        args.extend_from_slice(switch);
+        let (code, out, err) = affinity(&args);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert!(v["ts"].as_u64().unwrap() > 1_600_000_000_000, "{v}");
+        assert_eq!(v["schema"], 1);
+        assert!(v["kthreads"].is_array());
+    }
+    let (code, out, _) = affinity(&["plan", "--snapshot", &snap, "--format", "human"]);
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<Value>(&out).is_err());
+    let (code, _, err) = affinity(&["plan", "--snapshot", &snap, "--format", "yaml"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn status_json_says_where_it_came_from_and_verify_exits_on_drift() {
+    let sock = ["--socket", "/nonexistent/affinity.sock"];
+    let mut args = vec!["status", "--format", "json"];
+    args.extend_from_slice(&sock);
+    let (code, out, err) = affinity(&args);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["daemon_running"], false);
+    assert_eq!(v["source"], "local");
+    assert_eq!(v["schema"], 1);
+    let rows = v["kthreads"].as_array().unwrap();
+    assert!(!rows.is_empty());
+    let drift = rows.iter().filter(|r| r["drift"] == true).count();
+    assert_eq!(v["drift"].as_u64().unwrap() as usize, drift);
+    for r in rows {
+        let by = r["managed_by"].as_str().unwrap();
+        assert!(
+            ["kernel_pinned", "kernel_preferred", "affinity", "nobody"].contains(&by),
+            "{r}"
+        );
+    }
+
+    let (_, human, _) = affinity(&["status", sock[0], sock[1]]);
+    assert!(human.contains("no daemon is running"), "{human}");
+    assert!(
+        human.contains("CURRENT") && human.contains("MANAGED_BY"),
+        "{human}"
+    );
+
+    let (code, out, err) = affinity(&["verify", sock[0], sock[1]]);
+    assert_eq!(code, i32::from(drift > 0), "{out}{err}");
+    if drift == 0 {
+        assert!(out.contains("ok:"), "{out}");
+    } else {
+        assert!(out.contains(&format!("drift: {drift} kthreads")), "{out}");
+        // Only the drifted rows are listed: header, two preamble lines, the rows, the verdict.
+        assert_eq!(out.lines().count(), drift + 4, "{out}");
+    }
+}
+
+#[test]
+fn check_validates_against_a_snapshot_and_reads_stdin() {
+    let snap = fixture("numa64.json");
+    let vm = example("vm-host.toml");
+    let (code, out, err) = affinity(&["check", "--snapshot", &snap, &vm]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"), "{out}");
+
+    let text = std::fs::read(&vm).unwrap();
+    let (code, out, err) = affinity_stdin(&["check", "--snapshot", &snap, "-"], &text);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("<stdin>: ok"), "{out}");
+
+    let snap_text = std::fs::read(&snap).unwrap();
+    let (code, out, err) = affinity_stdin(&["check", "--snapshot", "-", &vm], &snap_text);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = affinity_stdin(&["check", "--snapshot", "-", "-"], &snap_text);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("only one"), "{err}");
+
+    let (code, _, err) = affinity_stdin(&["check", "-"], b"[[rule]]\ncomm = \"x\"\nbogus = 1\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("<stdin>"), "{err}");
+}
+
+#[test]
+fn a_missing_file_is_bad_input() {
+    for args in [
+        &["check", "/nonexistent/rules.toml"][..],
+        &["plan", "--config", "/nonexistent/rules.toml"],
+        &["plan", "--snapshot", "/nonexistent/snap.json"],
+        &["status", "-c", "/nonexistent/rules.toml"],
+    ] {
+        let (code, _, err) = affinity(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("/nonexistent/") && err.contains("no such file"),
+            "{err}"
+        );
+    }
 }

@@ -8,8 +8,12 @@ use crate::{kernel::sysfs, policy::MAX_CPUS, policy::Topology};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// The rules file to validate.
+    /// The rules file to validate (`-` for stdin).
     pub file: PathBuf,
+    /// Validate CPU and node numbers against the machine in this snapshot
+    /// (from `affinity snapshot`; `-` for stdin) instead of this one.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<PathBuf>,
     /// Check CPU and node numbers against this machine's sysfs root.
     #[arg(long, default_value = "/sys", hide = true)]
     pub sys: PathBuf,
@@ -20,7 +24,27 @@ pub struct CheckArgs {
 pub fn run(args: CheckArgs) -> Result<ExitCode> {
     // Nodes and CPUs are checked against this machine when it can be read;
     // otherwise (a container without /sys) only the syntax is.
-    let topology = match sysfs::Machine::read(&args.sys, &args.proc) {
+    let stdin = std::path::Path::new("-");
+    if args.snapshot.as_deref() == Some(stdin) && args.file == stdin {
+        return Err(crate::input::BadInput::err(
+            "check - --snapshot: only one of the rules file and the snapshot can be stdin",
+        ));
+    }
+    let topology = match &args.snapshot {
+        Some(path) => sysfs::Machine::from_snapshot_file(path)?.topology,
+        None => local_topology(&args),
+    };
+    let config = sysfs::load_config(&args.file, &topology)?;
+    println!(
+        "{}: ok ({} rules)",
+        sysfs::input_name(&args.file),
+        config.rules.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn local_topology(args: &CheckArgs) -> Topology {
+    match sysfs::Machine::read(&args.sys, &args.proc) {
         Ok(m) => m.topology,
         Err(_) => {
             let all = crate::policy::CpuSet::full(MAX_CPUS);
@@ -30,8 +54,5 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
                 .collect();
             t
         }
-    };
-    let config = sysfs::load_config(&args.file, &topology)?;
-    println!("{}: ok ({} rules)", args.file.display(), config.rules.len());
-    Ok(ExitCode::SUCCESS)
+    }
 }

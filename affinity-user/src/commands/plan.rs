@@ -32,9 +32,8 @@ pub struct PlanArgs {
     /// Suppose exactly these CPUs are housekeeping.
     #[arg(long, value_name = "CPULIST")]
     pub housekeeping: Option<String>,
-    /// JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: super::OutputArgs,
     #[arg(long, default_value = "/sys", hide = true)]
     pub sys: PathBuf,
     #[arg(long, default_value = "/proc", hide = true)]
@@ -229,8 +228,8 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
         ));
     }
     let plan = plan(&machine, &config, &what_if);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+    if args.output.is_json() {
+        super::print_json(&plan)?;
     } else {
         print!("{}", table(&plan));
     }

@@ -156,7 +156,7 @@ impl<W: Write> Reporter<W> {
 
     pub fn report(&mut self, r: &Report) {
         let line = match self.format {
-            Format::Json => serde_json::to_string(r).expect("reports serialise"),
+            Format::Json => json_record(r),
             Format::Human => human(r, self.color),
         };
         // A closed stdout (a pipe whose reader went away) must not stop enforcement.
@@ -170,6 +170,32 @@ impl<W: Write> Reporter<W> {
     pub fn into_inner(self) -> W {
         self.out
     }
+}
+
+/// Version of the JSON record format; `started` carries it so consumers can
+/// tell which fields to expect.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// Milliseconds since the Unix epoch, the `ts` of every JSON record.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+/// One JSON line: the record plus `ts`, and on `started` the schema version.
+pub fn json_record(r: &Report) -> String {
+    let mut v = serde_json::to_value(r).expect("reports serialise");
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("ts".into(), unix_ms().into());
+        if matches!(r, Report::Started { .. }) {
+            obj.insert("schema".into(), JSON_SCHEMA_VERSION.into());
+        }
+    }
+    v.to_string()
 }
 
 fn clock() -> String {
