@@ -453,3 +453,13 @@ fn a_missing_file_is_bad_input() {
         );
     }
 }
+
+#[test]
+fn run_flags_are_checked_before_anything_starts() {
+    let (code, _, err) = affinity(&["run", "--metrics", "9105"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("e.g. localhost:9105"), "{err}");
+    let (code, _, err) = affinity(&["run", "--color", "sometimes"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("auto") && err.contains("never"), "{err}");
+}

@@ -21,6 +21,8 @@ pub enum Report {
     Started {
         pid: u32,
         observe: bool,
+        /// `managed` on the wire, the word the human line uses too.
+        #[serde(rename = "managed")]
         registered: usize,
         pinned: usize,
         online: String,
@@ -110,6 +112,8 @@ pub enum Report {
         drops: u64,
         records: u64,
         violations_seen: u64,
+        /// `managed` on the wire, the word the human line uses too.
+        #[serde(rename = "managed")]
         registered: usize,
         pinned: usize,
         resyncs: u64,
@@ -128,11 +132,45 @@ pub struct Reporter<W: Write> {
     color: bool,
 }
 
+/// `--color`: whether human output is coloured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set or TERM is `dumb`.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// The decision, from what `auto` looks at; pure so it can be tested.
+    pub fn decide(self, is_terminal: bool, no_color: Option<&str>, term: Option<&str>) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                is_terminal && no_color.is_none_or(str::is_empty) && term != Some("dumb")
+            }
+        }
+    }
+
+    /// The decision for this process's stdout and environment.
+    pub fn for_stdout(self) -> bool {
+        let no_color = std::env::var("NO_COLOR").ok();
+        let term = std::env::var("TERM").ok();
+        self.decide(
+            std::io::stdout().is_terminal(),
+            no_color.as_deref(),
+            term.as_deref(),
+        )
+    }
+}
+
 impl Reporter<std::io::Stdout> {
-    /// Colour only on a terminal, and never when NO_COLOR is set (no-color.org).
+    /// Colour only on a terminal, and never when NO_COLOR is set (no-color.org)
+    /// or TERM is `dumb`.
     pub fn stdout(format: Format) -> Self {
-        let color = std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let color = ColorChoice::Auto.for_stdout();
         Reporter {
             out: std::io::stdout(),
             format,
@@ -142,11 +180,9 @@ impl Reporter<std::io::Stdout> {
 }
 
 impl<W: Write> Reporter<W> {
-    /// Reports to `out`, in colour only where stdout is a terminal and
-    /// NO_COLOR is not set (no-color.org).
-    pub fn with_output(out: W, format: Format) -> Self {
-        let color = std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    /// Reports to `out`, coloured as `--color` decides for stdout.
+    pub fn with_output(out: W, format: Format, color: ColorChoice) -> Self {
+        let color = color.for_stdout();
         Reporter { out, format, color }
     }
 
@@ -263,7 +299,7 @@ fn human(r: &Report, color: bool) -> String {
             ("applied", "32", format!("{} -> {mask}", task(pid, comm)))
         }
         Report::WouldApply { pid, comm, mask } => (
-            "would-set",
+            "would_apply",
             "33",
             format!("{} -> {mask} (observe)", task(pid, comm)),
         ),
@@ -390,7 +426,35 @@ mod tests {
     fn json(r: &Report) -> serde_json::Value {
         let mut rep = Reporter::new(Vec::new(), Format::Json, false);
         rep.report(r);
-        serde_json::from_slice(&rep.into_inner()).expect("one JSON object")
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&rep.into_inner()).expect("one JSON object");
+        // Every record is stamped; the shapes below are compared without it.
+        let ts = v.as_object_mut().unwrap().remove("ts").expect("a ts field");
+        assert!(ts.as_u64().unwrap() > 1_600_000_000_000, "{ts}");
+        if matches!(r, Report::Started { .. }) {
+            assert_eq!(v["schema"], JSON_SCHEMA_VERSION);
+        } else {
+            assert!(v.get("schema").is_none(), "{v}");
+        }
+        v
+    }
+
+    #[test]
+    fn started_carries_the_schema_and_the_shared_words() {
+        let v = json(&Report::Started {
+            pid: 7,
+            observe: false,
+            registered: 3,
+            pinned: 2,
+            online: "0-1".into(),
+            housekeeping: "0".into(),
+        });
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "started", "pid": 7, "observe": false, "managed": 3,
+                "pinned": 2, "online": "0-1", "housekeeping": "0",
+                "schema": JSON_SCHEMA_VERSION})
+        );
     }
 
     #[test]
@@ -480,5 +544,17 @@ mod tests {
                 .unwrap()
                 .contains("\x1b[1;33m")
         );
+    }
+
+    #[test]
+    fn colour_follows_the_switch_no_color_and_term_dumb() {
+        use super::ColorChoice::{Always, Auto, Never};
+        assert!(Auto.decide(true, None, Some("xterm-256color")));
+        assert!(Auto.decide(true, Some(""), None));
+        assert!(!Auto.decide(false, None, Some("xterm")));
+        assert!(!Auto.decide(true, Some("1"), Some("xterm")));
+        assert!(!Auto.decide(true, None, Some("dumb")));
+        assert!(Always.decide(false, Some("1"), Some("dumb")));
+        assert!(!Never.decide(true, None, Some("xterm")));
     }
 }
