@@ -463,3 +463,14 @@ fn run_flags_are_checked_before_anything_starts() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("auto") && err.contains("never"), "{err}");
 }
+
+#[test]
+fn a_hex_mask_where_a_cpu_list_goes_gets_a_hint() {
+    let snap = fixture("numa64.json");
+    let (code, _, err) = affinity(&["plan", "--snapshot", &snap, "--isolate", "0x3"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("hex CPU mask") && err.contains("write the CPU list 0-1"),
+        "{err}"
+    );
+}
