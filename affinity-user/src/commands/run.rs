@@ -247,7 +247,14 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     } = p;
     let width = machine.topology.width;
     let hk = housekeeping.of(&machine, &config);
+    // The rule shared with `plan`: flags that leave no online housekeeping
+    // CPU are a mistake; a config or kernel that does gets a warning.
     if hk.and(&machine.topology.online).is_empty() {
+        if args.housekeeping.is_some() || args.isolate.is_some() {
+            return Err(BadInput::err(
+                "--housekeeping/--isolate: that leaves no online housekeeping CPU (kthreads would have nowhere preferred to run)",
+            ));
+        }
         eprintln!(
             "affinity: warning: no online housekeeping CPU; kthreads fall back to all online CPUs"
         );
