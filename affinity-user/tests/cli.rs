@@ -493,3 +493,21 @@ fn flags_that_leave_no_housekeeping_are_refused_alike() {
     let (code, _, err) = affinity(&["plan", "--snapshot", &snap, "--isolate", "0"]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn prefer_refuses_an_empty_cpu_list_before_asking_a_daemon() {
+    for cpus in ["", "  "] {
+        let (code, _, err) = affinity(&[
+            "prefer",
+            "khugepaged",
+            cpus,
+            "--socket",
+            "/nonexistent/affinity.sock",
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("empty CPU list") && err.contains("unprefer"),
+            "{err}"
+        );
+    }
+}
