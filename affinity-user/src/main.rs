@@ -29,6 +29,8 @@ enum Command {
     Status(commands::status::StatusArgs),
     /// Exit 0 when every managed kthread is where the policy puts it, 1 listing the drift.
     Verify(commands::status::StatusArgs),
+    /// Print the embedded default policy as a rules file (`config --default`).
+    Config(commands::config::ConfigArgs),
     /// Register (or with --update, change) a kthread's preferred CPUs in the running daemon.
     Prefer(commands::prefer::PreferArgs),
     /// Remove a kthread's runtime preference from the running daemon.
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => commands::plan::run(args),
         Command::Status(args) => commands::status::run(args),
         Command::Verify(args) => commands::status::verify(args),
+        Command::Config(args) => commands::config::run(args),
         Command::Prefer(args) => commands::prefer::run_prefer(args),
         Command::Unprefer(args) => commands::prefer::run_unprefer(args),
     };

@@ -511,3 +511,15 @@ fn prefer_refuses_an_empty_cpu_list_before_asking_a_daemon() {
         );
     }
 }
+
+#[test]
+fn the_default_policy_prints_as_a_file_that_checks_clean() {
+    let (code, out, err) = affinity(&["config", "--default"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("match = \"kswapd*\""), "{out}");
+    let (code, out, err) = affinity_stdin(&["check", "-"], out.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok (3 rules)"), "{out}");
+    let (code, _, err) = affinity(&["config"]);
+    assert_eq!(code, 2, "{err}");
+}

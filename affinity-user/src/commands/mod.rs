@@ -1,6 +1,7 @@
 //! One module per `affinity` subcommand; each exposes `run(args) -> Result<ExitCode>`.
 
 pub mod check;
+pub mod config;
 pub mod plan;
 pub mod prefer;
 pub mod run;

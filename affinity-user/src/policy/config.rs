@@ -402,7 +402,8 @@ impl Config {
     }
 
     /// The kernel 7.0 policy: node-created kthreads prefer their node, every
-    /// other unbound kthread prefers housekeeping.
+    /// other unbound kthread prefers housekeeping. [`DEFAULT_TOML`] is the
+    /// same policy as a rules file; a test keeps the two equal.
     pub fn embedded_default() -> Config {
         Config {
             housekeeping: HousekeepingSpec::Auto,
@@ -424,9 +425,38 @@ impl Config {
     }
 }
 
+/// The embedded default as a rules file, for `affinity config --default`.
+pub const DEFAULT_TOML: &str = r#"# affinity's embedded default policy (the kernel 7.0 behaviour): kthreads
+# created for a NUMA node prefer that node; every other unbound kthread
+# prefers the housekeeping CPUs.
+
+[housekeeping]
+cpus = "auto"
+
+[[rule]]
+match = "kswapd*"
+prefer = "node"
+
+[[rule]]
+match = "kcompactd*"
+prefer = "node"
+
+[[rule]]
+match = "*"
+prefer = "housekeeping"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_printed_default_is_the_embedded_default() {
+        assert_eq!(
+            Config::parse(DEFAULT_TOML, "default", 8).unwrap(),
+            Config::embedded_default()
+        );
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Config::parse(text, "rules.toml", 8)
