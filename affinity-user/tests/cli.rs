@@ -523,3 +523,38 @@ fn the_default_policy_prints_as_a_file_that_checks_clean() {
     let (code, _, err) = affinity(&["config"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn check_warns_with_the_line_on_rules_that_can_never_apply() {
+    let snap = fixture("numa64.json");
+    let rules = fixture("never-applies.toml");
+    let (code, out, err) = affinity(&["check", "--snapshot", &snap, &rules]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok (8 rules, 6 warnings)"), "{out}");
+    for (line, what) in [
+        (1, "kswpad*: matches no kthread"),
+        (5, "sshd: matches no kthread"),
+        (9, "pid 999999: matches no kthread"),
+        (
+            13,
+            "KSWAPD*: matches no kthread on this machine (comms are matched case-sensitively)",
+        ),
+        (17, "at most 15 characters"),
+        (
+            29,
+            "the rule at line 25 (match = \"*\") takes every kthread first",
+        ),
+    ] {
+        assert!(
+            err.contains(&format!("never-applies.toml:{line}: warning: rule for"))
+                && err
+                    .lines()
+                    .any(|l| l.contains(&format!(":{line}: ")) && l.contains(what)),
+            "line {line} {what}: {err}"
+        );
+    }
+    // kswapd* (line 21) and * (line 25) do apply.
+    assert!(!err.contains(":21:") && !err.contains(":25:"), "{err}");
+    let (code, _, err) = affinity(&["check", "--strict", "--snapshot", &snap, &rules]);
+    assert_eq!(code, 1, "{err}");
+}

@@ -432,7 +432,12 @@ pub fn input_name(path: &Path) -> String {
 
 pub fn load_config(path: &Path, topology: &Topology) -> Result<Config> {
     let bytes = read_input(path)?;
-    let origin = input_name(path);
+    parse_config(bytes, &input_name(path), topology)
+}
+
+/// `load_config` on bytes already read (`check` needs the text too).
+pub fn parse_config(bytes: Vec<u8>, origin: &str, topology: &Topology) -> Result<Config> {
+    let origin = origin.to_string();
     let text = String::from_utf8(bytes).map_err(|e| {
         BadInput::err(format!(
             "{origin}: not UTF-8 text (invalid byte at offset {}): is this a rules file?",
