@@ -130,6 +130,9 @@ pub struct Reporter<W: Write> {
     out: W,
     format: Format,
     color: bool,
+    /// Human format: `pinned` reports before the first other report, folded
+    /// into one line so start-up is not dozens of lines of per-CPU kthreads.
+    folding: Option<Vec<String>>,
 }
 
 /// `--color`: whether human output is coloured.
@@ -175,6 +178,7 @@ impl Reporter<std::io::Stdout> {
             out: std::io::stdout(),
             format,
             color,
+            folding: Some(Vec::new()),
         }
     }
 }
@@ -183,14 +187,42 @@ impl<W: Write> Reporter<W> {
     /// Reports to `out`, coloured as `--color` decides for stdout.
     pub fn with_output(out: W, format: Format, color: ColorChoice) -> Self {
         let color = color.for_stdout();
-        Reporter { out, format, color }
+        Reporter {
+            out,
+            format,
+            color,
+            folding: Some(Vec::new()),
+        }
     }
 
     pub fn new(out: W, format: Format, color: bool) -> Self {
-        Reporter { out, format, color }
+        Reporter {
+            out,
+            format,
+            color,
+            folding: Some(Vec::new()),
+        }
     }
 
     pub fn report(&mut self, r: &Report) {
+        if self.format == Format::Human {
+            if let Some(pending) = &mut self.folding {
+                if let Report::Pinned { pid, comm } = r {
+                    pending.push(format!("{comm}[{pid}]"));
+                    return;
+                }
+                let pending = self.folding.take().unwrap_or_default();
+                if !pending.is_empty() {
+                    let line = format!(
+                        "{} pinned {} kthreads pinned by the kernel, left alone: {}",
+                        clock(),
+                        pending.len(),
+                        pending.join(" ")
+                    );
+                    let _ = writeln!(self.out, "{line}");
+                }
+            }
+        }
         let line = match self.format {
             Format::Json => json_record(r),
             Format::Human => human(r, self.color),
@@ -556,5 +588,34 @@ mod tests {
         assert!(!Auto.decide(true, None, Some("dumb")));
         assert!(Always.decide(false, Some("1"), Some("dumb")));
         assert!(!Never.decide(true, None, Some("xterm")));
+    }
+
+    #[test]
+    fn start_up_pinned_reports_fold_into_one_human_line() {
+        let mut rep = Reporter::new(Vec::new(), Format::Human, false);
+        for pid in [10, 11, 12] {
+            rep.report(&Report::Pinned {
+                pid,
+                comm: format!("ksoftirqd/{}", pid - 10),
+            });
+        }
+        rep.report(&Report::Hotplug {
+            cpu: 1,
+            online: false,
+        });
+        rep.report(&Report::Pinned {
+            pid: 13,
+            comm: "cpuhp/1".into(),
+        });
+        let out = String::from_utf8(rep.into_inner()).unwrap();
+        let lines: Vec<_> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(
+            lines[0].ends_with(
+                "3 kthreads pinned by the kernel, left alone: ksoftirqd/0[10] ksoftirqd/1[11] ksoftirqd/2[12]"
+            ),
+            "{out}"
+        );
+        assert!(lines[2].contains("cpuhp/1"), "{out}");
     }
 }
