@@ -205,22 +205,22 @@ impl<W: Write> Reporter<W> {
     }
 
     pub fn report(&mut self, r: &Report) {
-        if self.format == Format::Human {
-            if let Some(pending) = &mut self.folding {
-                if let Report::Pinned { pid, comm } = r {
-                    pending.push(format!("{comm}[{pid}]"));
-                    return;
-                }
-                let pending = self.folding.take().unwrap_or_default();
-                if !pending.is_empty() {
-                    let line = format!(
-                        "{} pinned {} kthreads pinned by the kernel, left alone: {}",
-                        clock(),
-                        pending.len(),
-                        pending.join(" ")
-                    );
-                    let _ = writeln!(self.out, "{line}");
-                }
+        if self.format == Format::Human
+            && let Some(pending) = &mut self.folding
+        {
+            if let Report::Pinned { pid, comm } = r {
+                pending.push(format!("{comm}[{pid}]"));
+                return;
+            }
+            let pending = self.folding.take().unwrap_or_default();
+            if !pending.is_empty() {
+                let line = format!(
+                    "{} pinned {} kthreads pinned by the kernel, left alone: {}",
+                    clock(),
+                    pending.len(),
+                    pending.join(" ")
+                );
+                let _ = writeln!(self.out, "{line}");
             }
         }
         let line = match self.format {
