@@ -27,6 +27,10 @@ enum Command {
     Plan(commands::plan::PlanArgs),
     /// List kthreads with their preferred, applied and actual masks.
     Status(commands::status::StatusArgs),
+    /// Exit 0 when every managed kthread is where the policy puts it, 1 listing the drift.
+    Verify(commands::status::StatusArgs),
+    /// Print the embedded default policy as a rules file (`config --default`).
+    Config(commands::config::ConfigArgs),
     /// Register (or with --update, change) a kthread's preferred CPUs in the running daemon.
     Prefer(commands::prefer::PreferArgs),
     /// Remove a kthread's runtime preference from the running daemon.
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => commands::snapshot::run(args),
         Command::Plan(args) => commands::plan::run(args),
         Command::Status(args) => commands::status::run(args),
+        Command::Verify(args) => commands::status::verify(args),
+        Command::Config(args) => commands::config::run(args),
         Command::Prefer(args) => commands::prefer::run_prefer(args),
         Command::Unprefer(args) => commands::prefer::run_unprefer(args),
     };

@@ -297,20 +297,264 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
         fd::{FromRawFd, OwnedFd},
         unix::process::ExitStatusExt,
     };
-    // Like `| head -0`: a pipe whose reader is gone before the first line.
-    let mut fds = [0; 2];
-    // SAFETY: a valid array for the two fds.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: both fds were just created and are owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    drop(read);
-    let out = Command::new(env!("CARGO_BIN_EXE_affinity"))
-        .args(["plan", "--snapshot"])
-        .arg(fixture("numa64.json"))
-        .stdout(std::process::Stdio::from(write))
-        .output()
+    let snap = fixture("numa64.json");
+    let vm = example("vm-host.toml");
+    let cases: [&[&str]; 8] = [
+        &["plan", "--snapshot", &snap],
+        &["plan", "--snapshot", &snap, "--json"],
+        &["plan", "--snapshot", &snap, "--format", "json"],
+        &["status", "--socket", "/nonexistent/affinity.sock"],
+        &["status", "--socket", "/nonexistent/affinity.sock", "--json"],
+        &["verify", "--socket", "/nonexistent/affinity.sock"],
+        &["snapshot"],
+        &["check", "--snapshot", &snap, &vm],
+    ];
+    for args in cases {
+        // Like `| head -0`: a pipe whose reader is gone before the first line.
+        let mut fds = [0; 2];
+        // SAFETY: a valid array for the two fds.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both fds were just created and are owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(read);
+        let out = Command::new(env!("CARGO_BIN_EXE_affinity"))
+            .args(args)
+            .stdout(std::process::Stdio::from(write))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}
+
+fn affinity_stdin(args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_affinity"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    // The command may refuse before reading stdin; a closed pipe is fine then.
+    let _ = child.stdin.take().unwrap().write_all(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn json_switch_is_shared_and_records_carry_time_and_schema() {
+    let snap = fixture("numa64.json");
+    for switch in [&["--json"][..], &["--format", "json"]] {
+        let mut args = vec!["plan", "--snapshot", snap.as_str()];
+        args.extend_from_slice(switch);
+        let (code, out, err) = affinity(&args);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert!(v["ts"].as_u64().unwrap() > 1_600_000_000_000, "{v}");
+        assert_eq!(v["schema"], 1);
+        assert!(v["kthreads"].is_array());
+    }
+    let (code, out, _) = affinity(&["plan", "--snapshot", &snap, "--format", "human"]);
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<Value>(&out).is_err());
+    let (code, _, err) = affinity(&["plan", "--snapshot", &snap, "--format", "yaml"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn status_json_says_where_it_came_from_and_verify_exits_on_drift() {
+    let sock = ["--socket", "/nonexistent/affinity.sock"];
+    let mut args = vec!["status", "--format", "json"];
+    args.extend_from_slice(&sock);
+    let (code, out, err) = affinity(&args);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["daemon_running"], false);
+    assert_eq!(v["source"], "local");
+    assert_eq!(v["schema"], 1);
+    let rows = v["kthreads"].as_array().unwrap();
+    assert!(!rows.is_empty());
+    let drift = rows.iter().filter(|r| r["drift"] == true).count();
+    assert_eq!(v["drift"].as_u64().unwrap() as usize, drift);
+    for r in rows {
+        let by = r["managed_by"].as_str().unwrap();
+        assert!(
+            ["kernel_pinned", "kernel_preferred", "affinity", "nobody"].contains(&by),
+            "{r}"
+        );
+    }
+
+    let (_, human, _) = affinity(&["status", sock[0], sock[1]]);
+    assert!(human.contains("no daemon is running"), "{human}");
+    assert!(
+        human.contains("CURRENT") && human.contains("MANAGED_BY"),
+        "{human}"
+    );
+
+    let (code, out, err) = affinity(&["verify", sock[0], sock[1]]);
+    assert_eq!(code, i32::from(drift > 0), "{out}{err}");
+    if drift == 0 {
+        assert!(out.contains("ok:"), "{out}");
+    } else {
+        assert!(out.contains(&format!("drift: {drift} kthreads")), "{out}");
+        // Only the drifted rows are listed: header, two preamble lines, the rows, the verdict.
+        assert_eq!(out.lines().count(), drift + 4, "{out}");
+    }
+}
+
+#[test]
+fn check_validates_against_a_snapshot_and_reads_stdin() {
+    let snap = fixture("numa64.json");
+    let vm = example("vm-host.toml");
+    let (code, out, err) = affinity(&["check", "--snapshot", &snap, &vm]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"), "{out}");
+
+    let text = std::fs::read(&vm).unwrap();
+    let (code, out, err) = affinity_stdin(&["check", "--snapshot", &snap, "-"], &text);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("<stdin>: ok"), "{out}");
+
+    let snap_text = std::fs::read(&snap).unwrap();
+    let (code, out, err) = affinity_stdin(&["check", "--snapshot", "-", &vm], &snap_text);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = affinity_stdin(&["check", "--snapshot", "-", "-"], &snap_text);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("only one"), "{err}");
+
+    let (code, _, err) = affinity_stdin(&["check", "-"], b"[[rule]]\ncomm = \"x\"\nbogus = 1\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("<stdin>"), "{err}");
+}
+
+#[test]
+fn a_missing_file_is_bad_input() {
+    for args in [
+        &["check", "/nonexistent/rules.toml"][..],
+        &["plan", "--config", "/nonexistent/rules.toml"],
+        &["plan", "--snapshot", "/nonexistent/snap.json"],
+        &["status", "-c", "/nonexistent/rules.toml"],
+    ] {
+        let (code, _, err) = affinity(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("/nonexistent/") && err.contains("no such file"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn run_flags_are_checked_before_anything_starts() {
+    let (code, _, err) = affinity(&["run", "--metrics", "9105"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("e.g. localhost:9105"), "{err}");
+    let (code, _, err) = affinity(&["run", "--color", "sometimes"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("auto") && err.contains("never"), "{err}");
+}
+
+#[test]
+fn a_hex_mask_where_a_cpu_list_goes_gets_a_hint() {
+    let snap = fixture("numa64.json");
+    let (code, _, err) = affinity(&["plan", "--snapshot", &snap, "--isolate", "0x3"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("hex CPU mask") && err.contains("write the CPU list 0-1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn flags_that_leave_no_housekeeping_are_refused_alike() {
+    let snap = fixture("numa64.json");
+    for flags in [
+        &["--housekeeping", ""][..],
+        &["--isolate", "0-63"],
+        &["--housekeeping", "3", "--offline", "3"],
+    ] {
+        let mut args = vec!["plan", "--snapshot", snap.as_str()];
+        args.extend_from_slice(flags);
+        let (code, _, err) = affinity(&args);
+        assert_eq!(code, 2, "{flags:?}: {err}");
+        assert!(err.contains("no online housekeeping CPU"), "{err}");
+    }
+    let (code, _, err) = affinity(&["plan", "--snapshot", &snap, "--isolate", "0"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn prefer_refuses_an_empty_cpu_list_before_asking_a_daemon() {
+    for cpus in ["", "  "] {
+        let (code, _, err) = affinity(&[
+            "prefer",
+            "khugepaged",
+            cpus,
+            "--socket",
+            "/nonexistent/affinity.sock",
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("empty CPU list") && err.contains("unprefer"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn the_default_policy_prints_as_a_file_that_checks_clean() {
+    let (code, out, err) = affinity(&["config", "--default"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("match = \"kswapd*\""), "{out}");
+    let (code, out, err) = affinity_stdin(&["check", "-"], out.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok (3 rules)"), "{out}");
+    let (code, _, err) = affinity(&["config"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn check_warns_with_the_line_on_rules_that_can_never_apply() {
+    let snap = fixture("numa64.json");
+    let rules = fixture("never-applies.toml");
+    let (code, out, err) = affinity(&["check", "--snapshot", &snap, &rules]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok (8 rules, 6 warnings)"), "{out}");
+    for (line, what) in [
+        (1, "kswpad*: matches no kthread"),
+        (5, "sshd: matches no kthread"),
+        (9, "pid 999999: matches no kthread"),
+        (
+            13,
+            "KSWAPD*: matches no kthread on this machine (comms are matched case-sensitively)",
+        ),
+        (17, "at most 15 characters"),
+        (
+            29,
+            "the rule at line 25 (match = \"*\") takes every kthread first",
+        ),
+    ] {
+        assert!(
+            err.contains(&format!("never-applies.toml:{line}: warning: rule for"))
+                && err
+                    .lines()
+                    .any(|l| l.contains(&format!(":{line}: ")) && l.contains(what)),
+            "line {line} {what}: {err}"
+        );
+    }
+    // kswapd* (line 21) and * (line 25) do apply.
+    assert!(!err.contains(":21:") && !err.contains(":25:"), "{err}");
+    let (code, _, err) = affinity(&["check", "--strict", "--snapshot", &snap, &rules]);
+    assert_eq!(code, 1, "{err}");
 }

@@ -32,9 +32,8 @@ pub struct PlanArgs {
     /// Suppose exactly these CPUs are housekeeping.
     #[arg(long, value_name = "CPULIST")]
     pub housekeeping: Option<String>,
-    /// JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: super::OutputArgs,
     #[arg(long, default_value = "/sys", hide = true)]
     pub sys: PathBuf,
     #[arg(long, default_value = "/proc", hide = true)]
@@ -94,6 +93,17 @@ pub struct WhatIf {
     pub housekeeping: Option<CpuSet>,
 }
 
+fn housekeeping_of(machine: &Machine, config: &Config, what_if: &WhatIf) -> CpuSet {
+    let mut hk = what_if
+        .housekeeping
+        .clone()
+        .unwrap_or_else(|| machine.housekeeping(&config.housekeeping));
+    if let Some(iso) = &what_if.isolate {
+        hk = hk.and_not(iso);
+    }
+    hk
+}
+
 /// The policy's verdict for every kthread of `machine`. Pure: the machine
 /// may be a snapshot of another host.
 pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
@@ -104,13 +114,7 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
     if let Some(off) = &what_if.offline {
         topology.online = topology.online.and_not(off);
     }
-    let mut hk = what_if
-        .housekeeping
-        .clone()
-        .unwrap_or_else(|| machine.housekeeping(&config.housekeeping));
-    if let Some(iso) = &what_if.isolate {
-        hk = hk.and_not(iso);
-    }
+    let hk = housekeeping_of(machine, config, what_if);
     let online = topology.online.to_string();
     let mut engine = Engine::new(topology, hk.clone(), config.rules.clone());
     let current: HashMap<u32, String> = machine
@@ -223,14 +227,32 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
             )));
         }
     }
-    if what_if.housekeeping.as_ref().is_some_and(CpuSet::is_empty) {
-        return Err(BadInput::err(
-            "--housekeeping: an empty housekeeping set leaves kthreads nowhere to run",
-        ));
+    // The rule shared with `run`: flags that leave no online housekeeping
+    // CPU are a mistake (exit 2); a config or kernel that does is warned
+    // about, since kthreads then fall back to all online CPUs.
+    let mut online = machine.topology.online.clone();
+    if let Some(on) = &what_if.online {
+        online = online.or(on);
+    }
+    if let Some(off) = &what_if.offline {
+        online = online.and_not(off);
+    }
+    if housekeeping_of(&machine, &config, &what_if)
+        .and(&online)
+        .is_empty()
+    {
+        if what_if.housekeeping.is_some() || what_if.isolate.is_some() {
+            return Err(BadInput::err(
+                "--housekeeping/--isolate: that leaves no online housekeeping CPU (kthreads would have nowhere preferred to run)",
+            ));
+        }
+        eprintln!(
+            "affinity: warning: no online housekeeping CPU; kthreads fall back to all online CPUs"
+        );
     }
     let plan = plan(&machine, &config, &what_if);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+    if args.output.is_json() {
+        super::print_json(&plan)?;
     } else {
         print!("{}", table(&plan));
     }

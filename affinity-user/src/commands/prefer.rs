@@ -49,6 +49,13 @@ fn call(socket: &std::path::Path, request: Request) -> Result<ExitCode> {
 }
 
 pub fn run_prefer(args: PreferArgs) -> Result<ExitCode> {
+    // An empty list would prefer nothing: refused here, before any daemon is asked.
+    if args.cpus.trim().is_empty() {
+        return Err(BadInput::err(format!(
+            "prefer {} \"\": an empty CPU list prefers nothing; give CPUs (0-3), housekeeping, node or node:N, or use `affinity unprefer {}` to remove a preference",
+            args.target, args.target
+        )));
+    }
     call(
         &args.socket,
         Request::Prefer {

@@ -34,7 +34,7 @@ use crate::{
         control::{self, ControlCall, ControlServer, Request, Response},
         metrics,
         output::{LineQueue, QUEUE_LINES},
-        report::{Format, Report, Reporter},
+        report::{ColorChoice, Format, Report, Reporter},
     },
     input::BadInput,
     kernel::bpf::{self, Counters, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
@@ -61,8 +61,14 @@ pub struct RunArgs {
     pub housekeeping: Option<String>,
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
-    /// Serve Prometheus metrics on this address (loopback unless you say otherwise).
-    #[arg(long, value_name = "ADDR")]
+    /// Same as `--format json`.
+    #[arg(long)]
+    pub json: bool,
+    /// Colour human output: auto (a terminal, unless NO_COLOR or TERM=dumb), always or never.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: ColorChoice,
+    /// Serve Prometheus metrics on this address, HOST:PORT or IP:PORT (e.g. localhost:9105).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
     pub metrics: Option<SocketAddr>,
     /// Label the violation counter by comm (the 20 most frequent, the rest as "other").
     #[arg(long)]
@@ -241,7 +247,14 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     } = p;
     let width = machine.topology.width;
     let hk = housekeeping.of(&machine, &config);
+    // The rule shared with `plan`: flags that leave no online housekeeping
+    // CPU are a mistake; a config or kernel that does gets a warning.
     if hk.and(&machine.topology.online).is_empty() {
+        if args.housekeeping.is_some() || args.isolate.is_some() {
+            return Err(BadInput::err(
+                "--housekeeping/--isolate: that leaves no online housekeeping CPU (kthreads would have nowhere preferred to run)",
+            ));
+        }
         eprintln!(
             "affinity: warning: no online housekeeping CPU; kthreads fall back to all online CPUs"
         );
@@ -291,7 +304,11 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     let mut core = Core::new(
         engine,
         kernel,
-        Reporter::with_output(out, args.format),
+        Reporter::with_output(
+            out,
+            if args.json { Format::Json } else { args.format },
+            args.color,
+        ),
         opts,
     );
     core.start(&mut observer)
@@ -553,5 +570,34 @@ fn handle_request(
     match result {
         Ok(message) => Response { ok: true, message },
         Err(message) => Response { ok: false, message },
+    }
+}
+
+/// `--metrics`: an address or a host name with a port, as the user would
+/// write it in a browser or a Prometheus target (`localhost:9105`).
+fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    let hint = "expected HOST:PORT or IP:PORT, e.g. localhost:9105, 127.0.0.1:9105 or [::1]:9105";
+    let mut addrs = s.to_socket_addrs().map_err(|e| format!("{hint} ({e})"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{s} resolves to no address; {hint}"))
+}
+
+#[cfg(test)]
+mod listen_addr_tests {
+    use super::parse_listen_addr;
+
+    #[test]
+    fn host_names_and_addresses_are_accepted_with_a_hint_otherwise() {
+        let a = parse_listen_addr("localhost:9105").unwrap();
+        assert!(a.ip().is_loopback() && a.port() == 9105, "{a}");
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:9105").unwrap().to_string(),
+            "127.0.0.1:9105"
+        );
+        assert!(parse_listen_addr("[::1]:9105").unwrap().ip().is_loopback());
+        let e = parse_listen_addr("9105").unwrap_err();
+        assert!(e.contains("localhost:9105"), "{e}");
     }
 }

@@ -1,26 +1,118 @@
-//! `affinity status`: every kthread with its preferred, applied and actual
-//! mask, and who manages its affinity on this kernel.
+//! `affinity status`: every kthread with its preferred, applied and current
+//! mask, and who manages its affinity on this kernel. `affinity verify`: the
+//! same verdict as an exit code (0 all in place, 1 drift), like `tuned-adm verify`.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Result;
+use serde::Serialize;
 
-use super::plan::{PlanAction, WhatIf, align, load, plan};
+use super::plan::{Plan, PlanAction, PlanRow, WhatIf, align, load, plan};
+use crate::daemon::control;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Rules file; the embedded default without it.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Control socket of the running daemon (only probed, to say whether one runs).
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(flatten)]
+    pub output: super::OutputArgs,
     #[arg(long, default_value = "/sys", hide = true)]
     pub sys: PathBuf,
     #[arg(long, default_value = "/proc", hide = true)]
     pub proc: PathBuf,
 }
 
-pub fn run(args: StatusArgs) -> Result<ExitCode> {
-    let (machine, config) = load(None, args.config.as_ref(), &args.sys, &args.proc)?;
-    let p = plan(&machine, &config, &WhatIf::default());
+/// Who manages a kthread's affinity; the same words in human and JSON output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManagedBy {
+    KernelPinned,
+    KernelPreferred,
+    Affinity,
+    Nobody,
+}
+
+impl ManagedBy {
+    fn of(r: &PlanRow) -> Self {
+        if r.pinned {
+            ManagedBy::KernelPinned
+        } else if r.kernel_managed {
+            ManagedBy::KernelPreferred
+        } else if r.rule.is_some() {
+            ManagedBy::Affinity
+        } else {
+            ManagedBy::Nobody
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ManagedBy::KernelPinned => "kernel_pinned",
+            ManagedBy::KernelPreferred => "kernel_preferred",
+            ManagedBy::Affinity => "affinity",
+            ManagedBy::Nobody => "nobody",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StatusRow<'a> {
+    #[serde(flatten)]
+    row: &'a PlanRow,
+    managed_by: ManagedBy,
+    drift: bool,
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    kernel: &'a str,
+    online: &'a str,
+    housekeeping: &'a str,
+    /// Always `local`: computed here from the rules file, not asked of a daemon.
+    source: &'static str,
+    daemon_running: bool,
+    drift: usize,
+    kthreads: Vec<StatusRow<'a>>,
+}
+
+fn drifted(r: &PlanRow) -> bool {
+    r.action == PlanAction::Set
+}
+
+fn daemon_running(socket: &Path) -> bool {
+    UnixStream::connect(socket).is_ok()
+}
+
+fn status_of<'a>(kernel: &'a str, p: &'a Plan, daemon: bool) -> Status<'a> {
+    let kthreads: Vec<_> = p
+        .kthreads
+        .iter()
+        .map(|r| StatusRow {
+            row: r,
+            managed_by: ManagedBy::of(r),
+            drift: drifted(r),
+        })
+        .collect();
+    Status {
+        kernel,
+        online: &p.online,
+        housekeeping: &p.housekeeping,
+        source: "local",
+        daemon_running: daemon,
+        drift: kthreads.iter().filter(|r| r.drift).count(),
+        kthreads,
+    }
+}
+
+fn print_status(s: &Status<'_>, only_drift: bool) {
     let mut rows = vec![
         [
             "PID",
@@ -28,25 +120,17 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
             "KIND",
             "PREFERRED",
             "APPLIED",
-            "ACTUAL",
-            "MANAGED BY",
+            "CURRENT",
+            "MANAGED_BY",
         ]
         .map(String::from),
     ];
-    for r in &p.kthreads {
-        let managed_by = if r.pinned {
-            "kernel (pinned)"
-        } else if r.kernel_managed {
-            "kernel (preferred affinity)"
-        } else if r.rule.is_some() {
-            "affinity"
-        } else {
-            "nobody"
-        };
-        let actual = if r.current == r.applied || r.action != PlanAction::Set {
-            r.current.clone()
-        } else {
+    for k in s.kthreads.iter().filter(|k| !only_drift || k.drift) {
+        let r = k.row;
+        let current = if k.drift {
             format!("{} !", r.current)
+        } else {
+            r.current.clone()
         };
         rows.push([
             r.pid.to_string(),
@@ -54,20 +138,61 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
             if r.pinned { "pinned" } else { "movable" }.into(),
             r.preferred.clone().unwrap_or_else(|| "-".into()),
             r.applied.clone(),
-            actual,
-            managed_by.into(),
+            current,
+            k.managed_by.as_str().into(),
         ]);
     }
     println!(
         "kernel {}, online {}, housekeeping {}",
-        machine.kernel, p.online, p.housekeeping
+        s.kernel, s.online, s.housekeeping
     );
-    print!("{}", align(&rows));
-    let off = p
-        .kthreads
-        .iter()
-        .filter(|r| r.action == PlanAction::Set)
-        .count();
-    println!("{off} movable kthreads are not where the policy would put them (marked !)");
+    if s.daemon_running {
+        println!(
+            "a daemon is running; this view is computed locally from the rules file and does not show its runtime registrations"
+        );
+    } else {
+        println!("no daemon is running; computed locally from the rules file");
+    }
+    if rows.len() > 1 {
+        print!("{}", align(&rows));
+    }
+}
+
+pub fn run(args: StatusArgs) -> Result<ExitCode> {
+    let (machine, config) = load(None, args.config.as_ref(), &args.sys, &args.proc)?;
+    let p = plan(&machine, &config, &WhatIf::default());
+    let s = status_of(&machine.kernel, &p, daemon_running(&args.socket));
+    if args.output.is_json() {
+        super::print_json(&s)?;
+    } else {
+        print_status(&s, false);
+        println!(
+            "{} movable kthreads are not where the policy would put them (marked !)",
+            s.drift
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 0 when every managed kthread is where the policy puts it, 1 listing the drift.
+pub fn verify(args: StatusArgs) -> Result<ExitCode> {
+    let (machine, config) = load(None, args.config.as_ref(), &args.sys, &args.proc)?;
+    let p = plan(&machine, &config, &WhatIf::default());
+    let s = status_of(&machine.kernel, &p, daemon_running(&args.socket));
+    if args.output.is_json() {
+        super::print_json(&s)?;
+    } else if s.drift == 0 {
+        println!("ok: every managed kthread is where the policy puts it");
+    } else {
+        print_status(&s, true);
+        println!(
+            "drift: {} kthreads are not where the policy puts them",
+            s.drift
+        );
+    }
+    Ok(if s.drift == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

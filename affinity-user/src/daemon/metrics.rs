@@ -13,8 +13,9 @@
 //! body_tx.send_replace(Arc::new(metrics::render(&view)));
 //! ```
 //!
-//! The server answers every request, whatever its path or method, with
-//! HTTP/1.0 200 and the current body. At most [`MAX_CONNECTIONS`] are served
+//! The server answers `GET /metrics` (and `HEAD`) with HTTP/1.0 200 and the
+//! current body, any other path with 404 and any other method with 405, so
+//! a mistyped scrape target fails loudly instead of looking healthy. At most [`MAX_CONNECTIONS`] are served
 //! at once and more are dropped as soon as they are accepted; each gets
 //! [`READ_TIMEOUT`] to send its request head (at most [`MAX_HEAD`] bytes)
 //! and [`WRITE_TIMEOUT`] to take the answer, so idle or slow clients hold
@@ -256,19 +257,65 @@ fn spawn_server_with(
 }
 
 async fn serve(mut stream: TcpStream, body: &watch::Receiver<Arc<String>>, limits: Limits) {
-    match timeout(limits.read, read_head(&mut stream, limits.max_head)).await {
-        Ok(Ok(true)) => {}
+    let head = match timeout(limits.read, read_head(&mut stream, limits.max_head)).await {
+        Ok(Ok(Some(head))) => head,
         // Idle, too slow, oversized or gone: nobody to answer.
         _ => return,
-    }
-    // Taken after the head arrived, so a slow client still gets fresh numbers.
-    let body = Arc::clone(&body.borrow());
-    let _ = timeout(limits.write, respond(&mut stream, &body)).await;
+    };
+    let (status, extra, text, with_body) = match route(&head) {
+        Route::Metrics { with_body } => (
+            "200 OK",
+            "",
+            // Taken after the head arrived, so a slow client still gets fresh numbers.
+            Arc::clone(&body.borrow()),
+            with_body,
+        ),
+        Route::NotFound => (
+            "404 Not Found",
+            "",
+            Arc::new("not found: the metrics are at /metrics\n".to_string()),
+            true,
+        ),
+        Route::BadMethod => (
+            "405 Method Not Allowed",
+            "Allow: GET, HEAD\r\n",
+            Arc::new("method not allowed: use GET\n".to_string()),
+            true,
+        ),
+    };
+    let answer = respond(&mut stream, status, extra, &text, with_body);
+    let _ = timeout(limits.write, answer).await;
 }
 
-/// Reads until the blank line that ends a request head. `Ok(false)`: the
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics { with_body: bool },
+    NotFound,
+    BadMethod,
+}
+
+/// What a request head asks for, from its request line alone.
+fn route(head: &[u8]) -> Route {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_ascii_whitespace();
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    if path != "/metrics" {
+        Route::NotFound
+    } else if method == "GET" || method == "HEAD" {
+        Route::Metrics {
+            with_body: method == "GET",
+        }
+    } else {
+        Route::BadMethod
+    }
+}
+
+/// Reads until the blank line that ends a request head. `Ok(None)`: the
 /// client closed without sending anything, or sent more than `max` bytes.
-async fn read_head(stream: &mut TcpStream, max: usize) -> io::Result<bool> {
+async fn read_head(stream: &mut TcpStream, max: usize) -> io::Result<Option<Vec<u8>>> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     loop {
@@ -276,25 +323,33 @@ async fn read_head(stream: &mut TcpStream, max: usize) -> io::Result<bool> {
         if n == 0 {
             // A client that half-closes after a bare request line still
             // wants its answer.
-            return Ok(!head.is_empty());
+            return Ok((!head.is_empty()).then_some(head));
         }
         head.extend_from_slice(&buf[..n]);
         if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            return Ok(true);
+            return Ok(Some(head));
         }
         if head.len() > max {
-            return Ok(false);
+            return Ok(None);
         }
     }
 }
 
-async fn respond(stream: &mut TcpStream, body: &str) -> io::Result<()> {
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    extra_headers: &str,
+    body: &str,
+    with_body: bool,
+) -> io::Result<()> {
     let head = format!(
-        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n{extra_headers}Content-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    if with_body {
+        stream.write_all(body.as_bytes()).await?;
+    }
     stream.shutdown().await
 }
 
@@ -504,5 +559,54 @@ affinity_pinned_kthreads 11
         );
         // And the server is still there for the next scraper.
         assert!(get(addr).await.starts_with("HTTP/1.0 200 OK\r\n"));
+    }
+
+    #[test]
+    fn requests_are_routed_by_method_and_path() {
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\n\r\n"),
+            Route::Metrics { with_body: true }
+        );
+        assert_eq!(
+            route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Route::Metrics { with_body: true }
+        );
+        assert_eq!(
+            route(b"HEAD /metrics HTTP/1.0\r\n\r\n"),
+            Route::Metrics { with_body: false }
+        );
+        assert_eq!(route(b"GET / HTTP/1.0\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(b"GET /metricsx HTTP/1.0\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(b"POST /metrics HTTP/1.0\r\n\r\n"), Route::BadMethod);
+        assert_eq!(route(b"garbage\n\n"), Route::NotFound);
+    }
+
+    async fn ask(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_get_404_and_other_methods_405() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(Arc::new("up 1\n".to_string()));
+        let _server = spawn_server(listener, rx);
+        let nf = ask(addr, b"GET /favicon.ico HTTP/1.0\r\n\r\n").await;
+        assert!(nf.starts_with("HTTP/1.0 404 Not Found\r\n"), "{nf}");
+        assert!(!nf.contains("up 1"), "{nf}");
+        let na = ask(addr, b"POST /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(
+            na.starts_with("HTTP/1.0 405 Method Not Allowed\r\n"),
+            "{na}"
+        );
+        assert!(na.contains("\r\nAllow: GET, HEAD\r\n"), "{na}");
+        let head = ask(addr, b"HEAD /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
+        assert!(head.ends_with("Content-Length: 5\r\n\r\n"), "{head}");
+        assert!(get(addr).await.ends_with("\r\n\r\nup 1\n"));
     }
 }

@@ -21,6 +21,8 @@ pub enum Report {
     Started {
         pid: u32,
         observe: bool,
+        /// `managed` on the wire, the word the human line uses too.
+        #[serde(rename = "managed")]
         registered: usize,
         pinned: usize,
         online: String,
@@ -110,6 +112,8 @@ pub enum Report {
         drops: u64,
         records: u64,
         violations_seen: u64,
+        /// `managed` on the wire, the word the human line uses too.
+        #[serde(rename = "managed")]
         registered: usize,
         pinned: usize,
         resyncs: u64,
@@ -126,37 +130,101 @@ pub struct Reporter<W: Write> {
     out: W,
     format: Format,
     color: bool,
+    /// Human format: `pinned` reports before the first other report, folded
+    /// into one line so start-up is not dozens of lines of per-CPU kthreads.
+    folding: Option<Vec<String>>,
+}
+
+/// `--color`: whether human output is coloured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set or TERM is `dumb`.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// The decision, from what `auto` looks at; pure so it can be tested.
+    pub fn decide(self, is_terminal: bool, no_color: Option<&str>, term: Option<&str>) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                is_terminal && no_color.is_none_or(str::is_empty) && term != Some("dumb")
+            }
+        }
+    }
+
+    /// The decision for this process's stdout and environment.
+    pub fn for_stdout(self) -> bool {
+        let no_color = std::env::var("NO_COLOR").ok();
+        let term = std::env::var("TERM").ok();
+        self.decide(
+            std::io::stdout().is_terminal(),
+            no_color.as_deref(),
+            term.as_deref(),
+        )
+    }
 }
 
 impl Reporter<std::io::Stdout> {
-    /// Colour only on a terminal, and never when NO_COLOR is set (no-color.org).
+    /// Colour only on a terminal, and never when NO_COLOR is set (no-color.org)
+    /// or TERM is `dumb`.
     pub fn stdout(format: Format) -> Self {
-        let color = std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let color = ColorChoice::Auto.for_stdout();
         Reporter {
             out: std::io::stdout(),
             format,
             color,
+            folding: Some(Vec::new()),
         }
     }
 }
 
 impl<W: Write> Reporter<W> {
-    /// Reports to `out`, in colour only where stdout is a terminal and
-    /// NO_COLOR is not set (no-color.org).
-    pub fn with_output(out: W, format: Format) -> Self {
-        let color = std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        Reporter { out, format, color }
+    /// Reports to `out`, coloured as `--color` decides for stdout.
+    pub fn with_output(out: W, format: Format, color: ColorChoice) -> Self {
+        let color = color.for_stdout();
+        Reporter {
+            out,
+            format,
+            color,
+            folding: Some(Vec::new()),
+        }
     }
 
     pub fn new(out: W, format: Format, color: bool) -> Self {
-        Reporter { out, format, color }
+        Reporter {
+            out,
+            format,
+            color,
+            folding: Some(Vec::new()),
+        }
     }
 
     pub fn report(&mut self, r: &Report) {
+        if self.format == Format::Human
+            && let Some(pending) = &mut self.folding
+        {
+            if let Report::Pinned { pid, comm } = r {
+                pending.push(format!("{comm}[{pid}]"));
+                return;
+            }
+            let pending = self.folding.take().unwrap_or_default();
+            if !pending.is_empty() {
+                let line = format!(
+                    "{} pinned {} kthreads pinned by the kernel, left alone: {}",
+                    clock(),
+                    pending.len(),
+                    pending.join(" ")
+                );
+                let _ = writeln!(self.out, "{line}");
+            }
+        }
         let line = match self.format {
-            Format::Json => serde_json::to_string(r).expect("reports serialise"),
+            Format::Json => json_record(r),
             Format::Human => human(r, self.color),
         };
         // A closed stdout (a pipe whose reader went away) must not stop enforcement.
@@ -170,6 +238,32 @@ impl<W: Write> Reporter<W> {
     pub fn into_inner(self) -> W {
         self.out
     }
+}
+
+/// Version of the JSON record format; `started` carries it so consumers can
+/// tell which fields to expect.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// Milliseconds since the Unix epoch, the `ts` of every JSON record.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+/// One JSON line: the record plus `ts`, and on `started` the schema version.
+pub fn json_record(r: &Report) -> String {
+    let mut v = serde_json::to_value(r).expect("reports serialise");
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("ts".into(), unix_ms().into());
+        if matches!(r, Report::Started { .. }) {
+            obj.insert("schema".into(), JSON_SCHEMA_VERSION.into());
+        }
+    }
+    v.to_string()
 }
 
 fn clock() -> String {
@@ -237,7 +331,7 @@ fn human(r: &Report, color: bool) -> String {
             ("applied", "32", format!("{} -> {mask}", task(pid, comm)))
         }
         Report::WouldApply { pid, comm, mask } => (
-            "would-set",
+            "would_apply",
             "33",
             format!("{} -> {mask} (observe)", task(pid, comm)),
         ),
@@ -364,7 +458,35 @@ mod tests {
     fn json(r: &Report) -> serde_json::Value {
         let mut rep = Reporter::new(Vec::new(), Format::Json, false);
         rep.report(r);
-        serde_json::from_slice(&rep.into_inner()).expect("one JSON object")
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&rep.into_inner()).expect("one JSON object");
+        // Every record is stamped; the shapes below are compared without it.
+        let ts = v.as_object_mut().unwrap().remove("ts").expect("a ts field");
+        assert!(ts.as_u64().unwrap() > 1_600_000_000_000, "{ts}");
+        if matches!(r, Report::Started { .. }) {
+            assert_eq!(v["schema"], JSON_SCHEMA_VERSION);
+        } else {
+            assert!(v.get("schema").is_none(), "{v}");
+        }
+        v
+    }
+
+    #[test]
+    fn started_carries_the_schema_and_the_shared_words() {
+        let v = json(&Report::Started {
+            pid: 7,
+            observe: false,
+            registered: 3,
+            pinned: 2,
+            online: "0-1".into(),
+            housekeeping: "0".into(),
+        });
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "started", "pid": 7, "observe": false, "managed": 3,
+                "pinned": 2, "online": "0-1", "housekeeping": "0",
+                "schema": JSON_SCHEMA_VERSION})
+        );
     }
 
     #[test]
@@ -454,5 +576,46 @@ mod tests {
                 .unwrap()
                 .contains("\x1b[1;33m")
         );
+    }
+
+    #[test]
+    fn colour_follows_the_switch_no_color_and_term_dumb() {
+        use super::ColorChoice::{Always, Auto, Never};
+        assert!(Auto.decide(true, None, Some("xterm-256color")));
+        assert!(Auto.decide(true, Some(""), None));
+        assert!(!Auto.decide(false, None, Some("xterm")));
+        assert!(!Auto.decide(true, Some("1"), Some("xterm")));
+        assert!(!Auto.decide(true, None, Some("dumb")));
+        assert!(Always.decide(false, Some("1"), Some("dumb")));
+        assert!(!Never.decide(true, None, Some("xterm")));
+    }
+
+    #[test]
+    fn start_up_pinned_reports_fold_into_one_human_line() {
+        let mut rep = Reporter::new(Vec::new(), Format::Human, false);
+        for pid in [10, 11, 12] {
+            rep.report(&Report::Pinned {
+                pid,
+                comm: format!("ksoftirqd/{}", pid - 10),
+            });
+        }
+        rep.report(&Report::Hotplug {
+            cpu: 1,
+            online: false,
+        });
+        rep.report(&Report::Pinned {
+            pid: 13,
+            comm: "cpuhp/1".into(),
+        });
+        let out = String::from_utf8(rep.into_inner()).unwrap();
+        let lines: Vec<_> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(
+            lines[0].ends_with(
+                "3 kthreads pinned by the kernel, left alone: ksoftirqd/0[10] ksoftirqd/1[11] ksoftirqd/2[12]"
+            ),
+            "{out}"
+        );
+        assert!(lines[2].contains("cpuhp/1"), "{out}");
     }
 }

@@ -305,8 +305,8 @@ impl Machine {
 
     /// Reads a snapshot taken elsewhere; every problem is the user's input.
     pub fn from_snapshot_file(path: &Path) -> Result<Machine> {
-        let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let origin = path.display().to_string();
+        let text = read_input(path)?;
+        let origin = input_name(path);
         let snap: Snapshot = serde_json::from_slice(&text).map_err(|e| {
             BadInput::err(format!(
                 "{origin}:{}:{}: not a valid snapshot: {e}",
@@ -405,9 +405,39 @@ impl Snapshot {
 }
 
 /// Reads and checks a rules file against a machine; errors are BadInput.
+/// Reads a file the user named; `-` is stdin. A missing file is bad input
+/// (exit 2), like any other mistake on the command line.
+pub fn read_input(path: &Path) -> Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading stdin")?;
+        return Ok(buf);
+    }
+    match fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(BadInput::err(format!("{}: no such file", path.display())))
+        }
+        r => r.with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// How error messages name an input: its path, or `<stdin>` for `-`.
+pub fn input_name(path: &Path) -> String {
+    if path == Path::new("-") {
+        "<stdin>".into()
+    } else {
+        path.display().to_string()
+    }
+}
+
 pub fn load_config(path: &Path, topology: &Topology) -> Result<Config> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let origin = path.display().to_string();
+    let bytes = read_input(path)?;
+    parse_config(bytes, &input_name(path), topology)
+}
+
+/// `load_config` on bytes already read (`check` needs the text too).
+pub fn parse_config(bytes: Vec<u8>, origin: &str, topology: &Topology) -> Result<Config> {
+    let origin = origin.to_string();
     let text = String::from_utf8(bytes).map_err(|e| {
         BadInput::err(format!(
             "{origin}: not UTF-8 text (invalid byte at offset {}): is this a rules file?",

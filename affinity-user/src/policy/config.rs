@@ -279,7 +279,8 @@ impl Config {
                 }
                 Ok(s) => HousekeepingSpec::Cpus(s),
                 Err(e) => {
-                    error(h.cpus.span(), format!("housekeeping cpus: {e}"));
+                    let hint = did_you_mean(h.cpus.get_ref(), &["auto"]);
+                    error(h.cpus.span(), format!("housekeeping cpus: {e}{hint}"));
                     HousekeepingSpec::Auto
                 }
             },
@@ -336,7 +337,10 @@ impl Config {
             seen.insert(key, line);
             match Preference::parse(r.prefer.get_ref(), width) {
                 Ok(prefer) => rules.push(Rule { target, prefer }),
-                Err(e) => error(r.prefer.span(), format!("prefer: {e}")),
+                Err(e) => {
+                    let hint = did_you_mean(r.prefer.get_ref(), &["housekeeping", "node"]);
+                    error(r.prefer.span(), format!("prefer: {e}{hint}"));
+                }
             }
         }
         if errors.is_empty() {
@@ -402,7 +406,8 @@ impl Config {
     }
 
     /// The kernel 7.0 policy: node-created kthreads prefer their node, every
-    /// other unbound kthread prefers housekeeping.
+    /// other unbound kthread prefers housekeeping. [`DEFAULT_TOML`] is the
+    /// same policy as a rules file; a test keeps the two equal.
     pub fn embedded_default() -> Config {
         Config {
             housekeeping: HousekeepingSpec::Auto,
@@ -424,9 +429,90 @@ impl Config {
     }
 }
 
+/// `; did you mean "auto"?` when `word` is a close misspelling (at most two
+/// edits, a swap counting as one) of exactly one keyword, else "".
+fn did_you_mean(word: &str, keywords: &[&str]) -> String {
+    let w = word.trim().to_ascii_lowercase();
+    let close: Vec<_> = keywords
+        .iter()
+        .filter(|k| w.len() > 1 && edit_distance(&w, k) <= 2.min(k.len() / 2))
+        .collect();
+    match close.as_slice() {
+        [k] => format!("; did you mean {k:?}?"),
+        _ => String::new(),
+    }
+}
+
+/// Optimal-string-alignment distance: insertions, deletions, substitutions
+/// and swaps of neighbours each cost one.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// The embedded default as a rules file, for `affinity config --default`.
+pub const DEFAULT_TOML: &str = r#"# affinity's embedded default policy (the kernel 7.0 behaviour): kthreads
+# created for a NUMA node prefer that node; every other unbound kthread
+# prefers the housekeeping CPUs.
+
+[housekeeping]
+cpus = "auto"
+
+[[rule]]
+match = "kswapd*"
+prefer = "node"
+
+[[rule]]
+match = "kcompactd*"
+prefer = "node"
+
+[[rule]]
+match = "*"
+prefer = "housekeeping"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_misspellings_of_keywords_get_a_suggestion() {
+        let e = err("[housekeeping]\ncpus = \"atuo\"\n");
+        assert!(e.contains("did you mean \"auto\"?"), "{e}");
+        let e = err("[[rule]]\nmatch = \"x\"\nprefer = \"housekeping\"\n");
+        assert!(e.contains("did you mean \"housekeeping\"?"), "{e}");
+        let e = err("[[rule]]\nmatch = \"x\"\nprefer = \"nod\"\n");
+        assert!(e.contains("did you mean \"node\"?"), "{e}");
+        let e = err("[[rule]]\nmatch = \"x\"\nprefer = \"0-z\"\n");
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn the_printed_default_is_the_embedded_default() {
+        assert_eq!(
+            Config::parse(DEFAULT_TOML, "default", 8).unwrap(),
+            Config::embedded_default()
+        );
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Config::parse(text, "rules.toml", 8)

@@ -73,6 +73,19 @@ impl CpuSet {
             position: list[..(lead + offset).min(list.len())].chars().count() + 1,
             message,
         };
+        // taskset and irqbalance users write masks; say what the list would be.
+        if let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+            let hint = match Self::parse_mask(hex, width) {
+                Ok(set) if !set.is_empty() => format!(", write the CPU list {set}"),
+                _ => String::new(),
+            };
+            return Err(err(
+                0,
+                format!(
+                    "{body:?} looks like a hex CPU mask; a CPU list is expected here (like 0-3,8){hint}"
+                ),
+            ));
+        }
         let mut offset = 0;
         for group in body.split(',') {
             set.parse_group(group, offset, &err)?;

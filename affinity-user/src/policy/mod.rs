@@ -10,7 +10,8 @@ mod kthread;
 mod tests;
 
 pub use config::{
-    Config, ConfigError, ConfigErrors, HousekeepingSpec, Preference, PreferenceError, Rule, Target,
+    Config, ConfigError, ConfigErrors, DEFAULT_TOML, HousekeepingSpec, Preference, PreferenceError,
+    Rule, Target,
 };
 pub use cpuset::{CpuListError, CpuSet, MAX_CPUS};
 pub use engine::{Action, Engine, Entry, Event, Refusal, RegistryError, State, Topology};
