@@ -122,14 +122,14 @@ fn a_failed_teardown_puts_the_masks_back() {
     assert_eq!(aborted["cpu"], 1, "{aborted}");
     assert_eq!(aborted["online"], true, "{aborted}");
     assert!(aborted["ret"].as_i64().unwrap() < 0, "{aborted}");
-    wait_mask(pid, "1", SECOND);
+    wait_mask(pid, "1", 5 * SECOND);
 
     // A later step refused (perf:online has a teardown callback on every
     // kernel we test): the first steps ran, the masks shrank, and the
     // kernel's rollback brings cpu1 back; so must the daemon.
     let before = d.events().len();
     failed_offline(hotplug_state("perf:online"));
-    wait_mask(pid, "1", SECOND);
+    wait_mask(pid, "1", 5 * SECOND);
     let back = wait_for(SECOND, || {
         d.events_since(before).into_iter().find(|e| {
             e["cpu"] == 1
