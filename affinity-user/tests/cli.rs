@@ -558,3 +558,41 @@ fn check_warns_with_the_line_on_rules_that_can_never_apply() {
     let (code, _, err) = affinity(&["check", "--strict", "--snapshot", &snap, &rules]);
     assert_eq!(code, 1, "{err}");
 }
+
+#[test]
+fn plan_says_what_the_daemon_would_do_for_a_kthread_the_kernel_manages() {
+    // khugepaged on housekeeping 0-47; what if cpu47 went offline? On 6.12
+    // the daemon narrows its mask to 0-46; on 7.x the kernel manages every
+    // unbound kthread and the daemon leaves 0-47 alone (it can only run on
+    // 0-46 anyway), so the plan must say "keep" there.
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("numa64.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let action_on = |kernel: &str| {
+        let mut snap = base.clone();
+        snap["kernel"] = kernel.into();
+        for k in snap["kthreads"].as_array_mut().unwrap() {
+            if k["comm"] == "khugepaged" {
+                k["cpus_allowed"] = "0-47".into();
+            }
+        }
+        let path = dir.path().join(format!("{kernel}.json"));
+        std::fs::write(&path, snap.to_string()).unwrap();
+        let path = path.display().to_string();
+        let (code, out, err) =
+            affinity(&["plan", "--snapshot", &path, "--offline", "47", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let row = plan["kthreads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["comm"] == "khugepaged")
+            .cloned()
+            .unwrap();
+        assert_eq!(row["applied"], "0-46", "{row}");
+        row["action"].as_str().unwrap().to_string()
+    };
+    assert_eq!(action_on("6.12.48+deb12-cloud-amd64"), "set");
+    assert_eq!(action_on("7.3.4+deb13-cloud-amd64"), "keep");
+}

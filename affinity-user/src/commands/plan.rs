@@ -1,7 +1,12 @@
 //! `affinity plan`: what the policy would do, on this machine or a
 //! snapshot, optionally after hypothetical hotplug or isolation.
 
-use std::{collections::HashMap, fmt::Write as _, path::PathBuf, process::ExitCode};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -9,7 +14,7 @@ use serde::Serialize;
 use crate::{
     input::BadInput,
     kernel::sysfs::{self, Machine},
-    policy::{Config, CpuSet, Engine, Event, kernel_manages_affinity},
+    policy::{Action, Config, CpuSet, Engine, Event},
 };
 
 #[derive(Debug, clap::Args)]
@@ -116,14 +121,23 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
     }
     let hk = housekeeping_of(machine, config, what_if);
     let online = topology.online.to_string();
-    let mut engine = Engine::new(topology, hk.clone(), config.rules.clone());
+    let mut engine =
+        Engine::new(topology, hk.clone(), config.rules.clone()).with_kernel(&machine.kernel);
     let current: HashMap<u32, String> = machine
         .kthreads
         .iter()
         .map(|k| (k.pid, k.cpus_allowed.to_string()))
         .collect();
+    // What the daemon would set is what its engine asks for: the plan
+    // makes no second judgement (a kthread the kernel manages keeps its
+    // mask while it can run only where the policy puts it).
+    let mut sets = HashSet::new();
     for k in &machine.kthreads {
-        engine.handle(Event::KthreadNew(k.clone()));
+        for a in engine.handle(Event::KthreadNew(k.clone())) {
+            if let Action::SetAffinity { pid, .. } = a {
+                sets.insert(pid);
+            }
+        }
     }
     let kthreads = engine
         .entries()
@@ -134,19 +148,13 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
             } else if e.preference.is_none() {
                 (current.clone(), PlanAction::Unmanaged)
             } else {
-                let applied = e.applied.to_string();
-                let action = if applied == current {
-                    PlanAction::Keep
-                } else {
+                let action = if sets.contains(&e.pid) {
                     PlanAction::Set
+                } else {
+                    PlanAction::Keep
                 };
-                (applied, action)
+                (e.applied.to_string(), action)
             };
-            let kthread = machine
-                .kthreads
-                .iter()
-                .find(|k| k.pid == e.pid)
-                .expect("engine entries come from these kthreads");
             PlanRow {
                 pid: e.pid,
                 comm: e.comm.clone(),
@@ -160,7 +168,7 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
                 current,
                 action,
                 pinned: e.pinned(),
-                kernel_managed: kernel_manages_affinity(&machine.kernel, kthread),
+                kernel_managed: e.kernel_managed,
             }
         })
         .collect();
