@@ -32,13 +32,7 @@ impl OutputArgs {
 /// Prints `value` as one pretty JSON document with `ts` and `schema` added.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let mut v = serde_json::to_value(value)?;
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("ts".into(), crate::daemon::report::unix_ms().into());
-        obj.insert(
-            "schema".into(),
-            crate::daemon::report::JSON_SCHEMA_VERSION.into(),
-        );
-    }
+    crate::daemon::report::stamp(&mut v, true);
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }

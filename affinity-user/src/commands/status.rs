@@ -158,10 +158,16 @@ fn print_status(s: &Status<'_>, only_drift: bool) {
     }
 }
 
-pub fn run(args: StatusArgs) -> Result<ExitCode> {
+/// This machine and the policy's plan for it as it is now.
+fn local(args: &StatusArgs) -> Result<(String, Plan)> {
     let (machine, config) = load(None, args.config.as_ref(), &args.sys, &args.proc)?;
     let p = plan(&machine, &config, &WhatIf::default());
-    let s = status_of(&machine.kernel, &p, daemon_running(&args.socket));
+    Ok((machine.kernel, p))
+}
+
+pub fn run(args: StatusArgs) -> Result<ExitCode> {
+    let (kernel, p) = local(&args)?;
+    let s = status_of(&kernel, &p, daemon_running(&args.socket));
     if args.output.is_json() {
         super::print_json(&s)?;
     } else {
@@ -176,9 +182,8 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
 
 /// Exit 0 when every managed kthread is where the policy puts it, 1 listing the drift.
 pub fn verify(args: StatusArgs) -> Result<ExitCode> {
-    let (machine, config) = load(None, args.config.as_ref(), &args.sys, &args.proc)?;
-    let p = plan(&machine, &config, &WhatIf::default());
-    let s = status_of(&machine.kernel, &p, daemon_running(&args.socket));
+    let (kernel, p) = local(&args)?;
+    let s = status_of(&kernel, &p, daemon_running(&args.socket));
     if args.output.is_json() {
         super::print_json(&s)?;
     } else if s.drift == 0 {

@@ -169,30 +169,10 @@ impl ColorChoice {
     }
 }
 
-impl Reporter<std::io::Stdout> {
-    /// Colour only on a terminal, and never when NO_COLOR is set (no-color.org)
-    /// or TERM is `dumb`.
-    pub fn stdout(format: Format) -> Self {
-        let color = ColorChoice::Auto.for_stdout();
-        Reporter {
-            out: std::io::stdout(),
-            format,
-            color,
-            folding: Some(Vec::new()),
-        }
-    }
-}
-
 impl<W: Write> Reporter<W> {
     /// Reports to `out`, coloured as `--color` decides for stdout.
     pub fn with_output(out: W, format: Format, color: ColorChoice) -> Self {
-        let color = color.for_stdout();
-        Reporter {
-            out,
-            format,
-            color,
-            folding: Some(Vec::new()),
-        }
+        Self::new(out, format, color.for_stdout())
     }
 
     pub fn new(out: W, format: Format, color: bool) -> Self {
@@ -254,15 +234,21 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// One JSON line: the record plus `ts`, and on `started` the schema version.
-pub fn json_record(r: &Report) -> String {
-    let mut v = serde_json::to_value(r).expect("reports serialise");
+/// Adds `ts` (and with `schema`, the schema version) to a JSON object: the
+/// stamp on every daemon record and every subcommand's JSON document.
+pub fn stamp(v: &mut serde_json::Value, schema: bool) {
     if let Some(obj) = v.as_object_mut() {
         obj.insert("ts".into(), unix_ms().into());
-        if matches!(r, Report::Started { .. }) {
+        if schema {
             obj.insert("schema".into(), JSON_SCHEMA_VERSION.into());
         }
     }
+}
+
+/// One JSON line: the record plus `ts`, and on `started` the schema version.
+pub fn json_record(r: &Report) -> String {
+    let mut v = serde_json::to_value(r).expect("reports serialise");
+    stamp(&mut v, matches!(r, Report::Started { .. }));
     v.to_string()
 }
 

@@ -404,7 +404,6 @@ impl Snapshot {
     }
 }
 
-/// Reads and checks a rules file against a machine; errors are BadInput.
 /// Reads a file the user named; `-` is stdin. A missing file is bad input
 /// (exit 2), like any other mistake on the command line.
 pub fn read_input(path: &Path) -> Result<Vec<u8>> {
@@ -430,6 +429,7 @@ pub fn input_name(path: &Path) -> String {
     }
 }
 
+/// Reads and checks a rules file against a machine; errors are BadInput.
 pub fn load_config(path: &Path, topology: &Topology) -> Result<Config> {
     let bytes = read_input(path)?;
     parse_config(bytes, &input_name(path), topology)
