@@ -565,7 +565,7 @@ fn plan_says_what_the_daemon_would_do_for_a_kthread_the_kernel_manages() {
     // the daemon narrows its mask to 0-46; on 7.x the kernel manages every
     // unbound kthread and the daemon leaves 0-47 alone (it can only run on
     // 0-46 anyway), so the plan must say "keep" there.
-    let base: serde_json::Value =
+    let base: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("numa64.json")).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let action_on = |kernel: &str| {
@@ -582,7 +582,7 @@ fn plan_says_what_the_daemon_would_do_for_a_kthread_the_kernel_manages() {
         let (code, out, err) =
             affinity(&["plan", "--snapshot", &path, "--offline", "47", "--json"]);
         assert_eq!(code, 0, "{err}");
-        let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let plan: Value = serde_json::from_str(&out).unwrap();
         let row = plan["kthreads"]
             .as_array()
             .unwrap()
