@@ -259,7 +259,7 @@ pub fn rcu_gp_kthread() -> u32 {
 /// mask (the kernel keeps it across offline and re-affines on online), so
 /// the CPUs that count are mask ∩ online.
 pub fn placed_mask(pid: u32) -> String {
-    let width = 4096;
+    let width = affinity::policy::MAX_CPUS;
     let proc = Path::new("/proc");
     let Ok(Some(k)) = affinity::kernel::sysfs::kthread_of(proc, pid, width) else {
         return mask_of(pid);
