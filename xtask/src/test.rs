@@ -120,7 +120,10 @@ pub fn test(args: TestArgs) -> Result<()> {
     if !args.no_vm {
         step(
             started,
-            "kernel tests in virtme-ng VMs (Debian 5.10, 6.1 and 6.12 kernels)",
+            &format!(
+                "kernel tests in virtme-ng VMs (Debian kernels {})",
+                vm::all_labels()
+            ),
         );
         vm::vm_test(&vm::VmArgs::all_kernels())?;
     }

@@ -50,6 +50,16 @@ use self::{
     profile::PROFILES,
 };
 
+/// The labels `--kernel all` boots, for the log: "5.10, 6.1, 6.12, 7".
+pub fn all_labels() -> String {
+    let labels: Vec<_> = KERNELS
+        .iter()
+        .filter(|k| k.in_all)
+        .map(|k| k.label)
+        .collect();
+    labels.join(", ")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelChoice {
     #[value(name = "5.10")]
