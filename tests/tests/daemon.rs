@@ -302,6 +302,107 @@ fn prefer_twice_needs_update_and_root() {
     assert_eq!(mask_of(pid), "1");
 }
 
+fn affinity(d: &Daemon, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(affinity_bin())
+        .args(args)
+        .arg("--socket")
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn status_and_verify_ask_the_running_daemon() {
+    let Some(_masks) = setup("status_and_verify_ask_the_running_daemon") else {
+        return;
+    };
+    let khugepaged = pid_of("khugepaged");
+    let oom = pid_of("oom_reaper");
+    set_mask(oom, "0-1");
+    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &[]);
+    wait_mask(khugepaged, "1", SECOND);
+    let first = prefer(&d, &["oom*", "0"]);
+    assert!(first.status.success(), "{first:?}");
+    wait_mask(oom, "0", SECOND);
+
+    // The live registry: the rules file's rule and the runtime registration,
+    // with who made it, which a rules file alone cannot show.
+    let (ok, out, err) = affinity(&d, &["status", "--format", "json"]);
+    assert!(ok, "status: {err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["source"], "daemon");
+    assert_eq!(s["daemon_running"], true);
+    let row = |pid: u32| {
+        s["kthreads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["pid"] == pid)
+            .cloned()
+            .unwrap_or_else(|| panic!("pid {pid} not in {s}"))
+    };
+    let k = row(khugepaged);
+    assert_eq!(
+        (&k["rule"], &k["applied"], &k["current"], &k["drift"]),
+        (
+            &"khugepaged".into(),
+            &"1".into(),
+            &"1".into(),
+            &false.into()
+        )
+    );
+    let o = row(oom);
+    assert_eq!(
+        (&o["rule"], &o["applied"], &o["managed_by"]),
+        (&"runtime".into(), &"0".into(), &"affinity".into())
+    );
+    let regs = s["registrations"].as_array().unwrap();
+    assert_eq!(regs.len(), 1, "{s}");
+    assert_eq!(
+        (&regs[0]["target"], &regs[0]["prefer"]),
+        (&"oom*".into(), &"0".into())
+    );
+    assert_eq!(regs[0]["pids"], serde_json::json!([oom]));
+    assert!(
+        regs[0]["by"].as_str().unwrap().starts_with("uid 0, pid "),
+        "{}",
+        regs[0]
+    );
+
+    let (ok, out, _) = affinity(&d, &["prefer", "--list"]);
+    assert!(
+        ok && out.contains("oom*") && out.contains(&oom.to_string()),
+        "{out}"
+    );
+    // unprefer by the kthread's name names the glob that holds it.
+    let (ok, _, err) = affinity(&d, &["unprefer", "oom_reaper"]);
+    assert!(!ok && err.contains("affinity unprefer 'oom*'"), "{err}");
+
+    let (ok, out, err) = affinity(&d, &["verify"]);
+    assert!(ok, "verify with everything in place: {out}{err}");
+    d.stop();
+    let (ok, out, err) = affinity(&d, &["status"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("no daemon is running"), "{out}");
+
+    // A daemon that only observes leaves khugepaged where it is: its live
+    // view says that is drift, and verify fails naming it.
+    set_mask(khugepaged, "0-1");
+    let d = Daemon::start_with_config(KHUGEPAGED_ON_1, &["--observe"]);
+    let (ok, out, err) = affinity(&d, &["verify"]);
+    assert!(!ok, "verify must fail: {out}{err}");
+    assert!(
+        out.contains("khugepaged") && out.contains("--observe") && out.contains("drift: 1 "),
+        "{out}"
+    );
+    assert_eq!(mask_of(khugepaged), "0-1");
+}
+
 fn all_masks() -> Vec<(u32, String, String)> {
     kthreads()
         .into_iter()

@@ -13,13 +13,20 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct PreferArgs {
-    /// The kthread: a pid, or a comm such as `khugepaged`.
-    pub target: String,
+    /// The kthread: a pid, or a comm (or glob) such as `khugepaged`.
+    #[arg(required_unless_present = "list")]
+    pub target: Option<String>,
     /// Preferred CPUs: a cpulist (`0-3`), `housekeeping`, `node` or `node:N`.
-    pub cpus: String,
+    #[arg(required_unless_present = "list")]
+    pub cpus: Option<String>,
     /// Change an existing registration; without it, registering twice fails.
     #[arg(long)]
     pub update: bool,
+    /// List the running daemon's registrations (target, CPUs, kthreads, who).
+    #[arg(long, conflicts_with_all = ["target", "cpus", "update"])]
+    pub list: bool,
+    #[command(flatten)]
+    pub output: super::OutputArgs,
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 }
@@ -49,18 +56,21 @@ fn call(socket: &std::path::Path, request: Request) -> Result<ExitCode> {
 }
 
 pub fn run_prefer(args: PreferArgs) -> Result<ExitCode> {
+    let (Some(target), Some(cpus)) = (args.target, args.cpus) else {
+        // clap requires both unless --list, which excludes them.
+        return super::status::list_registrations(&args.socket, args.output.is_json());
+    };
     // An empty list would prefer nothing: refused here, before any daemon is asked.
-    if args.cpus.trim().is_empty() {
+    if cpus.trim().is_empty() {
         return Err(BadInput::err(format!(
-            "prefer {} \"\": an empty CPU list prefers nothing; give CPUs (0-3), housekeeping, node or node:N, or use `affinity unprefer {}` to remove a preference",
-            args.target, args.target
+            "prefer {target} \"\": an empty CPU list prefers nothing; give CPUs (0-3), housekeeping, node or node:N, or use `affinity unprefer {target}` to remove a preference"
         )));
     }
     call(
         &args.socket,
         Request::Prefer {
-            target: args.target,
-            prefer: args.cpus,
+            target,
+            prefer: cpus,
             update: args.update,
         },
     )

@@ -399,7 +399,7 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                 }
             }
             Some(call) = r.control.recv() => {
-                let response = handle_request(&mut r.core, call.request, width, &mut r.observer);
+                let response = handle_request(&mut r.core, &call, width, &mut r.observer);
                 // The client may have given up: nothing to do then.
                 let _ = call.reply.send(response);
             }
@@ -542,7 +542,7 @@ fn shutdown(mut r: Running, result: Result<()>) -> Result<ExitCode> {
 
 fn handle_request(
     core: &mut DaemonCore,
-    request: Request,
+    call: &ControlCall,
     width: u32,
     observer: &mut Observer,
 ) -> Response {
@@ -550,26 +550,32 @@ fn handle_request(
         Ok(pid) => Target::Pid(pid),
         Err(_) => Target::Comm(t.into()),
     };
-    let result = match request {
+    let result = match &call.request {
         Request::Prefer {
             target: t,
             prefer,
             update,
-        } => match Preference::parse(&prefer, width) {
+        } => match Preference::parse(prefer, width) {
             Ok(p) => core
-                .register(target(&t), p, update, observer)
+                .register(target(t), p, *update, &call.client, observer)
                 .map(|()| format!("{t} now prefers {prefer}"))
                 .map_err(|e| e.to_string()),
             Err(e) => Err(format!("{prefer:?}: {e}")),
         },
         Request::Unprefer { target: t } => core
-            .unregister(&target(&t), observer)
+            .unregister(&target(t), observer)
             .map(|()| format!("{t} no longer has a runtime preference"))
             .map_err(|e| e.to_string()),
+        Request::Status => {
+            return Response {
+                view: Some(Box::new(core.view())),
+                ..Response::done("the running daemon's registry")
+            };
+        }
     };
     match result {
-        Ok(message) => Response { ok: true, message },
-        Err(message) => Response { ok: false, message },
+        Ok(message) => Response::done(message),
+        Err(message) => Response::refusal(message),
     }
 }
 

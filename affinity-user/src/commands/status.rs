@@ -1,25 +1,35 @@
 //! `affinity status`: every kthread with its preferred, applied and current
 //! mask, and who manages its affinity on this kernel. `affinity verify`: the
 //! same verdict as an exit code (0 all in place, 1 drift), like `tuned-adm verify`.
+//!
+//! Both ask the running daemon for its live registry (runtime registrations
+//! included) when one answers on the control socket; with `--config` or
+//! `--local`, or when no daemon runs, they compute the view here from the
+//! rules file, and say which it is.
 
 use std::{
+    io::ErrorKind,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::plan::{Plan, PlanAction, PlanRow, WhatIf, align, load, plan};
-use crate::daemon::control;
+use super::plan::{PlanAction, PlanRow, WhatIf, align, load, plan};
+use crate::daemon::control::{self, LiveKthread, LiveRegistration, LiveView, Request};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// Rules file; the embedded default without it.
+    /// Compute the view here from this rules file instead of asking the daemon.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Control socket of the running daemon (only probed, to say whether one runs).
+    /// Compute the view here (from the embedded default without --config),
+    /// even when a daemon runs.
+    #[arg(long)]
+    pub local: bool,
+    /// Control socket of the running daemon.
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     #[command(flatten)]
@@ -64,60 +74,185 @@ impl ManagedBy {
 }
 
 #[derive(Serialize)]
-struct StatusRow<'a> {
+struct StatusRow {
     #[serde(flatten)]
-    row: &'a PlanRow,
+    row: PlanRow,
     managed_by: ManagedBy,
     drift: bool,
+    /// The kernel refused the applied mask with this errno (daemon view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused_errno: Option<i32>,
+}
+
+/// Where the view comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Source {
+    /// The running daemon's registry, over the control socket.
+    Daemon,
+    /// Computed here from the rules file.
+    Local,
 }
 
 #[derive(Serialize)]
-struct Status<'a> {
-    kernel: &'a str,
-    online: &'a str,
-    housekeeping: &'a str,
-    /// Always `local`: computed here from the rules file, not asked of a daemon.
-    source: &'static str,
+struct Status {
+    kernel: String,
+    online: String,
+    housekeeping: String,
+    source: Source,
     daemon_running: bool,
+    /// The daemon runs with `--observe` and sets nothing.
+    observe: bool,
     drift: usize,
-    kthreads: Vec<StatusRow<'a>>,
+    kthreads: Vec<StatusRow>,
+    /// `affinity prefer` registrations (daemon view only).
+    registrations: Vec<LiveRegistration>,
+    /// Why a running daemon was not asked, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
-fn drifted(r: &PlanRow) -> bool {
-    r.action == PlanAction::Set
-}
-
-fn daemon_running(socket: &Path) -> bool {
-    UnixStream::connect(socket).is_ok()
-}
-
-fn status_of<'a>(kernel: &'a str, p: &'a Plan, daemon: bool) -> Status<'a> {
-    let kthreads: Vec<_> = p
-        .kthreads
-        .iter()
-        .map(|r| StatusRow {
-            row: r,
-            managed_by: ManagedBy::of(r),
-            drift: drifted(r),
-        })
-        .collect();
-    Status {
-        kernel,
-        online: &p.online,
-        housekeeping: &p.housekeeping,
-        source: "local",
-        daemon_running: daemon,
-        drift: kthreads.iter().filter(|r| r.drift).count(),
-        kthreads,
+/// Whether a daemon listens on `socket`: Ok(true) it answers, Ok(false)
+/// nothing there, Err why it could not be told (permission, say).
+fn probe(socket: &Path) -> std::io::Result<bool> {
+    match UnixStream::connect(socket) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 
-fn print_status(s: &Status<'_>, only_drift: bool) {
+fn ask(socket: &Path) -> Result<LiveView> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let response = rt.block_on(control::call(socket, &Request::Status))?;
+    match response.view {
+        Some(view) if response.ok => Ok(*view),
+        _ => anyhow::bail!(
+            "the daemon on {} did not send its registry: {}",
+            socket.display(),
+            response.message
+        ),
+    }
+}
+
+fn row_of(k: LiveKthread) -> StatusRow {
+    let action = if k.pinned {
+        PlanAction::Pinned
+    } else if k.rule.is_none() {
+        PlanAction::Unmanaged
+    } else if k.drift {
+        PlanAction::Set
+    } else {
+        PlanAction::Keep
+    };
+    let row = PlanRow {
+        pid: k.pid,
+        comm: k.comm,
+        rule: k.rule,
+        preferred: k.preferred.filter(|_| !k.pinned),
+        applied: k.applied,
+        current: k.current,
+        action,
+        pinned: k.pinned,
+        kernel_managed: k.kernel_managed,
+    };
+    StatusRow {
+        managed_by: ManagedBy::of(&row),
+        drift: k.drift,
+        refused_errno: k.refused_errno,
+        row,
+    }
+}
+
+fn from_daemon(v: LiveView) -> Status {
+    let kthreads: Vec<_> = v.kthreads.into_iter().map(row_of).collect();
+    Status {
+        kernel: v.kernel,
+        online: v.online,
+        housekeeping: v.housekeeping,
+        source: Source::Daemon,
+        daemon_running: true,
+        observe: v.observe,
+        drift: kthreads.iter().filter(|r| r.drift).count(),
+        kthreads,
+        registrations: v.registrations,
+        note: None,
+    }
+}
+
+/// This machine and the rules file's plan for it as it is now.
+fn local(args: &StatusArgs, daemon: bool, note: Option<String>) -> Result<Status> {
+    let (machine, config) = load(None, args.config.as_ref(), &args.sys, &args.proc)?;
+    let p = plan(&machine, &config, &WhatIf::default());
+    let kthreads: Vec<_> = p
+        .kthreads
+        .into_iter()
+        .map(|row| StatusRow {
+            managed_by: ManagedBy::of(&row),
+            drift: row.action == PlanAction::Set,
+            refused_errno: None,
+            row,
+        })
+        .collect();
+    Ok(Status {
+        kernel: machine.kernel,
+        online: p.online,
+        housekeeping: p.housekeeping,
+        source: Source::Local,
+        daemon_running: daemon,
+        observe: false,
+        drift: kthreads.iter().filter(|r| r.drift).count(),
+        kthreads,
+        registrations: Vec::new(),
+        note,
+    })
+}
+
+/// The daemon's view when one runs and was not told to be skipped, else the local one.
+fn status(args: &StatusArgs) -> Result<Status> {
+    let running = probe(&args.socket);
+    match running {
+        Ok(true) if args.config.is_none() && !args.local => Ok(from_daemon(
+            ask(&args.socket).context("asking the running daemon for its registry")?,
+        )),
+        Ok(daemon) => local(args, daemon, None),
+        Err(e) => local(
+            args,
+            false,
+            Some(format!(
+                "could not ask the daemon on {} ({e})",
+                args.socket.display()
+            )),
+        ),
+    }
+}
+
+fn print_registrations(regs: &[LiveRegistration]) {
+    let mut rows = vec![["TARGET", "PREFER", "PIDS", "BY"].map(String::from)];
+    for r in regs {
+        let pids: Vec<_> = r.pids.iter().map(ToString::to_string).collect();
+        let pids = if pids.is_empty() {
+            "-".into()
+        } else {
+            pids.join(",")
+        };
+        rows.push([r.target.clone(), r.prefer.clone(), pids, r.by.clone()]);
+    }
+    print!("{}", align(&rows));
+}
+
+fn print_status(s: &Status, only_drift: bool) {
     let mut rows = vec![
         [
             "PID",
             "COMM",
             "KIND",
+            "RULE",
             "PREFERRED",
             "APPLIED",
             "CURRENT",
@@ -126,7 +261,7 @@ fn print_status(s: &Status<'_>, only_drift: bool) {
         .map(String::from),
     ];
     for k in s.kthreads.iter().filter(|k| !only_drift || k.drift) {
-        let r = k.row;
+        let r = &k.row;
         let current = if k.drift {
             format!("{} !", r.current)
         } else {
@@ -136,6 +271,7 @@ fn print_status(s: &Status<'_>, only_drift: bool) {
             r.pid.to_string(),
             r.comm.clone(),
             if r.pinned { "pinned" } else { "movable" }.into(),
+            r.rule.clone().unwrap_or_else(|| "-".into()),
             r.preferred.clone().unwrap_or_else(|| "-".into()),
             r.applied.clone(),
             current,
@@ -146,28 +282,30 @@ fn print_status(s: &Status<'_>, only_drift: bool) {
         "kernel {}, online {}, housekeeping {}",
         s.kernel, s.online, s.housekeeping
     );
-    if s.daemon_running {
-        println!(
-            "a daemon is running; this view is computed locally from the rules file and does not show its runtime registrations"
-        );
-    } else {
-        println!("no daemon is running; computed locally from the rules file");
+    match (s.source, s.daemon_running) {
+        (Source::Daemon, _) if s.observe => {
+            println!("the running daemon's live registry (it runs with --observe and sets nothing)")
+        }
+        (Source::Daemon, _) => println!("the running daemon's live registry"),
+        (Source::Local, true) => println!(
+            "a daemon is running, but this view is computed locally from the rules file (--config/--local) and does not show its runtime registrations"
+        ),
+        (Source::Local, false) => match &s.note {
+            Some(note) => println!("{note}; computed locally from the rules file"),
+            None => println!("no daemon is running; computed locally from the rules file"),
+        },
     }
     if rows.len() > 1 {
         print!("{}", align(&rows));
     }
-}
-
-/// This machine and the policy's plan for it as it is now.
-fn local(args: &StatusArgs) -> Result<(String, Plan)> {
-    let (machine, config) = load(None, args.config.as_ref(), &args.sys, &args.proc)?;
-    let p = plan(&machine, &config, &WhatIf::default());
-    Ok((machine.kernel, p))
+    if !s.registrations.is_empty() && !only_drift {
+        println!("runtime registrations (affinity prefer), tried first to last:");
+        print_registrations(&s.registrations);
+    }
 }
 
 pub fn run(args: StatusArgs) -> Result<ExitCode> {
-    let (kernel, p) = local(&args)?;
-    let s = status_of(&kernel, &p, daemon_running(&args.socket));
+    let s = status(&args)?;
     if args.output.is_json() {
         super::print_json(&s)?;
     } else {
@@ -182,8 +320,7 @@ pub fn run(args: StatusArgs) -> Result<ExitCode> {
 
 /// Exit 0 when every managed kthread is where the policy puts it, 1 listing the drift.
 pub fn verify(args: StatusArgs) -> Result<ExitCode> {
-    let (kernel, p) = local(&args)?;
-    let s = status_of(&kernel, &p, daemon_running(&args.socket));
+    let s = status(&args)?;
     if args.output.is_json() {
         super::print_json(&s)?;
     } else if s.drift == 0 {
@@ -200,4 +337,23 @@ pub fn verify(args: StatusArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `affinity prefer --list`: the running daemon's runtime registrations.
+pub fn list_registrations(socket: &Path, json: bool) -> Result<ExitCode> {
+    let view = ask(socket)?;
+    if json {
+        #[derive(Serialize)]
+        struct Registrations<'a> {
+            registrations: &'a [LiveRegistration],
+        }
+        super::print_json(&Registrations {
+            registrations: &view.registrations,
+        })?;
+    } else if view.registrations.is_empty() {
+        println!("no runtime registrations (affinity prefer) in the running daemon");
+    } else {
+        print_registrations(&view.registrations);
+    }
+    Ok(ExitCode::SUCCESS)
 }

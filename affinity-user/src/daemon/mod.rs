@@ -496,9 +496,10 @@ impl<K: Kernel, W: Write> Core<K, W> {
         target: Target,
         prefer: Preference,
         update: bool,
+        by: &str,
         maps: &mut impl PolicyMaps,
     ) -> Result<(), RegistryError> {
-        let actions = self.engine.register(target, prefer, update)?;
+        let actions = self.engine.register(target, prefer, update, by)?;
         self.execute(actions, maps);
         Ok(())
     }
@@ -511,6 +512,11 @@ impl<K: Kernel, W: Write> Core<K, W> {
         let actions = self.engine.unregister(target)?;
         self.execute(actions, maps);
         Ok(())
+    }
+
+    /// The live registry for `affinity status`.
+    pub fn view(&self) -> control::LiveView {
+        control::LiveView::of(&self.engine, self.opts.observe)
     }
 
     fn error(&mut self, message: String) {

@@ -729,3 +729,77 @@ fn a_mask_overtaken_by_a_hotplug_is_neither_refused_nor_blocked() {
     assert!(of_type(&r, "refused").is_empty(), "{r:?}");
     assert!(of_type(&r, "error").is_empty(), "{r:?}");
 }
+
+#[test]
+fn the_live_view_has_every_record_and_who_registered_what() {
+    let mut c = core(
+        false,
+        vec![rule("khugepaged", "1")],
+        &[
+            kt(38, "khugepaged", 0, "0-3"),
+            kt(40, "oom_reaper", 0, "0-3"),
+        ],
+    );
+    let mut maps = FakeMaps::new();
+    c.start(&mut maps).unwrap();
+    c.register(
+        Target::Comm("oom*".into()),
+        Preference::Cpus(set("2")),
+        false,
+        "uid 0, pid 4242",
+        &mut maps,
+    )
+    .unwrap();
+    let v = c.view();
+    assert_eq!(
+        (v.online.as_str(), v.housekeeping.as_str(), v.observe),
+        ("0-3", "0-3", false)
+    );
+    let rows: Vec<_> = v
+        .kthreads
+        .iter()
+        .map(|k| {
+            (
+                k.pid,
+                k.rule.as_deref(),
+                k.preferred.as_deref(),
+                k.applied.as_str(),
+                k.current.as_str(),
+                k.drift,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (38, Some("khugepaged"), Some("1"), "1", "1", false),
+            (40, Some("runtime"), Some("2"), "2", "2", false),
+        ]
+    );
+    assert_eq!(v.registrations.len(), 1);
+    let r = &v.registrations[0];
+    assert_eq!(
+        (
+            r.target.as_str(),
+            r.prefer.as_str(),
+            r.by.as_str(),
+            &r.pids[..]
+        ),
+        ("oom*", "2", "uid 0, pid 4242", &[40][..])
+    );
+    // An observing daemon sets nothing: khugepaged is not where the policy
+    // puts it, and the view says so.
+    let mut o = core(
+        true,
+        vec![rule("khugepaged", "1")],
+        &[
+            kt(38, "khugepaged", 0, "0-3"),
+            kt(40, "oom_reaper", 0, "0-3"),
+        ],
+    );
+    o.start(&mut maps).unwrap();
+    let v = o.view();
+    let drift: Vec<_> = v.kthreads.iter().map(|k| (k.pid, k.drift)).collect();
+    assert_eq!(drift, [(38, true), (40, false)]);
+    assert!(v.observe && v.registrations.is_empty());
+}

@@ -107,6 +107,15 @@ impl Entry {
         self.state == State::Pinned
     }
 
+    /// Where the policy puts it, as far as the daemon is concerned: its mask
+    /// is the applied one, or the kernel manages it and it can run only where
+    /// the policy puts it. `status`, `verify` and [`Engine::sync`] share this.
+    pub fn in_place(&self, online: &CpuSet) -> bool {
+        !self.managed()
+            || self.applied == self.current
+            || (self.kernel_managed && self.current.and(online) == self.applied)
+    }
+
     /// What the eBPF programs judge its runs against, if anything.
     fn judged(&self) -> bool {
         self.managed()
@@ -244,16 +253,48 @@ pub enum Action {
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum RegistryError {
-    #[error("{target} already has a runtime preference ({current}); pass --update to change it")]
-    AlreadyRegistered { target: String, current: String },
+    #[error("{target} already has a runtime preference ({current}{}); pass --update to change it", via_note(.via))]
+    AlreadyRegistered {
+        target: String,
+        current: String,
+        /// The registration it comes from, when that is not `target` itself.
+        via: Option<String>,
+    },
     #[error("no kthread matches {0}")]
     NoSuchKthread(String),
     #[error("{target} is pinned by the kernel (PF_NO_SETAFFINITY): its affinity cannot be changed")]
     Pinned { target: String },
     #[error("{0} has no runtime preference to remove")]
     NotRegistered(String),
+    /// `unprefer khugepaged` after `prefer 'khuge*'`: the preference is the glob's.
+    #[error(
+        "{target}'s runtime preference comes from the registration {via:?}; remove it with `affinity unprefer '{via}'`"
+    )]
+    RegisteredVia { target: String, via: String },
     #[error("node {0} does not exist on this machine")]
     NoSuchNode(u32),
+}
+
+fn via_note(via: &Option<String>) -> String {
+    via.as_ref()
+        .map(|v| format!(", registered as {v:?}"))
+        .unwrap_or_default()
+}
+
+/// A target as `affinity prefer`/`unprefer` take it: `1234`, `khuge*`.
+pub fn cli_form(target: &Target) -> String {
+    match target {
+        Target::Pid(p) => p.to_string(),
+        Target::Comm(c) => c.as_str().to_string(),
+    }
+}
+
+/// An `affinity prefer` registration and who made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub rule: Rule,
+    /// The client, as the control socket saw it (`uid 0, pid 4242`).
+    pub by: String,
 }
 
 pub struct Engine {
@@ -261,7 +302,7 @@ pub struct Engine {
     housekeeping: CpuSet,
     rules: Vec<Rule>,
     /// `affinity prefer` registrations, tried before the config's rules.
-    runtime: Vec<Rule>,
+    runtime: Vec<Registration>,
     entries: BTreeMap<u32, Entry>,
     /// The running kernel's release, for which kthreads it manages itself.
     kernel: Option<String>,
@@ -283,6 +324,11 @@ impl Engine {
     pub fn with_kernel(mut self, release: &str) -> Engine {
         self.kernel = Some(release.to_string());
         self
+    }
+
+    /// The kernel release given by [`Engine::with_kernel`].
+    pub fn kernel(&self) -> Option<&str> {
+        self.kernel.as_deref()
     }
 
     pub fn online(&self) -> &CpuSet {
@@ -336,8 +382,12 @@ impl Engine {
     }
 
     fn rule_for(&self, pid: u32, comm: &str) -> Option<(Rule, bool)> {
-        if let Some(r) = self.runtime.iter().find(|r| r.target.matches(pid, comm)) {
-            return Some((r.clone(), true));
+        if let Some(r) = self
+            .runtime
+            .iter()
+            .find(|r| r.rule.target.matches(pid, comm))
+        {
+            return Some((r.rule.clone(), true));
         }
         self.rules
             .iter()
@@ -679,10 +729,7 @@ impl Engine {
     /// clipping the kernel's later choices. Only a preference that differs
     /// from the kernel's own result is set.
     fn sync(e: &mut Entry, online: &CpuSet, actions: &mut Vec<Action>) {
-        if !e.managed() || e.applied == e.current {
-            return;
-        }
-        if e.kernel_managed && e.current.and(online) == e.applied {
+        if e.in_place(online) {
             return;
         }
         if e.requested.as_ref() == Some(&e.applied) {
@@ -747,6 +794,7 @@ impl Engine {
         target: Target,
         prefer: Preference,
         update: bool,
+        by: &str,
     ) -> Result<Vec<Action>, RegistryError> {
         if let Preference::Node(n) = prefer
             && !self.topology.nodes.contains_key(&n)
@@ -775,18 +823,26 @@ impl Engine {
                     .as_ref()
                     .map(ToString::to_string)
                     .unwrap_or_default();
+                let via = self
+                    .registration_of(e.pid, &e.comm)
+                    .filter(|t| **t != target)
+                    .map(cli_form);
                 return Err(RegistryError::AlreadyRegistered {
                     target: target.to_string(),
                     current,
+                    via,
                 });
             }
         }
-        self.runtime.retain(|r| r.target != target);
+        self.runtime.retain(|r| r.rule.target != target);
         self.runtime.insert(
             0,
-            Rule {
-                target,
-                prefer: prefer.clone(),
+            Registration {
+                rule: Rule {
+                    target,
+                    prefer: prefer.clone(),
+                },
+                by: by.to_string(),
             },
         );
         let mut actions = Vec::new();
@@ -806,12 +862,38 @@ impl Engine {
         Ok(actions)
     }
 
+    /// The runtime registration that gives `pid` its preference, if any.
+    pub fn registration_of(&self, pid: u32, comm: &str) -> Option<&Target> {
+        self.runtime
+            .iter()
+            .find(|r| r.rule.target.matches(pid, comm))
+            .map(|r| &r.rule.target)
+    }
+
+    /// Runtime registrations, the one tried first first.
+    pub fn registrations(&self) -> &[Registration] {
+        &self.runtime
+    }
+
     /// Drops a runtime preference; the config's rule (if any) applies again.
     pub fn unregister(&mut self, target: &Target) -> Result<Vec<Action>, RegistryError> {
         let before = self.runtime.len();
-        self.runtime.retain(|r| &r.target != target);
+        self.runtime.retain(|r| &r.rule.target != target);
         if before == self.runtime.len() {
-            return Err(RegistryError::NotRegistered(target.to_string()));
+            // The same kthreads `prefer` would call registered: say which
+            // registration holds them rather than that there is none.
+            let via = self
+                .entries
+                .values()
+                .filter(|e| e.runtime && target.matches(e.pid, &e.comm))
+                .find_map(|e| self.registration_of(e.pid, &e.comm));
+            return Err(match via {
+                Some(via) => RegistryError::RegisteredVia {
+                    target: target.to_string(),
+                    via: cli_form(via),
+                },
+                None => RegistryError::NotRegistered(target.to_string()),
+            });
         }
         let pids: Vec<u32> = self
             .entries

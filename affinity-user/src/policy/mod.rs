@@ -14,7 +14,9 @@ pub use config::{
     Rule, Target,
 };
 pub use cpuset::{CpuListError, CpuSet, MAX_CPUS};
-pub use engine::{Action, Engine, Entry, Event, Refusal, RegistryError, State, Topology};
+pub use engine::{
+    Action, Engine, Entry, Event, Refusal, Registration, RegistryError, State, Topology, cli_form,
+};
 pub use kthread::{
     Kthread, PF_KTHREAD, PF_NO_SETAFFINITY, kernel_manages_affinity, kernel_version,
 };

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use super::*;
+use super::{config::CommGlob, *};
 
 const W: u32 = 8;
 
@@ -121,6 +121,63 @@ fn a_node_gaining_its_first_cpu_pulls_its_kthreads_onto_it() {
 }
 
 #[test]
+fn unprefer_by_name_of_a_glob_registration_names_the_glob() {
+    let mut e = Engine::new(topo("0-7"), set("0-7"), vec![]);
+    e.handle(Event::KthreadNew(kt(5, "khugepaged", "0-7")));
+    e.register(
+        Target::Comm(CommGlob::new("khuge*")),
+        Preference::Cpus(set("0")),
+        false,
+        "uid 0, pid 42",
+    )
+    .unwrap();
+    let regs = e.registrations();
+    assert_eq!(regs.len(), 1);
+    assert_eq!(regs[0].rule.target.to_string(), "khuge*");
+    assert_eq!(regs[0].by, "uid 0, pid 42");
+    // prefer and unprefer agree that khugepaged is registered, and both
+    // name the registration that holds it.
+    let again = e
+        .register(
+            Target::Comm("khugepaged".into()),
+            Preference::Cpus(set("1")),
+            false,
+            "test",
+        )
+        .unwrap_err();
+    assert_eq!(
+        again.to_string(),
+        "khugepaged already has a runtime preference (0, registered as \"khuge*\"); pass --update to change it"
+    );
+    let err = e
+        .unregister(&Target::Comm("khugepaged".into()))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RegistryError::RegisteredVia {
+            target: "khugepaged".into(),
+            via: "khuge*".into()
+        }
+    );
+    assert!(
+        err.to_string().contains("affinity unprefer 'khuge*'"),
+        "{err}"
+    );
+    assert_eq!(
+        e.entry(5).unwrap().applied.to_string(),
+        "0",
+        "nothing removed"
+    );
+    e.unregister(&Target::Comm(CommGlob::new("khuge*")))
+        .unwrap();
+    assert!(e.registrations().is_empty());
+    assert!(matches!(
+        e.unregister(&Target::Comm("khugepaged".into())),
+        Err(RegistryError::NotRegistered(_))
+    ));
+}
+
+#[test]
 fn registering_twice_fails_and_update_succeeds() {
     let mut e = Engine::new(topo("0-7"), set("0-7"), vec![]);
     e.handle(Event::KthreadNew(kt(5, "khugepaged", "0-7")));
@@ -129,14 +186,15 @@ fn registering_twice_fails_and_update_succeeds() {
             &e.register(
                 Target::Comm("khugepaged".into()),
                 Preference::Cpus(set("1")),
-                false
+                false,
+                "test",
             )
             .unwrap()
         ),
         [(5, "1".into())]
     );
     let err = e
-        .register(Target::Pid(5), Preference::Cpus(set("2")), false)
+        .register(Target::Pid(5), Preference::Cpus(set("2")), false, "test")
         .unwrap_err();
     assert!(
         matches!(err, RegistryError::AlreadyRegistered { .. }),
@@ -150,20 +208,35 @@ fn registering_twice_fails_and_update_succeeds() {
     );
     assert_eq!(
         sets(
-            &e.register(Target::Pid(5), Preference::Cpus(set("2")), true)
+            &e.register(Target::Pid(5), Preference::Cpus(set("2")), true, "test")
                 .unwrap()
         ),
         [(5, "2".into())]
     );
     assert!(matches!(
-        e.register(Target::Comm("nope".into()), Preference::Housekeeping, false),
+        e.register(
+            Target::Comm("nope".into()),
+            Preference::Housekeeping,
+            false,
+            "test"
+        ),
         Err(RegistryError::NoSuchKthread(_))
     ));
     assert!(matches!(
-        e.register(Target::Pid(5), Preference::Node(9), true),
+        e.register(Target::Pid(5), Preference::Node(9), true, "test"),
         Err(RegistryError::NoSuchNode(9))
     ));
     e.unregister(&Target::Pid(5)).unwrap();
+    // The comm registration still holds pid 5: unprefer says so.
+    assert_eq!(
+        e.unregister(&Target::Pid(5)),
+        Err(RegistryError::RegisteredVia {
+            target: "pid 5".into(),
+            via: "khugepaged".into()
+        })
+    );
+    assert_eq!(e.entry(5).unwrap().applied.to_string(), "1");
+    e.unregister(&Target::Comm("khugepaged".into())).unwrap();
     assert!(matches!(
         e.unregister(&Target::Pid(5)),
         Err(RegistryError::NotRegistered(_))
@@ -183,7 +256,7 @@ fn non_kthreads_are_never_acted_on() {
     assert!(e.entry(100).is_none());
     assert!(e.handle(Event::CpuOfflineBegin { cpu: 1 }).is_empty());
     assert!(matches!(
-        e.register(Target::Pid(100), Preference::Housekeeping, false),
+        e.register(Target::Pid(100), Preference::Housekeeping, false, "test"),
         Err(RegistryError::NoSuchKthread(_))
     ));
 }
@@ -208,7 +281,7 @@ fn pinned_kthreads_are_reported_once_and_never_set() {
     assert!(e.handle(Event::CpuOfflineBegin { cpu: 1 }).is_empty());
     assert!(e.handle(Event::HousekeepingChanged(set("0"))).is_empty());
     assert!(matches!(
-        e.register(Target::Pid(14), Preference::Housekeeping, false),
+        e.register(Target::Pid(14), Preference::Housekeeping, false, "test"),
         Err(RegistryError::Pinned { .. })
     ));
 }

@@ -80,6 +80,10 @@ use tokio::{
     time::timeout,
 };
 
+mod view;
+
+pub use view::{LiveKthread, LiveRegistration, LiveView};
+
 pub const DEFAULT_SOCKET: &str = "/run/affinity/control.sock";
 
 /// Clients served at once; beyond that a client is told the daemon is busy.
@@ -111,19 +115,33 @@ pub enum Request {
     Unprefer {
         target: String,
     },
+    /// The daemon's live registry: `affinity status`, `verify`, `prefer --list`.
+    Status,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
     pub message: String,
+    /// The answer to [`Request::Status`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<Box<LiveView>>,
 }
 
 impl Response {
-    fn refusal(message: impl Into<String>) -> Self {
+    pub fn refusal(message: impl Into<String>) -> Self {
         Response {
             ok: false,
             message: message.into(),
+            view: None,
+        }
+    }
+
+    pub fn done(message: impl Into<String>) -> Self {
+        Response {
+            ok: true,
+            message: message.into(),
+            view: None,
         }
     }
 }
@@ -133,6 +151,8 @@ impl Response {
 #[derive(Debug)]
 pub struct ControlCall {
     pub request: Request,
+    /// Who asked, from the socket's peer credentials: `uid 0, pid 4242`.
+    pub client: String,
     pub reply: oneshot::Sender<Response>,
 }
 
@@ -316,7 +336,8 @@ async fn answer(
     requests: &mpsc::Sender<ControlCall>,
     limits: Limits,
 ) -> Option<Response> {
-    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    let cred = stream.peer_cred().ok();
+    let uid = cred.map(|c| c.uid());
     if !uid.is_some_and(peer_allowed) {
         return Some(Response::refusal(
             "only root may control the affinity daemon",
@@ -342,7 +363,15 @@ async fn answer(
         },
     };
     let (tx, rx) = oneshot::channel();
-    let call = ControlCall { request, reply: tx };
+    let client = match cred.and_then(|c| c.pid()) {
+        Some(pid) => format!("uid {}, pid {pid}", uid.unwrap_or_default()),
+        None => format!("uid {}", uid.unwrap_or_default()),
+    };
+    let call = ControlCall {
+        request,
+        client,
+        reply: tx,
+    };
     match timeout(limits.send, requests.send(call)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Some(Response::refusal("the affinity daemon is shutting down")),

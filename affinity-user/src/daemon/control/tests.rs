@@ -19,11 +19,11 @@ fn answer_all(mut rx: mpsc::Receiver<ControlCall>) -> JoinHandle<usize> {
         let mut n = 0;
         while let Some(call) = rx.recv().await {
             n += 1;
-            let (Request::Prefer { target, .. } | Request::Unprefer { target }) = call.request;
-            let _ = call.reply.send(Response {
-                ok: true,
-                message: target,
-            });
+            let message = match call.request {
+                Request::Prefer { target, .. } | Request::Unprefer { target } => target,
+                Request::Status => "status".into(),
+            };
+            let _ = call.reply.send(Response::done(message));
         }
         n
     })
@@ -221,13 +221,7 @@ async fn an_idle_client_does_not_delay_another() {
         .await
         .expect("answered while the idle client still holds its connection")
         .unwrap();
-    assert_eq!(
-        answer,
-        Response {
-            ok: true,
-            message: "busy".into()
-        }
-    );
+    assert_eq!(answer, Response::done("busy"));
     assert!(started.elapsed() < READ_TIMEOUT);
 }
 
@@ -259,11 +253,8 @@ async fn the_wire_format_is_one_json_object_per_line() {
     let _server = ControlServer::bind(&path).unwrap().spawn(tx);
     let seen = tokio::spawn(async move {
         let call = rx.recv().await.unwrap();
-        let _ = call.reply.send(Response {
-            ok: true,
-            message: "done".into(),
-        });
-        call.request
+        let _ = call.reply.send(Response::done("done"));
+        (call.request, call.client)
     });
     let mut s = UnixStream::connect(&path).await.unwrap();
     s.write_all(
@@ -276,11 +267,15 @@ async fn the_wire_format_is_one_json_object_per_line() {
     assert_eq!(out, "{\"ok\":true,\"message\":\"done\"}\n");
     assert_eq!(
         seen.await.unwrap(),
-        Request::Prefer {
-            target: "khugepaged".into(),
-            prefer: "0-1".into(),
-            update: true
-        }
+        (
+            Request::Prefer {
+                target: "khugepaged".into(),
+                prefer: "0-1".into(),
+                update: true
+            },
+            // Who asked, for `affinity status`'s list of registrations.
+            format!("uid {}, pid {}", euid(), std::process::id())
+        )
     );
 }
 
