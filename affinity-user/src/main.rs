@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the daemon: load the eBPF observer, apply the policy, report live.
     Run(commands::run::RunArgs),
+    /// Apply the policy once and exit (no daemon, nothing follows hotplug).
+    Apply(commands::apply::ApplyArgs),
     /// Validate a configuration file (exit 2 listing every error).
     Check(commands::check::CheckArgs),
     /// Print this machine's CPU and kthread state as JSON.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
+        Command::Apply(args) => commands::apply::run(args),
         Command::Check(args) => commands::check::run(args),
         Command::Snapshot(args) => commands::snapshot::run(args),
         Command::Plan(args) => commands::plan::run(args),

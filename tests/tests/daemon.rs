@@ -403,6 +403,57 @@ fn status_and_verify_ask_the_running_daemon() {
     assert_eq!(mask_of(khugepaged), "0-1");
 }
 
+#[test]
+fn apply_sets_the_policy_once_and_refuses_to_run_beside_a_daemon() {
+    let Some(_masks) = setup("apply_sets_the_policy_once_and_refuses_to_run_beside_a_daemon")
+    else {
+        return;
+    };
+    let pid = pid_of("khugepaged");
+    set_mask(pid, "0-1");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, KHUGEPAGED_ON_1).unwrap();
+    let apply = |socket: &std::path::Path| {
+        Command::new(affinity_bin())
+            .arg("apply")
+            .arg("-c")
+            .arg(&rules)
+            .args(["--format", "json", "--socket"])
+            .arg(socket)
+            .output()
+            .unwrap()
+    };
+    let out = apply(&dir.path().join("control.sock"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mask_of(pid), "1");
+    let done: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(done["type"], "apply_done");
+    assert_eq!(
+        ["managed", "set", "in_place", "refused", "errors"].map(|k| done[k].as_u64()),
+        [Some(1), Some(1), Some(1), Some(0), Some(0)]
+    );
+    assert!(
+        !dir.path().join("control.sock").exists(),
+        "apply leaves no socket behind"
+    );
+
+    // Beside a daemon (which enforces and would fight it): refused, nothing set.
+    set_mask(pid, "0-1");
+    let mut d = Daemon::start(&["--observe"]);
+    let out = apply(&d.socket);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "apply beside a daemon must fail");
+    assert!(err.contains("does not run beside a daemon"), "{err}");
+    assert_eq!(mask_of(pid), "0-1", "nothing set");
+    d.stop();
+}
+
 fn all_masks() -> Vec<(u32, String, String)> {
     kthreads()
         .into_iter()

@@ -1,5 +1,6 @@
 //! One module per `affinity` subcommand; each exposes `run(args) -> Result<ExitCode>`.
 
+pub mod apply;
 pub mod check;
 pub mod config;
 pub mod plan;

@@ -139,12 +139,45 @@ struct Prepared {
 
 /// How H is found: `--housekeeping`, else the config or the kernel's
 /// isolation settings, minus `--isolate`.
-struct Housekeeping {
+pub(super) struct Housekeeping {
     explicit: Option<CpuSet>,
     isolate: Option<CpuSet>,
 }
 
 impl Housekeeping {
+    /// `--isolate` and `--housekeeping` as given, checked against `width`.
+    pub(super) fn parse(
+        isolate: Option<&str>,
+        housekeeping: Option<&str>,
+        width: u32,
+    ) -> Result<Housekeeping> {
+        let parse = |flag: &str, list: &str| {
+            CpuSet::parse(list, width).map_err(|e| BadInput::err(format!("--{flag} {list:?}: {e}")))
+        };
+        Ok(Housekeeping {
+            isolate: isolate.map(|l| parse("isolate", l)).transpose()?,
+            explicit: housekeeping.map(|l| parse("housekeeping", l)).transpose()?,
+        })
+    }
+
+    /// H for `m`, refused when the flags leave no online housekeeping CPU.
+    /// The rule shared with `plan`: flags that do so are a mistake; a config
+    /// or kernel that does gets a warning.
+    pub(super) fn checked(&self, m: &Machine, config: &Config) -> Result<CpuSet> {
+        let hk = self.of(m, config);
+        if hk.and(&m.topology.online).is_empty() {
+            if self.explicit.is_some() || self.isolate.is_some() {
+                return Err(BadInput::err(
+                    "--housekeeping/--isolate: that leaves no online housekeeping CPU (kthreads would have nowhere preferred to run)",
+                ));
+            }
+            eprintln!(
+                "affinity: warning: no online housekeeping CPU; kthreads fall back to all online CPUs"
+            );
+        }
+        Ok(hk)
+    }
+
     fn of(&self, m: &Machine, config: &Config) -> CpuSet {
         let mut hk = match &self.explicit {
             Some(h) => h.clone(),
@@ -165,21 +198,8 @@ async fn prepare(args: &RunArgs) -> Result<Prepared> {
         Some(path) => sysfs::load_config(path, &machine.topology)?,
         None => Config::embedded_default(),
     };
-    let parse = |flag: &str, list: &str| {
-        CpuSet::parse(list, width).map_err(|e| BadInput::err(format!("--{flag} {list:?}: {e}")))
-    };
-    let housekeeping = Housekeeping {
-        isolate: args
-            .isolate
-            .as_deref()
-            .map(|l| parse("isolate", l))
-            .transpose()?,
-        explicit: args
-            .housekeeping
-            .as_deref()
-            .map(|l| parse("housekeeping", l))
-            .transpose()?,
-    };
+    let housekeeping =
+        Housekeeping::parse(args.isolate.as_deref(), args.housekeeping.as_deref(), width)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -246,19 +266,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         metrics: metrics_listener,
     } = p;
     let width = machine.topology.width;
-    let hk = housekeeping.of(&machine, &config);
-    // The rule shared with `plan`: flags that leave no online housekeeping
-    // CPU are a mistake; a config or kernel that does gets a warning.
-    if hk.and(&machine.topology.online).is_empty() {
-        if args.housekeeping.is_some() || args.isolate.is_some() {
-            return Err(BadInput::err(
-                "--housekeeping/--isolate: that leaves no online housekeeping CPU (kthreads would have nowhere preferred to run)",
-            ));
-        }
-        eprintln!(
-            "affinity: warning: no online housekeeping CPU; kthreads fall back to all online CPUs"
-        );
-    }
+    let hk = housekeeping.checked(&machine, &config)?;
     let layout = KernelLayout::from_btf_file(&args.sys.join("kernel/btf/vmlinux"))
         .context("this kernel has no usable BTF (CONFIG_DEBUG_INFO_BTF), which affinity needs")?;
     let init_pidns = bpf::init_pidns(&args.proc).with_context(|| {

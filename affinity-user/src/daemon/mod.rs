@@ -49,6 +49,27 @@ pub trait PolicyMaps {
     fn correct_online(&mut self, online: &CpuSet) -> anyhow::Result<u64>;
 }
 
+/// No programs to tell: `affinity apply` sets the masks once and exits.
+pub struct NoPrograms;
+
+impl PolicyMaps for NoPrograms {
+    fn set_policy(&mut self, _: u32, _: &CpuSet, _: Option<&CpuSet>) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn clear_policy(&mut self, _: u32) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn acknowledge(&mut self, _: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn hotplug_view(&self) -> anyhow::Result<(u64, Vec<u64>)> {
+        Ok((0, Vec::new()))
+    }
+    fn correct_online(&mut self, _: &CpuSet) -> anyhow::Result<u64> {
+        Ok(0)
+    }
+}
+
 impl PolicyMaps for crate::kernel::bpf::Observer {
     fn set_policy(
         &mut self,

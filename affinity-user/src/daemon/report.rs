@@ -124,6 +124,15 @@ pub enum Report {
     Stopped {
         restored: usize,
     },
+    /// `affinity apply` is done: of `managed` kthreads, `set` were given a
+    /// mask, `in_place` are where the policy puts them now.
+    ApplyDone {
+        managed: usize,
+        set: u64,
+        in_place: usize,
+        refused: u64,
+        errors: u64,
+    },
 }
 
 pub struct Reporter<W: Write> {
@@ -428,6 +437,23 @@ fn human(r: &Report, color: bool) -> String {
             "stopped",
             "1",
             format!("restored {restored} original masks"),
+        ),
+        Report::ApplyDone {
+            managed,
+            set,
+            in_place,
+            refused,
+            errors,
+        } => (
+            "done",
+            if in_place == managed && *refused == 0 && *errors == 0 {
+                "32"
+            } else {
+                "31"
+            },
+            format!(
+                "{in_place} of {managed} managed kthreads where the policy puts them ({set} masks set, {refused} refused, {errors} errors); nothing follows hotplug from here on"
+            ),
         ),
     };
     format!(

@@ -1,0 +1,114 @@
+//! `affinity apply`: the policy applied once, then exit — for boot scripts,
+//! tests and hosts that do not want a daemon (tuna's habit). No BPF: the
+//! daemon's core runs its start-up pass against the real kernel and stops.
+//! Nothing follows hotplug afterwards; the README says so.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+use super::run::Housekeeping;
+use crate::{
+    daemon::{
+        Core, NoPrograms, Options,
+        control::{self, ControlServer},
+        report::{ColorChoice, Format, Report, Reporter},
+    },
+    kernel::{
+        procfs::ProcKernel,
+        sysfs::{self, Machine},
+    },
+    policy::{Config, Engine},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Rules file (TOML); without it the embedded default.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Treat these CPUs as isolated too (removed from housekeeping).
+    #[arg(long, value_name = "CPULIST")]
+    pub isolate: Option<String>,
+    /// Use exactly these CPUs as housekeeping, overriding the kernel's view.
+    #[arg(long, value_name = "CPULIST")]
+    pub housekeeping: Option<String>,
+    #[command(flatten)]
+    pub output: super::OutputArgs,
+    /// Colour human output: auto, always or never.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: ColorChoice,
+    /// A running daemon's control socket: apply refuses to run beside one.
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sys: PathBuf,
+    #[arg(long, default_value = "/proc", hide = true)]
+    pub proc: PathBuf,
+}
+
+pub fn run(args: ApplyArgs) -> Result<ExitCode> {
+    let machine =
+        Machine::read(&args.sys, &args.proc).context("reading the machine's CPU state")?;
+    let config = match &args.config {
+        Some(path) => sysfs::load_config(path, &machine.topology)?,
+        None => Config::embedded_default(),
+    };
+    let hk = Housekeeping::parse(
+        args.isolate.as_deref(),
+        args.housekeeping.as_deref(),
+        machine.topology.width,
+    )?
+    .checked(&machine, &config)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`affinity apply` needs root: it sets kthread affinity (`affinity plan` shows what it would do)"
+        );
+    }
+    // Held until we are done: a daemon started meanwhile waits for us, and
+    // one already running (which enforces the policy itself and would
+    // undo or fight ours) makes this fail before anything is set.
+    let _single = ControlServer::bind(&args.socket).context(
+        "affinity apply does not run beside a daemon (use `affinity prefer` to change its policy)",
+    )?;
+
+    let engine =
+        Engine::new(machine.topology.clone(), hk, config.rules).with_kernel(&machine.kernel);
+    let kernel = ProcKernel::new(&args.proc, &args.sys, machine.topology.width);
+    let format = if args.output.is_json() {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let mut core = Core::new(
+        engine,
+        kernel,
+        Reporter::with_output(std::io::stdout(), format, args.color),
+        Options {
+            observe: false,
+            restore_on_exit: false,
+        },
+    );
+    core.start(&mut NoPrograms)
+        .context("reading the kthreads in /proc")?;
+    let s = &core.stats;
+    let (applied, refused, errors) = (s.applied, s.refused, s.errors);
+    let managed = core.managed_count();
+    let in_place = core
+        .engine
+        .entries()
+        .filter(|e| e.managed() && e.in_place(core.engine.online()))
+        .count();
+    core.reporter.report(&Report::ApplyDone {
+        managed,
+        set: applied,
+        in_place,
+        refused,
+        errors,
+    });
+    Ok(if refused == 0 && errors == 0 && in_place == managed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
