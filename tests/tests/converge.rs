@@ -278,7 +278,7 @@ fn a_real_violation_is_reported_every_time_with_its_run_time() {
     };
     let pid = rcu_gp_kthread();
     set_mask(pid, "0");
-    let d = Daemon::start(&["--observe", "--isolate", "1"]);
+    let mut d = Daemon::start(&["--observe", "--isolate", "1"]);
     for round in 0..5 {
         let seen = d.events().len();
         set_mask(pid, "1");
@@ -309,6 +309,21 @@ fn a_real_violation_is_reported_every_time_with_its_run_time() {
         std::thread::sleep(Duration::from_millis(700));
     }
     assert_eq!(mask_of(pid), "0");
+    // The last summary's figures come from one moment: everything reported
+    // was seen by the kernel, and the rate-limited ones are among the seen.
+    d.stop();
+    let events = d.events();
+    let s = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "summary")
+        .expect("a summary on exit");
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
+    assert!(n("violations") >= 5, "{s}");
+    assert!(
+        n("violations_seen") >= n("violations") + n("suppressed"),
+        "seen = reported + rate-limited + not yet reported: {s}"
+    );
 }
 
 #[test]

@@ -634,4 +634,18 @@ fn metrics_endpoint_serves_prometheus_text() {
     );
     assert!(body.contains("affinity_registered_kthreads 1"), "{body}");
     assert!(body.contains("affinity_drops_total 0"), "{body}");
+    // Both steps timed from the kernel's event, and the kernel named.
+    assert!(
+        body.contains("\naffinity_hotplug_reaction_seconds_count 2\n"),
+        "{body}"
+    );
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(
+        body.contains(&format!(
+            "affinity_build_info{{version=\"{}\",kernel=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            release.trim()
+        )),
+        "{body}"
+    );
 }

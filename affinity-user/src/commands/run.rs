@@ -448,12 +448,12 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                     lost_since_scan = true;
                     start_scan(&mut scan, args, width, r.core.epoch());
                 }
-                r.core.stats.suppressed = now.suppressed;
-                r.core.stats.violations_seen = now.violations;
+                set_violation_counters(&mut r.core.stats, &now);
                 r.core.stats.lines_dropped = r.core.reporter.out_mut().dropped();
                 seen_counters = now;
             }
             _ = summary.tick() => {
+                refresh_violation_counters(r)?;
                 if r.core.stats != last_summary {
                     let s = r.core.summary();
                     r.core.reporter.report(&s);
@@ -463,6 +463,20 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
         }
         publish_metrics(r, &mut last_metrics, args.metrics_by_comm);
     }
+}
+
+fn set_violation_counters(stats: &mut Stats, now: &Counters) {
+    stats.suppressed = now.suppressed;
+    stats.violations_seen = now.violations;
+}
+
+/// The programs' violation counters read now, so that a summary's seen,
+/// reported and rate-limited figures come from one moment: every report
+/// already handled was counted before it was sent.
+fn refresh_violation_counters(r: &mut Running) -> Result<()> {
+    let now = r.observer.counters()?;
+    set_violation_counters(&mut r.core.stats, &now);
+    Ok(())
 }
 
 /// Reads /proc on the blocking pool, unless a scan is under way already.
@@ -513,7 +527,10 @@ fn publish_metrics(r: &Running, last: &mut Option<Stats>, by_comm: bool) {
     }
     let s = &r.core.stats;
     let body = metrics::render(&metrics::MetricsView {
+        version: env!("CARGO_PKG_VERSION"),
+        kernel: &r.machine.kernel,
         violations: s.violations(),
+        violations_seen: s.violations_seen,
         violations_by_comm: &s.violations_by_comm,
         by_comm,
         applied: s.applied,
@@ -525,6 +542,7 @@ fn publish_metrics(r: &Running, last: &mut Option<Stats>, by_comm: bool) {
         refused: s.refused,
         registered: r.core.managed_count(),
         pinned: r.core.pinned_count(),
+        reaction: &s.reaction,
     });
     let _ = tx.send(Arc::new(body));
     *last = Some(s.clone());
@@ -538,6 +556,8 @@ fn shutdown(mut r: Running, result: Result<()>) -> Result<ExitCode> {
         });
     }
     let restored = r.core.restore_originals();
+    // Best effort: a summary with slightly older counters beats none.
+    let _ = refresh_violation_counters(&mut r);
     r.core.stats.lines_dropped = r.core.reporter.out_mut().dropped();
     let s = r.core.summary();
     r.core.reporter.report(&s);

@@ -25,6 +25,8 @@
 
 use std::{collections::BTreeMap, fmt::Write, io, sync::Arc, time::Duration};
 
+use super::Histogram;
+
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -52,8 +54,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// What the metrics say, independent of how the daemon keeps its counts.
 #[derive(Clone, Copy, Debug)]
 pub struct MetricsView<'a> {
-    /// All violations; the unlabelled counter.
+    /// This binary's version and the running kernel's release, for
+    /// `affinity_build_info`.
+    pub version: &'a str,
+    pub kernel: &'a str,
+    /// Violations reported (records that reached the daemon); the unlabelled counter.
     pub violations: u64,
+    /// Violations the programs counted, reported or rate-limited.
+    pub violations_seen: u64,
     /// Per comm; read only with `by_comm`.
     pub violations_by_comm: &'a BTreeMap<String, u64>,
     /// Label `affinity_violations_total` by comm (the top [`TOP_COMMS`]).
@@ -67,14 +75,23 @@ pub struct MetricsView<'a> {
     pub refused: u64,
     pub registered: usize,
     pub pinned: usize,
+    pub reaction: &'a Histogram,
 }
+
+const VIOLATIONS_HELP: &str = "Runs of a kthread outside its allowed CPUs reported to the daemon (rate-limited ones are in affinity_suppressed_total; reported and rate-limited together in affinity_violations_seen_total)";
 
 pub fn render(view: &MetricsView<'_>) -> String {
     let mut body = String::new();
+    let _ = writeln!(
+        body,
+        "# HELP affinity_build_info The affinity version and the kernel release it runs on.\n# TYPE affinity_build_info gauge\naffinity_build_info{{version=\"{}\",kernel=\"{}\"}} 1",
+        escape(view.version),
+        escape(view.kernel)
+    );
     if view.by_comm {
         let _ = writeln!(
             body,
-            "# HELP affinity_violations_total Times a kthread ran outside its allowed CPUs, by comm (the {TOP_COMMS} most frequent; the rest as comm=\"{OTHER}\").\n# TYPE affinity_violations_total counter"
+            "# HELP affinity_violations_total {VIOLATIONS_HELP}, by comm (the {TOP_COMMS} most frequent; the rest as comm=\"{OTHER}\").\n# TYPE affinity_violations_total counter"
         );
         for (comm, n) in top_comms(view.violations_by_comm, TOP_COMMS) {
             let _ = writeln!(
@@ -86,11 +103,17 @@ pub fn render(view: &MetricsView<'_>) -> String {
     } else {
         let _ = writeln!(
             body,
-            "# HELP affinity_violations_total Times a kthread ran outside its allowed CPUs.\n# TYPE affinity_violations_total counter\naffinity_violations_total {}",
+            "# HELP affinity_violations_total {VIOLATIONS_HELP}.\n# TYPE affinity_violations_total counter\naffinity_violations_total {}",
             view.violations
         );
     }
-    let simple: [(&str, &str, &str, u64); 9] = [
+    let simple: [(&str, &str, &str, u64); 10] = [
+        (
+            "affinity_violations_seen_total",
+            "counter",
+            "Runs of a kthread outside its allowed CPUs counted by the eBPF programs, reported or rate-limited.",
+            view.violations_seen,
+        ),
         (
             "affinity_reapplies_total",
             "counter",
@@ -152,6 +175,22 @@ pub fn render(view: &MetricsView<'_>) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    let name = "affinity_hotplug_reaction_seconds";
+    let _ = writeln!(
+        body,
+        "# HELP {name} From a CPU hotplug event in the kernel to the last kthread mask set for it.\n# TYPE {name} histogram"
+    );
+    for (le, n) in view.reaction.cumulative() {
+        let _ = writeln!(body, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let h = view.reaction;
+    let _ = writeln!(
+        body,
+        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+        h.count,
+        h.sum_ns as f64 / 1e9,
+        h.count
+    );
     body
 }
 
@@ -359,9 +398,26 @@ mod tests {
 
     use super::*;
 
+    const REACTION_BUCKETS_LEN: usize = super::super::REACTION_BUCKETS.len();
+
+    fn reaction() -> &'static Histogram {
+        static H: std::sync::OnceLock<Histogram> = std::sync::OnceLock::new();
+        H.get_or_init(|| {
+            let mut h = Histogram::default();
+            // 300 µs, 800 µs, 2 ms and 2 s (beyond the last bucket).
+            for ns in [300_000, 800_000, 2_000_000, 2_000_000_000] {
+                h.observe(ns);
+            }
+            h
+        })
+    }
+
     fn view(by_comm: &BTreeMap<String, u64>) -> MetricsView<'_> {
         MetricsView {
+            version: "0.1.0",
+            kernel: "6.18.0-test",
             violations: 9,
+            violations_seen: 13,
             violations_by_comm: by_comm,
             by_comm: false,
             applied: 1,
@@ -373,6 +429,7 @@ mod tests {
             refused: 7,
             registered: 10,
             pinned: 11,
+            reaction: reaction(),
         }
     }
 
@@ -382,9 +439,15 @@ mod tests {
         assert_eq!(
             render(&view(&comms)),
             "\
-# HELP affinity_violations_total Times a kthread ran outside its allowed CPUs.
+# HELP affinity_build_info The affinity version and the kernel release it runs on.
+# TYPE affinity_build_info gauge
+affinity_build_info{version=\"0.1.0\",kernel=\"6.18.0-test\"} 1
+# HELP affinity_violations_total Runs of a kthread outside its allowed CPUs reported to the daemon (rate-limited ones are in affinity_suppressed_total; reported and rate-limited together in affinity_violations_seen_total).
 # TYPE affinity_violations_total counter
 affinity_violations_total 9
+# HELP affinity_violations_seen_total Runs of a kthread outside its allowed CPUs counted by the eBPF programs, reported or rate-limited.
+# TYPE affinity_violations_seen_total counter
+affinity_violations_seen_total 13
 # HELP affinity_reapplies_total CPU masks applied to kthreads.
 # TYPE affinity_reapplies_total counter
 affinity_reapplies_total 1
@@ -412,7 +475,79 @@ affinity_registered_kthreads 10
 # HELP affinity_pinned_kthreads Kthreads pinned by the kernel (PF_NO_SETAFFINITY).
 # TYPE affinity_pinned_kthreads gauge
 affinity_pinned_kthreads 11
+# HELP affinity_hotplug_reaction_seconds From a CPU hotplug event in the kernel to the last kthread mask set for it.
+# TYPE affinity_hotplug_reaction_seconds histogram
+affinity_hotplug_reaction_seconds_bucket{le=\"0.0001\"} 0
+affinity_hotplug_reaction_seconds_bucket{le=\"0.00025\"} 0
+affinity_hotplug_reaction_seconds_bucket{le=\"0.0005\"} 1
+affinity_hotplug_reaction_seconds_bucket{le=\"0.001\"} 2
+affinity_hotplug_reaction_seconds_bucket{le=\"0.0025\"} 3
+affinity_hotplug_reaction_seconds_bucket{le=\"0.005\"} 3
+affinity_hotplug_reaction_seconds_bucket{le=\"0.01\"} 3
+affinity_hotplug_reaction_seconds_bucket{le=\"0.025\"} 3
+affinity_hotplug_reaction_seconds_bucket{le=\"0.05\"} 3
+affinity_hotplug_reaction_seconds_bucket{le=\"0.1\"} 3
+affinity_hotplug_reaction_seconds_bucket{le=\"0.25\"} 3
+affinity_hotplug_reaction_seconds_bucket{le=\"1\"} 3
+affinity_hotplug_reaction_seconds_bucket{le=\"+Inf\"} 4
+affinity_hotplug_reaction_seconds_sum 2.0031
+affinity_hotplug_reaction_seconds_count 4
 "
+        );
+    }
+
+    /// A real exposition parser (prometheus-parse) reads every sample back
+    /// with its type, labels and value: what a scraper would store.
+    #[test]
+    fn a_prometheus_parser_reads_every_sample() {
+        use prometheus_parse::{HistogramCount, Scrape, Value};
+        let comms = BTreeMap::from([("kswapd0".to_string(), 5), ("kcompactd0".to_string(), 4)]);
+        let text = render(&MetricsView {
+            by_comm: true,
+            ..view(&comms)
+        });
+        let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let one = |name: &str| {
+            let found: Vec<_> = scrape.samples.iter().filter(|s| s.metric == name).collect();
+            assert_eq!(found.len(), 1, "{name}: {found:?}");
+            found[0]
+        };
+        let build = one("affinity_build_info");
+        assert_eq!(build.labels.get("version"), Some("0.1.0"));
+        assert_eq!(build.labels.get("kernel"), Some("6.18.0-test"));
+        assert!(matches!(build.value, Value::Gauge(v) if v == 1.0));
+        assert!(
+            matches!(one("affinity_violations_seen_total").value, Value::Counter(v) if v == 13.0)
+        );
+        assert!(matches!(one("affinity_pinned_kthreads").value, Value::Gauge(v) if v == 11.0));
+        let by_comm: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "affinity_violations_total")
+            .map(|s| (s.labels.get("comm").unwrap().to_string(), &s.value))
+            .collect();
+        assert!(
+            matches!(&by_comm[..], [(a, Value::Counter(x)), (b, Value::Counter(y))]
+                if a == "kcompactd0" && *x == 4.0 && b == "kswapd0" && *y == 5.0),
+            "{by_comm:?}"
+        );
+        match &one("affinity_hotplug_reaction_seconds").value {
+            Value::Histogram(buckets) => {
+                let got: Vec<(f64, f64)> = buckets
+                    .iter()
+                    .map(|HistogramCount { less_than, count }| (*less_than, *count))
+                    .collect();
+                assert_eq!(got.len(), REACTION_BUCKETS_LEN + 1, "{got:?}");
+                assert_eq!(got[3], (0.001, 2.0));
+                assert_eq!(got.last().copied(), Some((f64::INFINITY, 4.0)));
+            }
+            other => panic!("not a histogram: {other:?}"),
+        }
+        assert_eq!(
+            scrape.docs.len(),
+            13,
+            "a HELP line per metric: {:?}",
+            scrape.docs
         );
     }
 

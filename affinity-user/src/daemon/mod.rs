@@ -23,7 +23,7 @@ use std::{collections::BTreeMap, io::Write};
 
 use kernel::Kernel;
 use report::{Report, Reporter};
-pub use stats::Stats;
+pub use stats::{Histogram, REACTION_BUCKETS, Stats};
 
 use crate::{
     kernel::sysfs::Scan,
@@ -304,7 +304,9 @@ impl<K: Kernel, W: Write> Core<K, W> {
         // From the kernel's timestamp of the hotplug step to the last mask
         // in place: the window in which a thread could run on a CPU it
         // should have left.
-        let latency_us = monotonic_ns().saturating_sub(ts_ns) as f64 / 1000.0;
+        let latency_ns = monotonic_ns().saturating_sub(ts_ns);
+        self.stats.reaction.observe(latency_ns);
+        let latency_us = latency_ns as f64 / 1000.0;
         self.reporter.report(&Report::HotplugHandled {
             cpu,
             online,

@@ -430,7 +430,11 @@ fn human(r: &Report, color: bool) -> String {
             "summary",
             "1",
             format!(
-                "{violations} violations reported ({violations_seen} seen by the kernel, {suppressed} rate-limited), {applied} masks applied, {refused} refused, {hotplug} hotplug events, {resyncs} resyncs, {records} records, {drops} drops, {lines_dropped} report lines dropped; {registered} managed, {pinned} pinned"
+                // Seen = reported + rate-limited + in flight (a run is
+                // reported when it ends) or lost; the counters are read
+                // just before the summary, so this never goes negative.
+                "{violations_seen} violations seen by the kernel: {violations} reported, {suppressed} rate-limited, {} not (yet) reported; {applied} masks applied, {refused} refused, {hotplug} hotplug events, {resyncs} resyncs, {records} records, {drops} drops, {lines_dropped} report lines dropped; {registered} managed, {pinned} pinned",
+                violations_seen.saturating_sub(violations + suppressed)
             ),
         ),
         Report::Stopped { restored } => (
@@ -563,6 +567,33 @@ mod tests {
         assert_eq!(
             json(&Report::Drops { count: 3 }),
             serde_json::json!({"type": "drops", "count": 3})
+        );
+    }
+
+    #[test]
+    fn the_summary_adds_up() {
+        let line = human(
+            &Report::Summary {
+                violations: 11,
+                suppressed: 9,
+                applied: 3,
+                hotplug: 2,
+                drops: 0,
+                records: 40,
+                violations_seen: 24,
+                registered: 5,
+                pinned: 6,
+                resyncs: 0,
+                refused: 1,
+                lines_dropped: 0,
+            },
+            false,
+        );
+        assert!(
+            line.contains(
+                "24 violations seen by the kernel: 11 reported, 9 rate-limited, 4 not (yet) reported; 3 masks applied, 1 refused"
+            ),
+            "{line}"
         );
     }
 
