@@ -15,6 +15,11 @@ pub fn affinity_bin() -> PathBuf {
         })
 }
 
+/// How long a daemon may take to load its programs and set the first
+/// masks. Seconds normally; under TCG emulation on a loaded 2-core host,
+/// 5.10's verifier was seen to need more than 20 s.
+const STARTED_WITHIN: Duration = Duration::from_secs(60);
+
 pub struct Daemon {
     inner: affinity_harness::Daemon,
     pub socket: PathBuf,
@@ -37,7 +42,7 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         let socket = inner.socket.clone();
         let mut d = Daemon { inner, socket };
-        d.wait_event(Duration::from_secs(20), "the started event", |e| {
+        d.wait_event(STARTED_WITHIN, "the started event", |e| {
             e["type"] == "started"
         });
         d
