@@ -359,19 +359,50 @@ impl Parser<'_> {
 }
 
 /// Canonical cpulist: ascending ranges, `0-3,8`; the empty set is "".
-impl fmt::Display for CpuSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut it = self.iter().peekable();
-        let mut first = true;
-        while let Some(start) = it.next() {
-            let mut end = start;
-            while it.peek() == Some(&(end + 1)) {
-                end = it.next().expect("peeked");
+impl CpuSet {
+    /// The first CPU at or after `from` that is in the set (or not, with
+    /// `set` false), a word at a time: a full or empty word is one step.
+    /// Bits beyond the words are clear.
+    fn next_bit(&self, from: u32, set: bool) -> Option<u32> {
+        let mut i = (from / 64) as usize;
+        let mut word = self.words.get(i).copied()?;
+        if !set {
+            word = !word;
+        }
+        word &= u64::MAX << (from % 64);
+        loop {
+            if word != 0 {
+                return Some(i as u32 * 64 + word.trailing_zeros());
             }
-            if !first {
+            i += 1;
+            match self.words.get(i) {
+                Some(&w) => word = if set { w } else { !w },
+                // Past the last word every bit is clear.
+                None => return if set { None } else { Some(i as u32 * 64) },
+            }
+        }
+    }
+
+    /// Maximal runs of consecutive CPUs, as (first, last).
+    fn runs(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let mut from = 0;
+        std::iter::from_fn(move || {
+            let start = self.next_bit(from, true)?;
+            let end = self.next_bit(start, false).unwrap_or(u32::MAX) - 1;
+            from = end + 1;
+            Some((start, end))
+        })
+    }
+}
+
+impl fmt::Display for CpuSet {
+    // Linear in words and runs, not in CPUs: `plan` prints two sets per
+    // kthread and a full 8192-CPU set is one run.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (start, end)) in self.runs().enumerate() {
+            if i > 0 {
                 f.write_str(",")?;
             }
-            first = false;
             if start == end {
                 write!(f, "{start}")?;
             } else {
@@ -470,7 +501,59 @@ mod tests {
         })
     }
 
+    /// The obvious CPU-at-a-time formatting, to check the word-at-a-time one.
+    fn reference(s: &CpuSet) -> String {
+        let cpus: Vec<u32> = s.iter().collect();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < cpus.len() {
+            let mut j = i;
+            while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+                j += 1;
+            }
+            out.push(if i == j {
+                cpus[i].to_string()
+            } else {
+                format!("{}-{}", cpus[i], cpus[j])
+            });
+            i = j + 1;
+        }
+        out.join(",")
+    }
+
+    #[test]
+    fn formats_runs_across_and_at_word_edges() {
+        for list in [
+            "",
+            "0",
+            "63",
+            "64",
+            "63-64",
+            "0-63",
+            "0-127",
+            "0-191",
+            "1-62,65",
+            "5,64-191,255",
+            "0-255",
+        ] {
+            assert_eq!(CpuSet::parse(list, 256).unwrap().to_string(), list);
+        }
+        assert_eq!(CpuSet::full(8192).to_string(), "0-8191");
+        assert_eq!(CpuSet::full(70).to_string(), "0-69");
+    }
+
     proptest! {
+        #[test]
+        fn display_matches_the_per_cpu_reference(ranges in proptest::collection::vec((0u32..300, 0u32..130), 0..6)) {
+            let list = ranges
+                .iter()
+                .map(|&(a, n)| format!("{a}-{}", (a + n).min(299)))
+                .collect::<Vec<_>>()
+                .join(",");
+            let s = CpuSet::parse(&list, 300).unwrap();
+            prop_assert_eq!(s.to_string(), reference(&s));
+        }
+
         #[test]
         fn format_then_parse_round_trips(s in arb_set()) {
             let text = s.to_string();
