@@ -68,15 +68,54 @@ impl Daemon {
     /// rules in `config` if any, and `args`; returns at once. Lines on its
     /// stderr are kept, and echoed with a `[affinity]` prefix if `echo`.
     pub fn spawn(bin: &Path, config: Option<&str>, args: &[&str], echo: bool) -> io::Result<Self> {
+        Self::spawn_as(bin, config, args, echo, &[], None)
+    }
+
+    /// [`Daemon::spawn`] through `prefix` (`setpriv --reuid ...`, which
+    /// execs it: the pid stays the daemon's), with its directory, rules
+    /// file and a copy of `bin` owned by `owner` so that a non-root daemon
+    /// may use them.
+    pub fn spawn_as(
+        bin: &Path,
+        config: Option<&str>,
+        args: &[&str],
+        echo: bool,
+        prefix: &[&str],
+        owner: Option<u32>,
+    ) -> io::Result<Self> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("control.sock");
-        let mut cmd = Command::new(bin);
+        // Another user may not reach the build tree (a clone under /root):
+        // it runs a copy in its own directory.
+        let copy;
+        let bin = match owner {
+            Some(_) => {
+                copy = dir.path().join("affinity");
+                std::fs::copy(bin, &copy)?;
+                copy.as_path()
+            }
+            None => bin,
+        };
+        let mut cmd = match prefix.split_first() {
+            Some((wrapper, wrapper_args)) => {
+                let mut c = Command::new(wrapper);
+                c.args(wrapper_args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), None)?;
+        }
         cmd.arg("run")
             .args(["--format", "json", "--socket"])
             .arg(&socket);
         if let Some(config) = config {
             let path = dir.path().join("rules.toml");
             std::fs::write(&path, config)?;
+            if let Some(uid) = owner {
+                std::os::unix::fs::chown(&path, Some(uid), None)?;
+            }
             cmd.arg("--config").arg(path);
         }
         let mut child = cmd

@@ -36,9 +36,24 @@ impl Daemon {
         Self::launch(Some(config), args)
     }
 
+    /// Started through `prefix` (e.g. setpriv) as `owner`; see
+    /// `affinity_harness::Daemon::spawn_as`.
+    pub fn start_as(prefix: &[&str], owner: u32, config: &str, args: &[&str]) -> Daemon {
+        Self::launch_as(Some(config), args, prefix, Some(owner))
+    }
+
     fn launch(config: Option<&str>, args: &[&str]) -> Daemon {
+        Self::launch_as(config, args, &[], None)
+    }
+
+    fn launch_as(
+        config: Option<&str>,
+        args: &[&str],
+        prefix: &[&str],
+        owner: Option<u32>,
+    ) -> Daemon {
         let bin = affinity_bin();
-        let inner = affinity_harness::Daemon::spawn(&bin, config, args, true)
+        let inner = affinity_harness::Daemon::spawn_as(&bin, config, args, true, prefix, owner)
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         let socket = inner.socket.clone();
         let mut d = Daemon { inner, socket };

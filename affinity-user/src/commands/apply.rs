@@ -5,7 +5,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::run::Housekeeping;
 use crate::{
@@ -15,6 +15,7 @@ use crate::{
         report::{ColorChoice, Format, Report, Reporter},
     },
     kernel::{
+        caps::{self, Cap},
         procfs::ProcKernel,
         sysfs::{self, Machine},
     },
@@ -59,12 +60,8 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode> {
         machine.topology.width,
     )?
     .checked(&machine, &config)?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "`affinity apply` needs root: it sets kthread affinity (`affinity plan` shows what it would do)"
-        );
-    }
+    // `affinity plan` shows what it would do without any.
+    caps::require_own(&args.proc, "`affinity apply`", &[Cap::SysNice])?;
     // Held until we are done: a daemon started meanwhile waits for us, and
     // one already running (which enforces the policy itself and would
     // undo or fight ours) makes this fail before anything is set.

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::{
     net::TcpListener,
     signal::unix::{Signal, SignalKind, signal},
@@ -39,6 +39,7 @@ use crate::{
     input::BadInput,
     kernel::bpf::{self, Counters, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
     kernel::btf::KernelLayout,
+    kernel::caps::{self, Cap},
     kernel::procfs::ProcKernel,
     kernel::sysfs::{self, Machine, Scan},
     kernel::wire::WireEvent,
@@ -200,12 +201,14 @@ async fn prepare(args: &RunArgs) -> Result<Prepared> {
     };
     let housekeeping =
         Housekeeping::parse(args.isolate.as_deref(), args.housekeeping.as_deref(), width)?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "`affinity run` needs root: it loads BPF programs and sets kthread affinity (even --observe loads BPF)"
-        );
-    }
+    // What it needs, not who it is: BPF and perf events for the programs
+    // (--observe too), and CAP_SYS_NICE to set masks unless observing.
+    let needed: &[Cap] = if args.observe {
+        &[Cap::Bpf, Cap::Perfmon]
+    } else {
+        &[Cap::Bpf, Cap::Perfmon, Cap::SysNice]
+    };
+    caps::require_own(&args.proc, "`affinity run`", needed)?;
     // The single-instance check: before any mask or map is touched.
     let control = ControlServer::bind(&args.socket)?;
     let metrics = match args.metrics {

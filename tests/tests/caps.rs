@@ -1,0 +1,96 @@
+//! Least privilege on the real kernel: the daemon runs as a user that is
+//! not root with only CAP_BPF, CAP_PERFMON and CAP_SYS_NICE, and is refused
+//! by name when root lacks them.
+
+#![allow(
+    clippy::unwrap_used,
+    unused_crate_dependencies,
+    reason = "every kernel test target shares the test crate's dependencies and uses some"
+)]
+
+use std::{process::Command, time::Duration};
+
+use affinity_tests::{
+    daemon::{Daemon, affinity_bin},
+    mask_of, pid_of, set_mask, setup, wait_mask,
+};
+
+const NOBODY: u32 = 65534;
+const CAPS: &str = "+bpf,+perfmon,+sys_nice";
+/// CAP_SYS_NICE (23), CAP_PERFMON (38), CAP_BPF (39).
+const CAP_EFF: u64 = (1 << 23) | (1 << 38) | (1 << 39);
+
+fn status_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+#[test]
+fn a_user_with_only_three_capabilities_enforces_and_reports() {
+    let Some(_masks) = setup("a_user_with_only_three_capabilities_enforces_and_reports") else {
+        return;
+    };
+    let pid = pid_of("khugepaged");
+    set_mask(pid, "0-1");
+    let uid = NOBODY.to_string();
+    let prefix = [
+        "setpriv",
+        "--reuid",
+        &uid,
+        "--regid",
+        &uid,
+        "--clear-groups",
+        "--inh-caps",
+        CAPS,
+        "--ambient-caps",
+        CAPS,
+    ];
+    let rules = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"1\"\n";
+    let mut d = Daemon::start_as(&prefix, NOBODY, rules, &[]);
+    d.wait_event(Duration::from_secs(5), "khugepaged applied to 1", |e| {
+        e["type"] == "applied" && e["pid"] == pid && e["mask"] == "1"
+    });
+    wait_mask(pid, "1", Duration::from_secs(1));
+    // Really not root, and holding exactly the three.
+    assert_eq!(
+        status_field(d.pid(), "Uid:").split_whitespace().nth(1),
+        Some(uid.as_str()),
+        "effective uid"
+    );
+    let eff = u64::from_str_radix(&status_field(d.pid(), "CapEff:"), 16).unwrap();
+    assert_eq!(eff, CAP_EFF, "CapEff {eff:#x}");
+    let status = d.stop();
+    assert!(status.success(), "{status:?}: {:?}", d.stderr());
+}
+
+#[test]
+fn root_without_the_capabilities_is_refused_by_name_before_anything_changes() {
+    let Some(_masks) =
+        setup("root_without_the_capabilities_is_refused_by_name_before_anything_changes")
+    else {
+        return;
+    };
+    let pid = pid_of("khugepaged");
+    set_mask(pid, "0-1");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let out = Command::new("setpriv")
+        .args(["--bounding-set", "-bpf,-perfmon", "--"])
+        .arg(affinity_bin())
+        .args(["run", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`affinity run` needs CAP_BPF, CAP_PERFMON: missing"),
+        "names exactly the missing ones: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "said once: {err}");
+    assert!(!socket.exists(), "no socket bound");
+    assert_eq!(mask_of(pid), "0-1", "nothing set");
+}
