@@ -189,11 +189,17 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
     Ok(())
 }
 
-/// What the packaging tests (`affinity-user/tests/systemd_unit.rs`) run;
-/// they fail without it rather than skip.
+/// What the packaging tests (`affinity-user/tests/systemd_unit.rs`,
+/// `generate.rs`) run; they fail without it rather than skip.
 pub fn ensure_packaging_tools() -> Result<()> {
-    ensure_apt(&[(
-        "systemd",
-        "systemd-analyze verifies the systemd unit and rates its exposure",
-    )])
+    ensure_apt(&[
+        (
+            "systemd",
+            "systemd-analyze verifies the systemd unit and rates its exposure",
+        ),
+        (
+            "man-db",
+            "`man -l` checks that the generated man pages render",
+        ),
+    ])
 }

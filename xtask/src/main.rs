@@ -6,6 +6,7 @@
 mod bench;
 mod bootstrap;
 mod build;
+mod install;
 mod test;
 mod vm;
 
@@ -34,6 +35,8 @@ enum Command {
     VmTest(vm::VmArgs),
     /// Benchmarks (root): hot-path overhead, program cost, hotplug reaction, idle cost, scale.
     Bench(bench::BenchArgs),
+    /// Build the release binary and install it with its systemd unit, config, man pages and completions.
+    Install(install::InstallArgs),
 }
 
 fn main() {
@@ -44,6 +47,7 @@ fn main() {
         Command::Test(args) => test::test(args),
         Command::VmTest(args) => vm::vm_test(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Install(args) => install::install(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

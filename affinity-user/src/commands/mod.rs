@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod config;
+pub mod generate;
 pub mod plan;
 pub mod prefer;
 pub mod run;
