@@ -189,8 +189,15 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
     Ok(())
 }
 
+/// The Kubernetes schema validator, with the schemas bundled (it works
+/// offline), pinned so the verdict does not move under us.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// Where it goes: outside the repository, so clean clones reuse it.
+/// affinity-user/tests/deploy.rs looks for it there.
+const KUBERNETES_VALIDATE_VENV: &str = "/var/cache/affinity-tools/kubernetes-validate";
+
 /// What the packaging tests (`affinity-user/tests/systemd_unit.rs`,
-/// `generate.rs`) run; they fail without it rather than skip.
+/// `generate.rs`, `deploy.rs`) run; they fail without it rather than skip.
 pub fn ensure_packaging_tools() -> Result<()> {
     ensure_apt(&[
         (
@@ -201,5 +208,36 @@ pub fn ensure_packaging_tools() -> Result<()> {
             "man-db",
             "`man -l` checks that the generated man pages render",
         ),
-    ])
+        (
+            "python3-venv",
+            "kubernetes-validate (PyPI) goes into a venv of its own",
+        ),
+    ])?;
+    let venv = Path::new(KUBERNETES_VALIDATE_VENV);
+    let done = venv.join(".affinity-complete");
+    if std::fs::read_to_string(&done).is_ok_and(|v| v == KUBERNETES_VALIDATE) {
+        return Ok(());
+    }
+    say(
+        &format!("{KUBERNETES_VALIDATE} into {}", venv.display()),
+        "validates deploy/daemonset.yaml against the Kubernetes schema, offline",
+    );
+    if venv.exists() {
+        std::fs::remove_dir_all(venv)
+            .with_context(|| format!("removing the old {}", venv.display()))?;
+    }
+    // Debian's interpreter, not whatever `python3` is first on PATH.
+    run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(venv))
+    .context("creating the kubernetes-validate venv")?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))
+    .with_context(|| format!("pip install {KUBERNETES_VALIDATE}"))?;
+    std::fs::write(&done, KUBERNETES_VALIDATE)
+        .with_context(|| format!("writing {}", done.display()))
 }
