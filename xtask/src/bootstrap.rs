@@ -197,7 +197,8 @@ const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 const KUBERNETES_VALIDATE_VENV: &str = "/var/cache/affinity-tools/kubernetes-validate";
 
 /// What the packaging tests (`affinity-user/tests/systemd_unit.rs`,
-/// `generate.rs`, `deploy.rs`) run; they fail without it rather than skip.
+/// `generate.rs`, `deploy.rs`, xtask's deb tests) run; they fail without
+/// it rather than skip.
 pub fn ensure_packaging_tools() -> Result<()> {
     ensure_apt(&[
         (
@@ -213,6 +214,11 @@ pub fn ensure_packaging_tools() -> Result<()> {
             "kubernetes-validate (PyPI) goes into a venv of its own",
         ),
     ])?;
+    ensure_kubernetes_validate()?;
+    ensure_cargo_deb()
+}
+
+fn ensure_kubernetes_validate() -> Result<()> {
     let venv = Path::new(KUBERNETES_VALIDATE_VENV);
     let done = venv.join(".affinity-complete");
     if std::fs::read_to_string(&done).is_ok_and(|v| v == KUBERNETES_VALIDATE) {
@@ -240,4 +246,30 @@ pub fn ensure_packaging_tools() -> Result<()> {
     .with_context(|| format!("pip install {KUBERNETES_VALIDATE}"))?;
     std::fs::write(&done, KUBERNETES_VALIDATE)
         .with_context(|| format!("writing {}", done.display()))
+}
+
+/// cargo-deb, which `cargo xtask deb` and its test package with.
+const CARGO_DEB: &str = "3.8.0";
+
+pub fn ensure_cargo_deb() -> Result<()> {
+    if on_path("cargo-deb").is_some() {
+        return Ok(());
+    }
+    say(
+        &format!("cargo-deb {CARGO_DEB} (cargo install, ~2 min)"),
+        "builds the Debian package (`cargo xtask deb`)",
+    );
+    // Out of the workspace, so its .cargo/config does not apply.
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            "--quiet",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB,
+        ])
+        .current_dir(env::temp_dir())
+        .env_remove("CARGO_TARGET_DIR"))
+    .with_context(|| format!("cargo install cargo-deb {CARGO_DEB}"))
 }

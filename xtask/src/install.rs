@@ -262,4 +262,4 @@ pub fn install(args: &InstallArgs) -> Result<()> {
 
 #[cfg(test)]
 #[path = "install_tests.rs"]
-mod tests;
+pub(crate) mod tests;

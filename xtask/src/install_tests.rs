@@ -31,7 +31,8 @@ complete -F _affinity affinity' ;;
 esac
 "#;
 
-fn fake_binary(dir: &Path) -> PathBuf {
+/// The stand-in `affinity` in `dir`.
+pub(crate) fn fake_binary(dir: &Path) -> PathBuf {
     let path = dir.join("affinity");
     fs::write(&path, FAKE).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();

@@ -6,6 +6,7 @@
 mod bench;
 mod bootstrap;
 mod build;
+mod deb;
 mod install;
 mod test;
 mod vm;
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build the release binary and install it with its systemd unit, config, man pages and completions.
     Install(install::InstallArgs),
+    /// Build a Debian package (cargo-deb) with what `install --prefix /usr` installs.
+    Deb(deb::DebArgs),
 }
 
 fn main() {
@@ -48,6 +51,7 @@ fn main() {
         Command::VmTest(args) => vm::vm_test(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Install(args) => install::install(&args),
+        Command::Deb(args) => deb::deb(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
