@@ -8,6 +8,7 @@ pub mod commands;
 pub mod daemon;
 pub mod input;
 pub mod kernel;
+pub mod notify;
 pub mod policy;
 
 // The Criterion benchmarks use it; the library's unit tests do not.

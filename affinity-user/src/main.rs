@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use affinity::commands::{self, BadInput};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// Observe and enforce preferred CPU affinity of Linux kernel threads.
 #[derive(Parser)]
@@ -37,6 +37,9 @@ enum Command {
     Prefer(commands::prefer::PreferArgs),
     /// Remove a kthread's runtime preference from the running daemon.
     Unprefer(commands::prefer::UnpreferArgs),
+    /// Write man pages or shell completions (for installers and packages).
+    #[command(hide = true)]
+    Generate(commands::generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Config(args) => commands::config::run(args),
         Command::Prefer(args) => commands::prefer::run_prefer(args),
         Command::Unprefer(args) => commands::prefer::run_unprefer(args),
+        Command::Generate(args) => commands::generate::run(args, Cli::command()),
     };
     match result {
         Ok(code) => code,

@@ -188,3 +188,93 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
     }
     Ok(())
 }
+
+/// The Kubernetes schema validator, with the schemas bundled (it works
+/// offline), pinned so the verdict does not move under us.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// Where it goes: outside the repository, so clean clones reuse it.
+/// affinity-user/tests/deploy.rs looks for it there.
+const KUBERNETES_VALIDATE_VENV: &str = "/var/cache/affinity-tools/kubernetes-validate";
+
+/// What the packaging tests (`affinity-user/tests/systemd_unit.rs`,
+/// `generate.rs`, `deploy.rs`, xtask's deb tests) run; they fail without
+/// it rather than skip.
+pub fn ensure_packaging_tools() -> Result<()> {
+    // `test --unit-only` needs no root; without it the tests name what is
+    // missing (and the venv's tests skip, outside CI).
+    if !is_root() {
+        return ensure_cargo_deb();
+    }
+    ensure_apt(&[
+        (
+            "systemd",
+            "systemd-analyze verifies the systemd unit and rates its exposure",
+        ),
+        (
+            "man-db",
+            "`man -l` checks that the generated man pages render",
+        ),
+        (
+            "python3-venv",
+            "kubernetes-validate (PyPI) goes into a venv of its own",
+        ),
+    ])?;
+    ensure_kubernetes_validate()?;
+    ensure_cargo_deb()
+}
+
+fn ensure_kubernetes_validate() -> Result<()> {
+    let venv = Path::new(KUBERNETES_VALIDATE_VENV);
+    let done = venv.join(".affinity-complete");
+    if std::fs::read_to_string(&done).is_ok_and(|v| v == KUBERNETES_VALIDATE) {
+        return Ok(());
+    }
+    say(
+        &format!("{KUBERNETES_VALIDATE} into {}", venv.display()),
+        "validates deploy/daemonset.yaml against the Kubernetes schema, offline",
+    );
+    if venv.exists() {
+        std::fs::remove_dir_all(venv)
+            .with_context(|| format!("removing the old {}", venv.display()))?;
+    }
+    // Debian's interpreter, not whatever `python3` is first on PATH.
+    run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(venv))
+    .context("creating the kubernetes-validate venv")?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))
+    .with_context(|| format!("pip install {KUBERNETES_VALIDATE}"))?;
+    std::fs::write(&done, KUBERNETES_VALIDATE)
+        .with_context(|| format!("writing {}", done.display()))
+}
+
+/// cargo-deb, which `cargo xtask deb` and its test package with.
+const CARGO_DEB: &str = "3.8.0";
+
+pub fn ensure_cargo_deb() -> Result<()> {
+    if on_path("cargo-deb").is_some() {
+        return Ok(());
+    }
+    say(
+        &format!("cargo-deb {CARGO_DEB} (cargo install, ~2 min)"),
+        "builds the Debian package (`cargo xtask deb`)",
+    );
+    // Out of the workspace, so its .cargo/config does not apply.
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            "--quiet",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB,
+        ])
+        .current_dir(env::temp_dir())
+        .env_remove("CARGO_TARGET_DIR"))
+    .with_context(|| format!("cargo install cargo-deb {CARGO_DEB}"))
+}

@@ -6,6 +6,8 @@
 mod bench;
 mod bootstrap;
 mod build;
+mod deb;
+mod install;
 mod test;
 mod vm;
 
@@ -34,6 +36,10 @@ enum Command {
     VmTest(vm::VmArgs),
     /// Benchmarks (root): hot-path overhead, program cost, hotplug reaction, idle cost, scale.
     Bench(bench::BenchArgs),
+    /// Build the release binary and install it with its systemd unit, config, man pages and completions.
+    Install(install::InstallArgs),
+    /// Build a Debian package (cargo-deb) with what `install --prefix /usr` installs.
+    Deb(deb::DebArgs),
 }
 
 fn main() {
@@ -44,6 +50,8 @@ fn main() {
         Command::Test(args) => test::test(args),
         Command::VmTest(args) => vm::vm_test(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Install(args) => install::install(&args),
+        Command::Deb(args) => deb::deb(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

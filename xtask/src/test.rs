@@ -77,6 +77,7 @@ pub fn test(args: TestArgs) -> Result<()> {
     run(&mut ebpf_clippy)?;
 
     step(started, "unit, property and CLI tests");
+    bootstrap::ensure_packaging_tools()?;
     run(&mut cargo(&[
         "test",
         "--workspace",

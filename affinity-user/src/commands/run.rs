@@ -342,6 +342,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         online: core.engine.online().to_string(),
         housekeeping: hk.to_string(),
     });
+    crate::notify::ready(args.observe, core.managed_count(), core.pinned_count());
     Ok(Running {
         core,
         observer,
@@ -553,6 +554,7 @@ fn publish_metrics(r: &Running, last: &mut Option<Stats>, by_comm: bool) {
 
 /// The one way out: restore (if asked), the last summary, detach.
 fn shutdown(mut r: Running, result: Result<()>) -> Result<ExitCode> {
+    crate::notify::stopping();
     if let Err(e) = &result {
         r.core.reporter.report(&Report::Error {
             message: format!("stopping: {e:#}"),
