@@ -14,8 +14,8 @@ use std::{
     process::{Command, Stdio},
 };
 
-const SUBCOMMANDS: [&str; 9] = [
-    "run", "check", "snapshot", "plan", "status", "verify", "config", "prefer", "unprefer",
+const SUBCOMMANDS: [&str; 10] = [
+    "run", "apply", "check", "snapshot", "plan", "status", "verify", "config", "prefer", "unprefer",
 ];
 
 /// Runs `affinity generate ARGS`, returning the paths it says it wrote.
