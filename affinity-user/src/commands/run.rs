@@ -203,12 +203,11 @@ async fn prepare(args: &RunArgs) -> Result<Prepared> {
         Housekeeping::parse(args.isolate.as_deref(), args.housekeeping.as_deref(), width)?;
     // What it needs, not who it is: BPF and perf events for the programs
     // (--observe too), and CAP_SYS_NICE to set masks unless observing.
-    let needed: &[Cap] = if args.observe {
-        &[Cap::Bpf, Cap::Perfmon]
-    } else {
-        &[Cap::Bpf, Cap::Perfmon, Cap::SysNice]
-    };
-    caps::require_own(&args.proc, "`affinity run`", needed)?;
+    let mut needed = caps::for_bpf(&machine.kernel, caps::memlock_unlimited());
+    if !args.observe {
+        needed.push(Cap::SysNice);
+    }
+    caps::require_own(&args.proc, "`affinity run`", &needed)?;
     // The single-instance check: before any mask or map is touched.
     let control = ControlServer::bind(&args.socket)?;
     let metrics = match args.metrics {

@@ -12,6 +12,8 @@ use thiserror::Error;
 pub enum Cap {
     /// sched_setaffinity() on kthreads (which other users own).
     SysNice = 23,
+    /// Raising RLIMIT_MEMLOCK, which charges BPF memory before 5.11.
+    SysResource = 24,
     /// perf_event_open() for tracepoints, and reading kernel memory from BPF.
     Perfmon = 38,
     /// Creating maps and loading programs.
@@ -22,6 +24,7 @@ impl fmt::Display for Cap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Cap::SysNice => "CAP_SYS_NICE",
+            Cap::SysResource => "CAP_SYS_RESOURCE",
             Cap::Perfmon => "CAP_PERFMON",
             Cap::Bpf => "CAP_BPF",
         })
@@ -32,6 +35,7 @@ impl Cap {
     fn setpriv_name(self) -> &'static str {
         match self {
             Cap::SysNice => "sys_nice",
+            Cap::SysResource => "sys_resource",
             Cap::Perfmon => "perfmon",
             Cap::Bpf => "bpf",
         }
@@ -100,6 +104,29 @@ pub fn require(what: &'static str, needed: &[Cap], have: u64) -> Result<(), Caps
     }
 }
 
+/// What loading the programs needs on the kernel `release`: CAP_BPF and
+/// CAP_PERFMON, and before 5.11 (BPF memory charged to RLIMIT_MEMLOCK,
+/// which aya raises) CAP_SYS_RESOURCE unless the limit is unlimited already.
+pub fn for_bpf(release: &str, memlock_unlimited: bool) -> Vec<Cap> {
+    let mut caps = vec![Cap::Bpf, Cap::Perfmon];
+    let charged = crate::policy::kernel_version(release).is_none_or(|v| v < (5, 11));
+    if charged && !memlock_unlimited {
+        caps.push(Cap::SysResource);
+    }
+    caps
+}
+
+/// Whether this process's RLIMIT_MEMLOCK is unlimited.
+pub fn memlock_unlimited() -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
+    ok && limit.rlim_cur == libc::RLIM_INFINITY
+}
+
 /// Checks this process (through `proc_root`) for `needed`.
 pub fn require_own(proc_root: &Path, what: &'static str, needed: &[Cap]) -> Result<(), CapsError> {
     require(what, needed, effective(&proc_root.join("self/status"))?)
@@ -124,6 +151,18 @@ mod tests {
         );
         let all = (1 << 23) | (1 << 38) | (1 << 39);
         assert!(require("x", &[Cap::Bpf, Cap::Perfmon, Cap::SysNice], all).is_ok());
+    }
+
+    #[test]
+    fn memlock_needs_sys_resource_only_before_5_11() {
+        use Cap::*;
+        assert_eq!(
+            for_bpf("5.10.0-32-cloud-amd64", false),
+            [Bpf, Perfmon, SysResource]
+        );
+        assert_eq!(for_bpf("5.10.0-32-cloud-amd64", true), [Bpf, Perfmon]);
+        assert_eq!(for_bpf("5.11.0", false), [Bpf, Perfmon]);
+        assert_eq!(for_bpf("6.18.0", false), [Bpf, Perfmon]);
     }
 
     #[test]
