@@ -37,6 +37,8 @@ enum Command {
     Prefer(commands::prefer::PreferArgs),
     /// Remove a kthread's runtime preference from the running daemon.
     Unprefer(commands::prefer::UnpreferArgs),
+    /// Make the running daemon read its rules file again (as SIGHUP does).
+    Reload(commands::prefer::ReloadArgs),
     /// Write man pages or shell completions (for installers and packages).
     #[command(hide = true)]
     Generate(commands::generate::GenerateArgs),
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Config(args) => commands::config::run(args),
         Command::Prefer(args) => commands::prefer::run_prefer(args),
         Command::Unprefer(args) => commands::prefer::run_unprefer(args),
+        Command::Reload(args) => commands::prefer::run_reload(args),
         Command::Generate(args) => commands::generate::run(args, Cli::command()),
     };
     match result {

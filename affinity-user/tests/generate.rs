@@ -14,8 +14,9 @@ use std::{
     process::{Command, Stdio},
 };
 
-const SUBCOMMANDS: [&str; 10] = [
-    "run", "apply", "check", "snapshot", "plan", "status", "verify", "config", "prefer", "unprefer",
+const SUBCOMMANDS: [&str; 11] = [
+    "run", "apply", "check", "snapshot", "plan", "status", "verify", "config", "prefer",
+    "unprefer", "reload",
 ];
 
 /// Runs `affinity generate ARGS`, returning the paths it says it wrote.

@@ -71,6 +71,11 @@ impl Daemon {
         self.inner.stderr()
     }
 
+    /// Where its socket and rules file (`rules.toml`) live.
+    pub fn dir(&self) -> &std::path::Path {
+        self.inner.dir()
+    }
+
     pub fn pid(&self) -> u32 {
         self.inner.pid()
     }

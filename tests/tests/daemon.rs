@@ -454,6 +454,73 @@ fn apply_sets_the_policy_once_and_refuses_to_run_beside_a_daemon() {
     d.stop();
 }
 
+#[test]
+fn sighup_and_reload_apply_a_good_config_once_and_refuse_a_bad_one_whole() {
+    let Some(_masks) =
+        setup("sighup_and_reload_apply_a_good_config_once_and_refuse_a_bad_one_whole")
+    else {
+        return;
+    };
+    let khugepaged = pid_of("khugepaged");
+    let oom = pid_of("oom_reaper");
+    set_mask(khugepaged, "0-1");
+    set_mask(oom, "0-1");
+    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &[]);
+    wait_mask(khugepaged, "1", SECOND);
+    let rules = d.dir().join("rules.toml");
+
+    // A bad file: its first rule would move khugepaged, its second is
+    // wrong. Nothing of it is applied, and the error has its position.
+    std::fs::write(
+        &rules,
+        "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0-x\"\n",
+    )
+    .unwrap();
+    let seen = d.events().len();
+    d.signal(libc::SIGHUP);
+    let refused = d.wait_event(5 * SECOND, "the refused reload", |e| {
+        e["type"] == "reload_refused"
+    });
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("rules.toml:7:10"),
+        "{refused}"
+    );
+    let (ok, _, err) = affinity(&d, &["reload"]);
+    assert!(!ok && err.contains("running policy is unchanged"), "{err}");
+    std::thread::sleep(SECOND / 2);
+    assert_eq!(
+        (mask_of(khugepaged), mask_of(oom)),
+        ("1".into(), "0-1".into())
+    );
+
+    // A good one, through the control socket this time, with cpu1 going
+    // away and back meanwhile: applied once, as a diff of two kthreads.
+    std::fs::write(
+        &rules,
+        "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0\"\n",
+    )
+    .unwrap();
+    {
+        let _offline = CpuOffline::new(1);
+        let (ok, out, err) = affinity(&d, &["reload"]);
+        assert!(ok, "{err}");
+        assert!(out.contains("2 kthreads changed"), "{out}");
+    }
+    wait_mask(khugepaged, "0", SECOND);
+    wait_mask(oom, "0", SECOND);
+    let reloads: Vec<_> = d
+        .events_since(seen)
+        .into_iter()
+        .filter(|e| e["type"] == "reloaded")
+        .collect();
+    assert_eq!(reloads.len(), 1, "{reloads:?}");
+    assert_eq!(reloads[0]["changed"], 2);
+    assert!(d.is_alive(), "SIGHUP must not end the daemon");
+}
+
 fn all_masks() -> Vec<(u32, String, String)> {
     kthreads()
         .into_iter()

@@ -76,6 +76,18 @@ pub fn run_prefer(args: PreferArgs) -> Result<ExitCode> {
     )
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// `affinity reload`: the daemon reads its rules file again (as on SIGHUP)
+/// and says what changed, or why nothing did.
+pub fn run_reload(args: ReloadArgs) -> Result<ExitCode> {
+    call(&args.socket, Request::Reload)
+}
+
 pub fn run_unprefer(args: UnpreferArgs) -> Result<ExitCode> {
     call(
         &args.socket,

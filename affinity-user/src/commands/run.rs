@@ -244,6 +244,8 @@ struct Running {
 struct Signals {
     int: Signal,
     term: Signal,
+    /// Reload the rules file (systemd's ExecReload).
+    hup: Signal,
 }
 
 async fn run_async(args: RunArgs) -> Result<ExitCode> {
@@ -253,6 +255,7 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
     let signals = Signals {
         int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
         term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
     };
     let mut running = start(&args, prepared, signals)?;
     let result = event_loop(&mut running, &args).await;
@@ -386,6 +389,10 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
         tokio::select! {
             _ = r.signals.int.recv() => return Ok(()),
             _ = r.signals.term.recv() => return Ok(()),
+            _ = r.signals.hup.recv() => {
+                // Reported either way; nobody to answer.
+                let _ = reload(r, args);
+            }
             res = r.observer.next_batch(&mut batch) => {
                 res.context("reading the eBPF ring buffers")?;
                 r.core.stats.records += batch.len() as u64;
@@ -410,7 +417,14 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                 }
             }
             Some(call) = r.control.recv() => {
-                let response = handle_request(&mut r.core, &call, width, &mut r.observer);
+                let response = if call.request == Request::Reload {
+                    match reload(r, args) {
+                        Ok(message) => Response::done(message),
+                        Err(message) => Response::refusal(message),
+                    }
+                } else {
+                    handle_request(&mut r.core, &call, width, &mut r.observer)
+                };
                 // The client may have given up: nothing to do then.
                 let _ = call.reply.send(response);
             }
@@ -522,6 +536,56 @@ fn housekeeping_check(r: &mut Running, args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// SIGHUP and `affinity reload`: the rules file read again. A valid one
+/// replaces the rules as a diff (only kthreads whose rule or preference
+/// changes are touched); an invalid one changes nothing and every error is
+/// reported with its line and column.
+fn reload(r: &mut Running, args: &RunArgs) -> Result<String, String> {
+    let path = match &args.config {
+        None => {
+            return Err(
+                "the daemon runs the embedded default policy (no --config): there is no rules file to read again"
+                    .into(),
+            );
+        }
+        Some(p) if p.as_os_str() == "-" => {
+            return Err(
+                "the rules came from stdin (--config -), which cannot be read again".into(),
+            );
+        }
+        Some(p) => p,
+    };
+    let shown = path.display().to_string();
+    let config = match sysfs::load_config(path, r.core.engine.topology()) {
+        Ok(c) => c,
+        Err(e) => {
+            let message = format!("{e:#}");
+            r.core.reporter.report(&Report::ReloadRefused {
+                path: shown.clone(),
+                message: message.clone(),
+            });
+            return Err(format!(
+                "{shown} not applied, the running policy is unchanged: {message}"
+            ));
+        }
+    };
+    let changed = r.core.replace_rules(config.rules.clone(), &mut r.observer);
+    r.config = config;
+    // Its [housekeeping] section may say something else now.
+    if let Err(e) = housekeeping_check(r, args) {
+        r.core.reporter.report(&Report::Error {
+            message: format!("reload: housekeeping: {e:#}"),
+        });
+    }
+    r.core.reporter.report(&Report::Reloaded {
+        path: shown.clone(),
+        changed,
+    });
+    Ok(format!(
+        "{shown}: {changed} kthreads changed rule or preference"
+    ))
+}
+
 /// Renders the metrics body when a counter moved; scrapers read the last one.
 fn publish_metrics(r: &Running, last: &mut Option<Stats>, by_comm: bool) {
     let Some(tx) = &r.metrics else { return };
@@ -604,6 +668,7 @@ fn handle_request(
                 ..Response::done("the running daemon's registry")
             };
         }
+        Request::Reload => Err("reload is answered by the event loop".into()),
     };
     match result {
         Ok(message) => Response::done(message),

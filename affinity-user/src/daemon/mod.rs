@@ -537,6 +537,19 @@ impl<K: Kernel, W: Write> Core<K, W> {
         Ok(())
     }
 
+    /// A new rules file's rules (SIGHUP, `affinity reload`), applied as a
+    /// diff; returns how many kthreads changed.
+    pub fn replace_rules(
+        &mut self,
+        rules: Vec<crate::policy::Rule>,
+        maps: &mut impl PolicyMaps,
+    ) -> usize {
+        self.epoch += 1;
+        let (actions, changed) = self.engine.replace_rules(rules);
+        self.execute(actions, maps);
+        changed
+    }
+
     /// The live registry for `affinity status`.
     pub fn view(&self) -> control::LiveView {
         control::LiveView::of(&self.engine, self.opts.observe)

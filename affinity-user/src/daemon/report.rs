@@ -124,6 +124,17 @@ pub enum Report {
     Stopped {
         restored: usize,
     },
+    /// SIGHUP or `affinity reload`: the rules file was read again and its
+    /// rules are in force; `changed` kthreads got another rule or preference.
+    Reloaded {
+        path: String,
+        changed: usize,
+    },
+    /// The rules file could not be used: the running policy is unchanged.
+    ReloadRefused {
+        path: String,
+        message: String,
+    },
     /// `affinity apply` is done: of `managed` kthreads, `set` were given a
     /// mask, `in_place` are where the policy puts them now.
     ApplyDone {
@@ -436,6 +447,16 @@ fn human(r: &Report, color: bool) -> String {
                 "{violations_seen} violations seen by the kernel: {violations} reported, {suppressed} rate-limited, {} not (yet) reported; {applied} masks applied, {refused} refused, {hotplug} hotplug events, {resyncs} resyncs, {records} records, {drops} drops, {lines_dropped} report lines dropped; {registered} managed, {pinned} pinned",
                 violations_seen.saturating_sub(violations + suppressed)
             ),
+        ),
+        Report::Reloaded { path, changed } => (
+            "reloaded",
+            "1;32",
+            format!("{path}: {changed} kthreads changed rule or preference"),
+        ),
+        Report::ReloadRefused { path, message } => (
+            "reload",
+            "1;31",
+            format!("{path} not applied, the running policy is unchanged: {message}"),
         ),
         Report::Stopped { restored } => (
             "stopped",

@@ -903,33 +903,79 @@ impl Engine {
             .collect();
         let mut actions = Vec::new();
         for pid in pids {
-            let comm = self.entries[&pid].comm.clone();
-            let rule = self.rule_for(pid, &comm);
-            let Some(e) = self.entries.get_mut(&pid) else {
-                continue;
-            };
-            e.runtime = rule.as_ref().is_some_and(|(_, rt)| *rt);
-            e.rule = rule.as_ref().map(|(r, rt)| {
-                if *rt {
-                    "runtime".into()
-                } else {
-                    r.target.to_string()
-                }
-            });
-            e.preference = rule.map(|(r, _)| r.prefer);
-            if e.preference.is_none() {
-                // Unmanaged again: leave its mask where it is.
-                e.state = State::Unmanaged;
-                e.preferred = None;
-                e.applied = e.current.clone();
-                e.requested = None;
-                e.refused = None;
-                actions.push(Action::ClearPolicy { pid });
-            } else {
-                e.preferred = None;
-            }
-            self.recompute(pid, &mut actions);
+            self.rematch(pid, &mut actions);
         }
         Ok(actions)
+    }
+
+    /// The rules file's rules replaced (SIGHUP, `affinity reload`): only
+    /// kthreads whose rule or preference changes are touched. Runtime
+    /// registrations stay first. Returns the actions and how many kthreads
+    /// changed.
+    pub fn replace_rules(&mut self, rules: Vec<Rule>) -> (Vec<Action>, usize) {
+        self.rules = rules;
+        let changed: Vec<u32> = self
+            .entries
+            .values()
+            .filter(|e| !e.pinned())
+            .filter(|e| {
+                let (label, preference) = Self::labelled(self.rule_for(e.pid, &e.comm));
+                label != e.rule || preference != e.preference
+            })
+            .map(|e| e.pid)
+            .collect();
+        let mut actions = Vec::new();
+        for &pid in &changed {
+            self.rematch(pid, &mut actions);
+        }
+        (actions, changed.len())
+    }
+
+    /// A rule's label as an entry shows it (`runtime` for a registration)
+    /// and its preference.
+    fn labelled(rule: Option<(Rule, bool)>) -> (Option<String>, Option<Preference>) {
+        match rule {
+            Some((r, true)) => (Some("runtime".into()), Some(r.prefer)),
+            Some((r, false)) => (Some(r.target.to_string()), Some(r.prefer)),
+            None => (None, None),
+        }
+    }
+
+    /// Matches `pid` against the registrations and rules again and moves it
+    /// to what the match says: managed with a new preference, or unmanaged
+    /// (its mask left where it is).
+    fn rematch(&mut self, pid: u32, actions: &mut Vec<Action>) {
+        let Some(comm) = self.entries.get(&pid).map(|e| e.comm.clone()) else {
+            return;
+        };
+        let rule = self.rule_for(pid, &comm);
+        let runtime = rule.as_ref().is_some_and(|(_, rt)| *rt);
+        let (label, preference) = Self::labelled(rule);
+        let Some(e) = self.entries.get_mut(&pid) else {
+            return;
+        };
+        if e.pinned() {
+            return;
+        }
+        e.runtime = runtime;
+        e.rule = label;
+        e.preference = preference;
+        e.refused = None;
+        if e.preference.is_none() {
+            let was_managed = e.managed();
+            // Unmanaged again: leave its mask where it is.
+            e.state = State::Unmanaged;
+            e.preferred = None;
+            e.applied = e.current.clone();
+            e.requested = None;
+            if was_managed {
+                actions.push(Action::ClearPolicy { pid });
+            }
+        } else {
+            e.state = State::Managed;
+            // Forces a SetPolicy even if the applied mask stays the same.
+            e.preferred = None;
+        }
+        self.recompute(pid, actions);
     }
 }

@@ -573,3 +573,61 @@ fn a_kernel_managed_kthread_is_set_only_where_the_preference_differs_from_the_ke
         [(2, "0-1,3".into())]
     );
 }
+
+#[test]
+fn replacing_the_rules_touches_only_kthreads_whose_result_changed() {
+    let mut e = Engine::new(
+        topo("0-7"),
+        set("0-7"),
+        vec![
+            rule("khugepaged", Preference::Cpus(set("1"))),
+            rule("kswapd*", Preference::Cpus(set("0"))),
+        ],
+    );
+    for k in [
+        kt(5, "khugepaged", "0-7"),
+        kt(6, "kswapd0", "0-7"),
+        kt(7, "oom_reaper", "0-7"),
+    ] {
+        e.handle(Event::KthreadNew(k));
+    }
+    // The engine's masks are in place (as the executor would report them).
+    for (pid, mask) in [(5, "1"), (6, "0")] {
+        e.handle(Event::Applied {
+            pid,
+            start_time: pid as u64,
+            requested: set(mask),
+            mask: set(mask),
+        });
+    }
+    let (actions, changed) = e.replace_rules(vec![
+        rule("khugepaged", Preference::Cpus(set("1"))),
+        rule("oom_reaper", Preference::Cpus(set("2-3"))),
+    ]);
+    assert_eq!(changed, 2, "kswapd0 loses its rule, oom_reaper gains one");
+    assert_eq!(sets(&actions), [(7, "2-3".into())]);
+    assert!(
+        actions.iter().all(|a| !matches!(
+            a,
+            Action::SetPolicy { pid: 5, .. } | Action::SetAffinity { pid: 5, .. }
+        )),
+        "khugepaged's result did not change: untouched: {actions:?}"
+    );
+    assert!(
+        actions.contains(&Action::ClearPolicy { pid: 6 }),
+        "{actions:?}"
+    );
+    let k = e.entry(6).unwrap();
+    assert_eq!(
+        (k.state, k.applied.to_string()),
+        (State::Unmanaged, "0".into()),
+        "left where it is"
+    );
+    assert_eq!(e.entry(7).unwrap().rule.as_deref(), Some("oom_reaper"));
+    // The same rules again: nothing at all.
+    let (again, changed) = e.replace_rules(vec![
+        rule("khugepaged", Preference::Cpus(set("1"))),
+        rule("oom_reaper", Preference::Cpus(set("2-3"))),
+    ]);
+    assert_eq!((again.len(), changed), (0, 0), "{again:?}");
+}

@@ -117,6 +117,8 @@ pub enum Request {
     },
     /// The daemon's live registry: `affinity status`, `verify`, `prefer --list`.
     Status,
+    /// Read the rules file again (as SIGHUP does): `affinity reload`.
+    Reload,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ fn answer_all(mut rx: mpsc::Receiver<ControlCall>) -> JoinHandle<usize> {
             let message = match call.request {
                 Request::Prefer { target, .. } | Request::Unprefer { target } => target,
                 Request::Status => "status".into(),
+                Request::Reload => "reload".into(),
             };
             let _ = call.reply.send(Response::done(message));
         }
