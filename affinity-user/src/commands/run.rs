@@ -32,6 +32,7 @@ use crate::{
     daemon::{
         Core, Options, Stats, coalesce,
         control::{self, ControlCall, ControlServer, Request, Response},
+        irq::Steering,
         metrics,
         output::{LineQueue, QUEUE_LINES},
         report::{ColorChoice, Format, Report, Reporter},
@@ -39,6 +40,7 @@ use crate::{
     input::BadInput,
     kernel::bpf::{self, Counters, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
     kernel::btf::KernelLayout,
+    kernel::irq::IrqFs,
     kernel::procfs::ProcKernel,
     kernel::sysfs::{self, Machine, Scan},
     kernel::wire::WireEvent,
@@ -210,6 +212,8 @@ type DaemonCore = Core<ProcKernel, LineQueue>;
 /// The running daemon's state, owned by the loop.
 struct Running {
     core: DaemonCore,
+    /// IRQs, default_smp_affinity, the workqueue cpumask.
+    steer: Steering<IrqFs>,
     observer: Observer,
     machine: Machine,
     config: Config,
@@ -298,6 +302,13 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     };
     let engine = Engine::new(machine.topology.clone(), hk.clone(), config.rules.clone())
         .with_kernel(&machine.kernel);
+    let mut steer = Steering::new(
+        machine.topology.clone(),
+        hk.clone(),
+        config.irq.clone(),
+        IrqFs::new(&args.proc, &args.sys, width),
+        &opts,
+    );
     let kernel = ProcKernel::new(&args.proc, &args.sys, width);
     let out =
         LineQueue::spawn(std::io::stdout(), QUEUE_LINES).context("starting the output thread")?;
@@ -315,6 +326,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         .context("reading the kthreads in /proc")?;
     // A hotplug between reading the machine and attaching the programs.
     core.converge(&mut observer, false);
+    steer.start(&config.irq, &mut core);
 
     let (control_tx, control_rx) = mpsc::channel(control::MAX_CLIENTS);
     control.spawn(control_tx);
@@ -333,6 +345,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     });
     Ok(Running {
         core,
+        steer,
         observer,
         machine,
         config,
@@ -396,6 +409,7 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                 }
                 if hotplug {
                     r.core.converge(&mut r.observer, false);
+                    r.steer.follow(&mut r.core);
                 }
             }
             Some(call) = r.control.recv() => {
@@ -426,6 +440,8 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
             }
             _ = rescan.tick() => {
                 housekeeping_check(r, args)?;
+                // IRQs follow every hotplug step (above), housekeeping change and new IRQ.
+                r.steer.follow(&mut r.core);
                 start_scan(&mut scan, args, width, r.core.epoch());
             }
             _ = counters.tick() => {
@@ -529,7 +545,7 @@ fn shutdown(mut r: Running, result: Result<()>) -> Result<ExitCode> {
             message: format!("stopping: {e:#}"),
         });
     }
-    let restored = r.core.restore_originals();
+    let restored = r.core.restore_originals() + r.steer.restore();
     r.core.stats.lines_dropped = r.core.reporter.out_mut().dropped();
     let s = r.core.summary();
     r.core.reporter.report(&s);

@@ -7,6 +7,9 @@ use std::{
 
 use serde::Serialize;
 
+mod steer;
+pub use steer::{SteerKind, SteerReport};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Human,
@@ -124,6 +127,10 @@ pub enum Report {
     Stopped {
         restored: usize,
     },
+    /// IRQs, the default IRQ affinity, the workqueue cpumask: the record
+    /// carries its own `type` (`irq_set`, `workqueue_set`…).
+    #[serde(untagged)]
+    Steer(SteerReport),
 }
 
 pub struct Reporter<W: Write> {
@@ -276,6 +283,7 @@ fn paint(color: bool, code: &str, s: &str) -> String {
 
 fn human(r: &Report, color: bool) -> String {
     let task = |pid: &u32, comm: &str| format!("{pid:>7} {comm:<16}");
+    let steer_kind: String;
     let (kind, code, text) = match r {
         Report::Started {
             pid,
@@ -429,6 +437,11 @@ fn human(r: &Report, color: bool) -> String {
             "1",
             format!("restored {restored} original masks"),
         ),
+        Report::Steer(s) => {
+            steer_kind = s.kind();
+            let (code, text) = s.human();
+            (steer_kind.as_str(), code, text)
+        }
     };
     format!(
         "{} {} {text}",
