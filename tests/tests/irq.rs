@@ -150,3 +150,31 @@ fn isolated_cpu1_gets_no_irq_through_offline_and_online() {
     wait_steered(&d, "0", "cpu1 online again");
     assert!(d.stop().success());
 }
+
+#[test]
+fn observe_writes_no_irq_or_workqueue_mask() {
+    let Some(_masks) = setup("observe_writes_no_irq_or_workqueue_mask") else {
+        return;
+    };
+    let before = all_masks();
+    let mut d = Daemon::start(&["--observe", "--isolate", "1"]);
+    d.wait_event(SECOND, "a workqueue_would_set", |e| {
+        e["type"] == "workqueue_would_set" && e["mask"] == "0"
+    });
+    // Past the first rescan: nothing is written then either.
+    std::thread::sleep(3 * SECOND);
+    assert_eq!(all_masks(), before, "--observe changed a mask");
+    let said: Vec<_> = d
+        .events()
+        .iter()
+        .filter(|e| {
+            e["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("irq_") || t.starts_with("workqueue_"))
+        })
+        .filter(|e| !e["type"].as_str().unwrap().ends_with("would_set"))
+        .cloned()
+        .collect();
+    assert!(said.is_empty(), "only would_set records: {said:#?}");
+    assert!(d.stop().success());
+}
