@@ -327,7 +327,9 @@ impl SteerEngine {
                 let Some(e) = self.entries.get_mut(&file) else {
                     return actions;
                 };
-                e.requested = None;
+                if e.requested.as_ref() == Some(&mask) {
+                    e.requested = None;
+                }
                 if mask != e.desired {
                     return actions;
                 }
