@@ -17,10 +17,11 @@ use crate::policy::{CpuSet, IrqInfo, MaskFile, SteerScan, WriteRefusal};
 /// A write the kernel did not take.
 #[derive(Debug, Error)]
 pub enum WriteError {
-    /// EIO: on an IRQ, the kernel manages its affinity (managed interrupts
-    /// of multi-queue devices) and refuses every change.
-    #[error("{path}: the kernel manages this affinity itself (EIO)")]
-    Managed { path: String },
+    /// EIO (older kernels) or EPERM (6.18) on an IRQ: the kernel does not let
+    /// userspace set its affinity (a managed interrupt of a multi-queue
+    /// device, or a chip that cannot steer), and never will.
+    #[error("{path}: the kernel manages this affinity itself ({source})")]
+    Managed { path: String, source: io::Error },
     /// EINVAL: no CPU of the mask is online, or the IRQ's chip cannot be
     /// steered, or the kernel's own isolation leaves nothing of the mask.
     #[error("{path}: the kernel rejected {mask} (EINVAL)")]
@@ -37,7 +38,7 @@ impl WriteError {
     fn new(path: &Path, mask: &CpuSet, source: io::Error) -> WriteError {
         let path = path.display().to_string();
         match source.raw_os_error() {
-            Some(libc::EIO) => WriteError::Managed { path },
+            Some(libc::EIO | libc::EPERM) => WriteError::Managed { path, source },
             Some(libc::EINVAL) => WriteError::Invalid {
                 path,
                 mask: mask.to_string(),
@@ -418,8 +419,10 @@ mod tests {
         assert_eq!(e.refusal(), WriteRefusal::Managed);
         assert_eq!(
             e.to_string(),
-            "/proc/irq/36/smp_affinity_list: the kernel manages this affinity itself (EIO)"
+            "/proc/irq/36/smp_affinity_list: the kernel manages this affinity itself (Input/output error (os error 5))"
         );
+        let e = WriteError::new(p, &m, io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(e.refusal(), WriteRefusal::Managed, "6.18 says EPERM");
         let e = WriteError::new(p, &m, io::Error::from_raw_os_error(libc::EINVAL));
         assert_eq!(e.refusal(), WriteRefusal::Invalid);
         assert_eq!(

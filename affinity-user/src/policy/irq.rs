@@ -45,8 +45,8 @@ pub enum MaskFile {
 /// Why the kernel would not take a mask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteRefusal {
-    /// EIO on an IRQ: its affinity is managed by the kernel (multi-queue
-    /// devices spread their vectors themselves). Final.
+    /// EIO (EPERM on 6.18) on an IRQ: its affinity is managed by the
+    /// kernel (multi-queue devices spread their vectors themselves). Final.
     Managed,
     /// EINVAL: the mask (or the IRQ's chip) is not acceptable now.
     Invalid,

@@ -62,6 +62,7 @@ impl SteerKernel for FakeFiles {
         if matches!(file, MaskFile::Irq(n) if self.managed.contains(&n)) {
             return Err(WriteError::Managed {
                 path: format!("/proc/irq/{file:?}"),
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
             });
         }
         self.writes.push((file, mask.to_string()));

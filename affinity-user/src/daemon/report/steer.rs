@@ -32,7 +32,7 @@ pub enum SteerKind {
         mask: String,
         effective: Option<String>,
     },
-    /// The kernel manages this IRQ (EIO): reported once, never written.
+    /// The kernel manages this IRQ (EIO/EPERM): reported once, never written.
     KernelManaged,
     Refused {
         mask: String,
