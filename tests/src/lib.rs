@@ -133,6 +133,7 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 }
 
 pub mod daemon;
+pub mod irq;
 
 /// Kthreads by comm, from /proc: (pid, flags).
 pub fn kthreads() -> Vec<(u32, String, u32)> {
@@ -194,7 +195,12 @@ pub fn set_mask(pid: u32, list: &str) {
 }
 
 /// Restores every kthread's mask on drop: the tests move real kthreads.
-pub struct MasksGuard(Vec<(u32, String)>);
+/// Every daemon steers IRQs and the workqueue mask too: those come back as
+/// well.
+pub struct MasksGuard(
+    Vec<(u32, String)>,
+    #[expect(dead_code, reason = "held for its Drop only")] irq::IrqGuard,
+);
 
 impl MasksGuard {
     pub fn save() -> Self {
@@ -215,6 +221,7 @@ impl MasksGuard {
                     ))
                 })
                 .collect(),
+            irq::IrqGuard::save(),
         )
     }
 }

@@ -32,6 +32,7 @@ use crate::{
     daemon::{
         Core, Options, Stats, coalesce,
         control::{self, ControlCall, ControlServer, Request, Response},
+        irq::Steering,
         metrics,
         output::{LineQueue, QUEUE_LINES},
         report::{ColorChoice, Format, Report, Reporter},
@@ -40,6 +41,7 @@ use crate::{
     kernel::bpf::{self, Counters, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
     kernel::btf::KernelLayout,
     kernel::caps::{self, Cap},
+    kernel::irq::IrqFs,
     kernel::procfs::ProcKernel,
     kernel::sysfs::{self, Machine, Scan},
     kernel::wire::WireEvent,
@@ -232,6 +234,8 @@ type DaemonCore = Core<ProcKernel, LineQueue>;
 /// The running daemon's state, owned by the loop.
 struct Running {
     core: DaemonCore,
+    /// IRQs, default_smp_affinity, the workqueue cpumask.
+    steer: Steering<IrqFs>,
     observer: Observer,
     machine: Machine,
     config: Config,
@@ -311,6 +315,13 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     };
     let engine = Engine::new(machine.topology.clone(), hk.clone(), config.rules.clone())
         .with_kernel(&machine.kernel);
+    let mut steer = Steering::new(
+        machine.topology.clone(),
+        hk.clone(),
+        config.irq.clone(),
+        IrqFs::new(&args.proc, &args.sys, width),
+        &opts,
+    );
     let kernel = ProcKernel::new(&args.proc, &args.sys, width);
     let out =
         LineQueue::spawn(std::io::stdout(), QUEUE_LINES).context("starting the output thread")?;
@@ -328,6 +339,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         .context("reading the kthreads in /proc")?;
     // A hotplug between reading the machine and attaching the programs.
     core.converge(&mut observer, false);
+    steer.start(&config.irq, &mut core);
 
     let (control_tx, control_rx) = mpsc::channel(control::MAX_CLIENTS);
     control.spawn(control_tx);
@@ -347,6 +359,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     crate::notify::ready(args.observe, core.managed_count(), core.pinned_count());
     Ok(Running {
         core,
+        steer,
         observer,
         machine,
         config,
@@ -414,6 +427,7 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                 }
                 if hotplug {
                     r.core.converge(&mut r.observer, false);
+                    r.steer.follow(&mut r.core);
                 }
             }
             Some(call) = r.control.recv() => {
@@ -451,6 +465,8 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
             }
             _ = rescan.tick() => {
                 housekeeping_check(r, args)?;
+                // IRQs follow every hotplug step (above), housekeeping change and new IRQ.
+                r.steer.follow(&mut r.core);
                 start_scan(&mut scan, args, width, r.core.epoch());
             }
             _ = counters.tick() => {
@@ -570,6 +586,14 @@ fn reload(r: &mut Running, args: &RunArgs) -> Result<String, String> {
         }
     };
     let changed = r.core.replace_rules(config.rules.clone(), &mut r.observer);
+    if config.irq != r.config.irq {
+        // Not yet: the steering engine keeps the [[irq]] rules it started with.
+        r.core.reporter.report(&Report::Error {
+            message: format!(
+                "reload: {shown}'s [[irq]] rules differ from the running ones; IRQ rules take effect on restart"
+            ),
+        });
+    }
     r.config = config;
     // Its [housekeeping] section may say something else now.
     if let Err(e) = housekeeping_check(r, args) {
@@ -623,7 +647,7 @@ fn shutdown(mut r: Running, result: Result<()>) -> Result<ExitCode> {
             message: format!("stopping: {e:#}"),
         });
     }
-    let restored = r.core.restore_originals();
+    let restored = r.core.restore_originals() + r.steer.restore();
     // Best effort: a summary with slightly older counters beats none.
     let _ = refresh_violation_counters(&mut r);
     r.core.stats.lines_dropped = r.core.reporter.out_mut().dropped();

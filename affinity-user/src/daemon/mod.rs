@@ -11,6 +11,7 @@
 
 pub mod control;
 mod executor;
+pub mod irq;
 pub mod kernel;
 pub mod metrics;
 pub mod output;

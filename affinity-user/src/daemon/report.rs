@@ -7,6 +7,9 @@ use std::{
 
 use serde::Serialize;
 
+mod steer;
+pub use steer::{SteerKind, SteerReport};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Human,
@@ -144,6 +147,10 @@ pub enum Report {
         refused: u64,
         errors: u64,
     },
+    /// IRQs, the default IRQ affinity, the workqueue cpumask: the record
+    /// carries its own `type` (`irq_set`, `workqueue_set`…).
+    #[serde(untagged)]
+    Steer(SteerReport),
 }
 
 pub struct Reporter<W: Write> {
@@ -296,6 +303,7 @@ fn paint(color: bool, code: &str, s: &str) -> String {
 
 fn human(r: &Report, color: bool) -> String {
     let task = |pid: &u32, comm: &str| format!("{pid:>7} {comm:<16}");
+    let steer_kind: String;
     let (kind, code, text) = match r {
         Report::Started {
             pid,
@@ -480,6 +488,11 @@ fn human(r: &Report, color: bool) -> String {
                 "{in_place} of {managed} managed kthreads where the policy puts them ({set} masks set, {refused} refused, {errors} errors); nothing follows hotplug from here on"
             ),
         ),
+        Report::Steer(s) => {
+            steer_kind = s.kind();
+            let (code, text) = s.human();
+            (steer_kind.as_str(), code, text)
+        }
     };
     format!(
         "{} {} {text}",

@@ -7,6 +7,7 @@
 pub mod bpf;
 pub mod btf;
 pub mod caps;
+pub mod irq;
 pub mod procfs;
 pub mod sysfs;
 pub mod wire;

@@ -7,7 +7,14 @@
 //! [[rule]]
 //! match = "kswapd*"      # comm glob; or pid = 45
 //! prefer = "node"        # "node", "node:1", "housekeeping", or a cpulist
+//!
+//! [[irq]]                # see config/irq.rs
+//! match = "nvme*"
+//! prefer = "node"
 //! ```
+
+mod irq;
+mod suggest;
 
 use std::{collections::HashMap, fmt, ops::Range};
 
@@ -15,6 +22,8 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
 
+pub use self::irq::{IrqRule, IrqTarget};
+use self::suggest::did_you_mean;
 use super::{CpuListError, CpuSet, Topology};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +172,8 @@ pub enum HousekeepingSpec {
 pub struct Config {
     pub housekeeping: HousekeepingSpec,
     pub rules: Vec<Rule>,
+    /// `[[irq]]` rules, tried in order like `rules`.
+    pub irq: Vec<IrqRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +208,8 @@ struct RawConfig {
     housekeeping: Option<RawHousekeeping>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    irq: Vec<Spanned<irq::RawIrqRule>>,
 }
 
 #[derive(Deserialize)]
@@ -343,10 +356,12 @@ impl Config {
                 }
             }
         }
+        let irq = irq::irq_rules(raw.irq, text, width, &mut error);
         if errors.is_empty() {
             Ok(Config {
                 housekeeping,
                 rules,
+                irq,
             })
         } else {
             Err(ConfigErrors {
@@ -364,8 +379,10 @@ impl Config {
         topology: &Topology,
     ) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
-        for rule in &self.rules {
-            if let Preference::Node(n) = rule.prefer
+        let irq = self.irq.iter().map(|r| (r.target.to_string(), &r.prefer));
+        let kthread = self.rules.iter().map(|r| (r.target.to_string(), &r.prefer));
+        for (target, prefer) in kthread.chain(irq) {
+            if let Preference::Node(n) = *prefer
                 && !topology.nodes.contains_key(&n)
             {
                 let needle = format!("node:{n}");
@@ -375,22 +392,20 @@ impl Config {
                     line,
                     column,
                     message: format!(
-                        "rule for {}: node {n} does not exist on this machine (nodes: {})",
-                        rule.target,
+                        "rule for {target}: node {n} does not exist on this machine (nodes: {})",
                         known.join(", ")
                     ),
                 });
             }
-            if let Preference::Cpus(cpus) = &rule.prefer {
+            if let Preference::Cpus(cpus) = prefer {
                 let missing = cpus.and_not(&topology.possible);
                 if !missing.is_empty() {
-                    let (line, column) = text
-                        .find(&format!("{}", rule.target))
-                        .map_or((0, 0), |o| line_col(text, o));
+                    let needle = target.strip_prefix("irq ").unwrap_or(&target);
+                    let (line, column) = text.find(needle).map_or((0, 0), |o| line_col(text, o));
                     errors.push(ConfigError {
                         line,
                         column,
-                        message: format!("rule for {}: CPUs {missing} are not possible on this machine (possible: {})", rule.target, topology.possible),
+                        message: format!("rule for {target}: CPUs {missing} are not possible on this machine (possible: {})", topology.possible),
                     });
                 }
             }
@@ -425,48 +440,9 @@ impl Config {
                     prefer: Preference::Housekeeping,
                 },
             ],
+            irq: Vec::new(),
         }
     }
-}
-
-/// `; did you mean "auto"?` when `word` is a close misspelling (at most two
-/// edits, a swap counting as one) of exactly one keyword, else "".
-fn did_you_mean(word: &str, keywords: &[&str]) -> String {
-    let w = word.trim().to_ascii_lowercase();
-    let close: Vec<_> = keywords
-        .iter()
-        .filter(|k| w.len() > 1 && edit_distance(&w, k) <= 2.min(k.len() / 2))
-        .collect();
-    match close.as_slice() {
-        [k] => format!("; did you mean {k:?}?"),
-        _ => String::new(),
-    }
-}
-
-/// Optimal-string-alignment distance: insertions, deletions, substitutions
-/// and swaps of neighbours each cost one.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = v;
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 /// The embedded default as a rules file, for `affinity config --default`.

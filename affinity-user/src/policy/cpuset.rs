@@ -238,6 +238,26 @@ impl CpuSet {
         Ok(set)
     }
 
+    /// The kernel's hex mask format, which `parse_mask` reads and some
+    /// files take as their only input (`/proc/irq/default_smp_affinity`,
+    /// the workqueue cpumask): 32-bit groups, most significant first, the
+    /// first one only as wide as the width needs, as the kernel prints it.
+    pub fn to_mask(&self) -> String {
+        let groups = self.width.div_ceil(32).max(1);
+        let group = |g: u32| {
+            let word = self.words.get((g / 2) as usize).copied().unwrap_or(0);
+            (word >> ((g % 2) * 32)) as u32
+        };
+        let lead = (self.width.saturating_sub((groups - 1) * 32))
+            .div_ceil(4)
+            .clamp(1, 8);
+        let mut out = format!("{:0w$x}", group(groups - 1), w = lead as usize);
+        for g in (0..groups - 1).rev() {
+            out.push_str(&format!(",{:08x}", group(g)));
+        }
+        out
+    }
+
     pub fn from_words(width: u32, words: &[u64]) -> Self {
         let mut s = Self::empty(width);
         let n = s.words.len().min(words.len());
@@ -473,6 +493,12 @@ mod tests {
             CpuSet::parse_mask("1,00000000", 64).unwrap().to_string(),
             "32"
         );
+        assert_eq!(CpuSet::parse("0-1", 2).unwrap().to_mask(), "3");
+        assert_eq!(CpuSet::parse("0", 40).unwrap().to_mask(), "00,00000001");
+        assert_eq!(
+            CpuSet::parse("4,32-35,63", 64).unwrap().to_mask(),
+            "8000000f,00000010"
+        );
         assert!(CpuSet::parse_mask("zz", 8).is_err());
         assert!(CpuSet::parse_mask("ff", 4).is_err());
     }
@@ -558,6 +584,11 @@ mod tests {
         fn format_then_parse_round_trips(s in arb_set()) {
             let text = s.to_string();
             prop_assert_eq!(CpuSet::parse(&text, s.width()).unwrap(), s);
+        }
+
+        #[test]
+        fn hex_mask_round_trips(s in arb_set()) {
+            prop_assert_eq!(CpuSet::parse_mask(&s.to_mask(), s.width()).unwrap(), s);
         }
 
         #[test]

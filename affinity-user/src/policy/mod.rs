@@ -5,17 +5,22 @@
 mod config;
 mod cpuset;
 mod engine;
+mod irq;
 mod kthread;
 #[cfg(test)]
 mod tests;
 
 pub use config::{
-    Config, ConfigError, ConfigErrors, DEFAULT_TOML, HousekeepingSpec, Preference, PreferenceError,
-    Rule, Target,
+    Config, ConfigError, ConfigErrors, DEFAULT_TOML, HousekeepingSpec, IrqRule, IrqTarget,
+    Preference, PreferenceError, Rule, Target,
 };
 pub use cpuset::{CpuListError, CpuSet, MAX_CPUS};
 pub use engine::{
     Action, Engine, Entry, Event, Refusal, Registration, RegistryError, State, Topology, cli_form,
+};
+pub use irq::{
+    IrqInfo, MaskFile, SteerAction, SteerEngine, SteerEntry, SteerEvent, SteerNote, SteerScan,
+    SteerState, WriteRefusal, placement, unmatched_rules,
 };
 pub use kthread::{
     Kthread, PF_KTHREAD, PF_NO_SETAFFINITY, kernel_manages_affinity, kernel_version,

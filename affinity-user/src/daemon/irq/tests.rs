@@ -1,0 +1,191 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::{
+    daemon::{Options, report::Format},
+    policy::{IrqInfo, IrqTarget, Preference},
+};
+
+fn s(list: &str) -> CpuSet {
+    CpuSet::parse(list, 2).unwrap()
+}
+
+/// The files in memory: IRQ 36 is managed (EIO), the kernel delivers an
+/// IRQ on the first CPU of its mask.
+struct FakeFiles {
+    masks: BTreeMap<MaskFile, CpuSet>,
+    managed: BTreeSet<u32>,
+    writes: Vec<(MaskFile, String)>,
+}
+
+impl FakeFiles {
+    fn new() -> Self {
+        FakeFiles {
+            masks: BTreeMap::from([
+                (MaskFile::IrqDefault, s("0-1")),
+                (MaskFile::Irq(24), s("0-1")),
+                (MaskFile::Irq(36), s("0-1")),
+                (MaskFile::Workqueue, s("0-1")),
+            ]),
+            managed: BTreeSet::from([36]),
+            writes: Vec::new(),
+        }
+    }
+}
+
+fn effective(mask: &CpuSet) -> CpuSet {
+    let mut e = CpuSet::empty(2);
+    e.insert(mask.first().unwrap_or(0));
+    e
+}
+
+impl SteerKernel for FakeFiles {
+    fn scan(&self) -> std::io::Result<SteerScan> {
+        let irq = |n: u32, action: &str| IrqInfo {
+            number: n,
+            actions: vec![action.into()],
+            node: None,
+            affinity: self.masks[&MaskFile::Irq(n)].clone(),
+            effective: Some(effective(&self.masks[&MaskFile::Irq(n)])),
+        };
+        Ok(SteerScan {
+            irqs: vec![irq(24, "ACPI:Ged"), irq(36, "nvme0q0")],
+            unreadable: vec![],
+            default_affinity: Some(self.masks[&MaskFile::IrqDefault].clone()),
+            workqueue: Some(self.masks[&MaskFile::Workqueue].clone()),
+        })
+    }
+
+    fn write(&mut self, file: MaskFile, mask: &CpuSet) -> Result<(), WriteError> {
+        if matches!(file, MaskFile::Irq(n) if self.managed.contains(&n)) {
+            return Err(WriteError::Managed {
+                path: format!("/proc/irq/{file:?}"),
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            });
+        }
+        self.writes.push((file, mask.to_string()));
+        self.masks.insert(file, mask.clone());
+        Ok(())
+    }
+
+    fn read_back(&self, file: MaskFile) -> std::io::Result<(CpuSet, Option<CpuSet>)> {
+        let m = self.masks[&file].clone();
+        let eff = matches!(file, MaskFile::Irq(_)).then(|| effective(&m));
+        Ok((m, eff))
+    }
+}
+
+fn topo(online: &str) -> Topology {
+    Topology::single_node(s("0-1"), s(online))
+}
+
+fn steering(observe: bool) -> (Steering<FakeFiles>, Reporter<Vec<u8>>, Stats) {
+    let opts = Options {
+        observe,
+        restore_on_exit: true,
+    };
+    (
+        Steering::new(topo("0-1"), s("0"), rules(), FakeFiles::new(), &opts),
+        Reporter::new(Vec::new(), Format::Json, false),
+        Stats::default(),
+    )
+}
+
+fn records(reporter: &mut Reporter<Vec<u8>>) -> Vec<Value> {
+    let out = std::mem::take(reporter.out_mut());
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("ts");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn start_steers_reports_and_restore_puts_every_original_back() {
+    let (mut st, mut rep, mut stats) = steering(false);
+    let rules = rules();
+    let unmatched = st.first_scan(&rules, &mut rep, &mut stats);
+    assert!(unmatched.is_empty(), "nvme* matches irq 36");
+    assert_eq!(
+        records(&mut rep),
+        [
+            json!({"type": "irq_default_set", "mask": "0"}),
+            json!({"type": "irq_set", "irq": 24, "actions": ["ACPI:Ged"], "mask": "0", "effective": "0"}),
+            json!({"type": "irq_kernel_managed", "irq": 36, "actions": ["nvme0q0"]}),
+            json!({"type": "workqueue_set", "mask": "0"}),
+        ]
+    );
+    // A rescan with nothing changed writes nothing, says nothing, and
+    // the managed IRQ is not tried again.
+    st.sync(&topo("0-1"), &s("0"), &mut rep, &mut stats);
+    assert_eq!(records(&mut rep), Vec::<Value>::new());
+    assert_eq!(st.restore(), 3);
+    assert_eq!(
+        st.kernel.writes,
+        [
+            (MaskFile::IrqDefault, "0".to_string()),
+            (MaskFile::Irq(24), "0".into()),
+            (MaskFile::Workqueue, "0".into()),
+            (MaskFile::IrqDefault, "0-1".into()),
+            (MaskFile::Irq(24), "0-1".into()),
+            (MaskFile::Workqueue, "0-1".into()),
+        ]
+    );
+}
+
+#[test]
+fn observe_writes_nothing_and_says_what_it_would_once() {
+    let (mut st, mut rep, mut stats) = steering(true);
+    let rules = rules();
+    st.first_scan(&rules, &mut rep, &mut stats);
+    assert_eq!(
+        records(&mut rep),
+        [
+            json!({"type": "irq_default_would_set", "mask": "0"}),
+            json!({"type": "irq_would_set", "irq": 24, "actions": ["ACPI:Ged"], "mask": "0"}),
+            json!({"type": "irq_would_set", "irq": 36, "actions": ["nvme0q0"], "mask": "0"}),
+            json!({"type": "workqueue_would_set", "mask": "0"}),
+        ]
+    );
+    st.sync(&topo("0-1"), &s("0"), &mut rep, &mut stats);
+    assert_eq!(records(&mut rep), Vec::<Value>::new());
+    assert_eq!(st.restore(), 0);
+    assert!(st.kernel.writes.is_empty());
+}
+
+#[test]
+fn hotplug_and_housekeeping_changes_are_followed() {
+    let (mut st, mut rep, mut stats) = steering(false);
+    let rules = rules();
+    st.first_scan(&rules, &mut rep, &mut stats);
+    st.kernel.writes.clear();
+    // Housekeeping grows to 0-1, then cpu1 goes offline.
+    st.sync(&topo("0-1"), &s("0-1"), &mut rep, &mut stats);
+    st.sync(&topo("0"), &s("0-1"), &mut rep, &mut stats);
+    assert_eq!(
+        st.kernel.writes,
+        [
+            (MaskFile::IrqDefault, "0-1".to_string()),
+            (MaskFile::Irq(24), "0-1".into()),
+            (MaskFile::Workqueue, "0-1".into()),
+            (MaskFile::IrqDefault, "0".into()),
+            (MaskFile::Irq(24), "0".into()),
+            (MaskFile::Workqueue, "0".into()),
+        ]
+    );
+    assert_eq!(stats.errors, 0);
+}
+
+fn rules() -> Vec<IrqRule> {
+    vec![IrqRule {
+        target: IrqTarget::Action("nvme*".into()),
+        prefer: Preference::Housekeeping,
+        line: 3,
+    }]
+}

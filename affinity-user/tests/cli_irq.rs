@@ -1,0 +1,85 @@
+//! `[[irq]]` rules through the binary: a malformed one is bad input (exit
+//! 2, its line named) before anything is changed.
+
+#![allow(
+    clippy::unwrap_used,
+    unused_crate_dependencies,
+    reason = "a binary, test or bench target of affinity-user sees the library's dependencies too"
+)]
+
+use std::{path::PathBuf, process::Command};
+
+fn affinity(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_affinity"))
+        .args(args)
+        .output()
+        .expect("running affinity");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn numa64() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/numa64.json")
+        .display()
+        .to_string()
+}
+
+const GOOD: &str = "[[rule]]\nmatch = \"*\"\nprefer = \"housekeeping\"\n\n[[irq]]\nmatch = \"nvme*\"\nprefer = \"node\"\n\n[[irq]]\nmatch = 36\nprefer = \"0-1\"\n";
+
+#[test]
+fn check_accepts_irq_rules_and_names_the_line_of_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = affinity(&["check", "--snapshot", &numa64(), p]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    std::fs::write(
+        &path,
+        format!("{GOOD}\n[[irq]]\nmatch = 36\nprefer = \"node:9\"\n"),
+    )
+    .unwrap();
+    let (code, _, err) = affinity(&["check", "--snapshot", &numa64(), p]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(":14:9: a second [[irq]] rule for irq 36 (first at line 10)"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        format!("{GOOD}\n[[irq]]\nmatch = 37\nprefer = \"node:9\"\n"),
+    )
+    .unwrap();
+    let (code, _, err) = affinity(&["check", "--snapshot", &numa64(), p]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(":15:11: rule for irq 37: node 9 does not exist on this machine"),
+        "{err}"
+    );
+}
+
+/// The config is read before root, the control socket or BPF: a bad one
+/// stops `run` with nothing changed, as root or not.
+#[test]
+fn run_refuses_a_malformed_irq_rule_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, "[[irq]]\nmatch = \"nvme*\"\nprefer = \"nodes\"\n").unwrap();
+    let socket = dir.path().join("ctl/control.sock");
+    let (code, out, err) = affinity(&[
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("rules.toml:3:10: prefer: "), "{err}");
+    assert!(err.contains("did you mean \"node\"?"), "{err}");
+    assert_eq!(out, "", "no report: the daemon never started");
+    assert!(!dir.path().join("ctl").exists(), "no socket directory made");
+}

@@ -1,0 +1,62 @@
+//! IRQ masks, the default IRQ affinity and the workqueue cpumask, read
+//! and put back for the kernel tests (through the daemon's own reader).
+
+use std::{collections::BTreeMap, path::Path};
+
+use affinity::{
+    kernel::irq::IrqFs,
+    policy::{CpuSet, MAX_CPUS, MaskFile},
+};
+
+/// The kernel's nr_cpu_ids: the width of every mask here.
+pub fn width() -> u32 {
+    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .expect("reading the possible CPUs");
+    CpuSet::parse(&possible, MAX_CPUS)
+        .expect("parsing the possible CPUs")
+        .last()
+        .map_or(1, |l| l + 1)
+}
+
+pub fn irq_fs() -> IrqFs {
+    IrqFs::new(Path::new("/proc"), Path::new("/sys"), width())
+}
+
+/// Every steerable mask as a cpulist, by file: what `--restore-on-exit`
+/// must put back.
+pub fn all_masks() -> BTreeMap<MaskFile, String> {
+    let scan = irq_fs().scan().expect("reading /proc/irq");
+    let mut out: BTreeMap<MaskFile, String> = scan
+        .irqs
+        .iter()
+        .map(|i| (MaskFile::Irq(i.number), i.affinity.to_string()))
+        .collect();
+    if let Some(d) = scan.default_affinity {
+        out.insert(MaskFile::IrqDefault, d.to_string());
+    }
+    if let Some(w) = scan.workqueue {
+        out.insert(MaskFile::Workqueue, w.to_string());
+    }
+    out
+}
+
+/// Puts every mask back as it was when saved, when dropped (also when the
+/// test panics): IRQ affinity is machine-wide state.
+pub struct IrqGuard(BTreeMap<MaskFile, String>);
+
+impl IrqGuard {
+    pub fn save() -> IrqGuard {
+        IrqGuard(all_masks())
+    }
+}
+
+impl Drop for IrqGuard {
+    fn drop(&mut self) {
+        let fs = irq_fs();
+        for (file, list) in &self.0 {
+            if let Ok(mask) = CpuSet::parse(list, width()) {
+                let _ = fs.write(*file, &mask);
+            }
+        }
+    }
+}

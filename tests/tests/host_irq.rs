@@ -1,0 +1,194 @@
+//! IRQs, the default IRQ affinity and the workqueue cpumask on the real
+//! kernel, steered by the real `affinity` binary. One test thread: IRQ
+//! affinity and hotplug are machine-wide.
+//!
+//! Host only for now (`host_*` targets are not run in the vm-test guests):
+//! the masks below are this host's two CPUs, and the guests' IRQs (IO-APIC
+//! under TCG, older kernels) have not been tried yet.
+
+#![allow(
+    clippy::unwrap_used,
+    unused_crate_dependencies,
+    reason = "every kernel test target shares the test crate's dependencies and uses some"
+)]
+
+use std::{collections::BTreeSet, time::Duration};
+
+use affinity::policy::{CpuSet, MaskFile};
+use affinity_tests::{
+    CpuOffline,
+    daemon::Daemon,
+    irq::{all_masks, irq_fs, width},
+    setup, wait_for,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn set(list: &str) -> CpuSet {
+    CpuSet::parse(list, width()).unwrap()
+}
+
+/// IRQs whose affinity the kernel does not accept (managed, refused), as
+/// the daemon reported them.
+fn not_accepted(d: &Daemon) -> BTreeSet<u32> {
+    d.events()
+        .iter()
+        .filter(|e| e["type"] == "irq_kernel_managed" || e["type"] == "irq_refused")
+        .filter_map(|e| e["irq"].as_u64())
+        .map(|n| n as u32)
+        .collect()
+}
+
+/// Accepted IRQs whose mask is not `want` or that are delivered outside
+/// it, as `N: mask (effective E)`.
+fn astray(d: &Daemon, want: &CpuSet) -> Vec<String> {
+    let skip = not_accepted(d);
+    irq_fs()
+        .scan()
+        .unwrap()
+        .irqs
+        .into_iter()
+        .filter(|i| !skip.contains(&i.number))
+        .filter(|i| {
+            &i.affinity != want || !i.effective.as_ref().unwrap_or(&i.affinity).is_subset(want)
+        })
+        .map(|i| format!("{}: {} (effective {:?})", i.number, i.affinity, i.effective))
+        .collect()
+}
+
+/// Waits up to a second for every accepted IRQ, the default affinity and
+/// the workqueue mask to be `want`.
+fn wait_steered(d: &Daemon, want: &str, when: &str) {
+    let want = set(want);
+    let done = wait_for(SECOND, || {
+        let m = all_masks();
+        (astray(d, &want).is_empty()
+            && m.get(&MaskFile::Workqueue) == Some(&want.to_string())
+            && m.get(&MaskFile::IrqDefault) == Some(&want.to_string()))
+        .then_some(())
+    });
+    if done.is_none() {
+        panic!(
+            "{when}: not on {want} after 1 s: IRQs {:?}, masks {:?}; daemon said {:#?}",
+            astray(d, &want),
+            all_masks(),
+            d.events()
+        );
+    }
+}
+
+#[test]
+fn isolate_steers_every_irq_and_workqueue_and_restore_puts_all_back() {
+    let Some(_masks) = setup("isolate_steers_every_irq_and_workqueue_and_restore_puts_all_back")
+    else {
+        return;
+    };
+    let before = all_masks();
+    assert!(
+        before.keys().any(|f| matches!(f, MaskFile::Irq(_))),
+        "this machine shows no IRQ in /proc/irq: {before:?}"
+    );
+    let mut d = Daemon::start(&["--isolate", "1", "--restore-on-exit"]);
+    wait_steered(&d, "0", "after start-up");
+    let steered = d.events().iter().filter(|e| e["type"] == "irq_set").count();
+    assert!(
+        steered > 0,
+        "no irq_set although every IRQ allowed cpu1: {:#?}",
+        d.events()
+    );
+    // Past a rescan: a kernel-managed IRQ is said once, never tried again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let managed: Vec<u64> = d
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "irq_kernel_managed")
+        .filter_map(|e| e["irq"].as_u64())
+        .collect();
+    let once: BTreeSet<u64> = managed.iter().copied().collect();
+    assert_eq!(managed.len(), once.len(), "said twice: {managed:?}");
+    assert_eq!(
+        d.events()
+            .iter()
+            .filter(|e| e["type"] == "workqueue_set")
+            .map(|e| e["mask"].clone())
+            .collect::<Vec<_>>(),
+        ["0"]
+    );
+    assert!(d.stop().success(), "the daemon exits 0 on SIGTERM");
+    assert_eq!(
+        all_masks(),
+        before,
+        "--restore-on-exit puts every IRQ mask, the default affinity and the workqueue mask back"
+    );
+}
+
+#[test]
+fn irqs_follow_cpu1_offline_and_online() {
+    let Some(_masks) = setup("irqs_follow_cpu1_offline_and_online") else {
+        return;
+    };
+    // No isolation: housekeeping is 0-1, so every mask is the online CPUs.
+    let mut d = Daemon::start(&[]);
+    wait_steered(&d, "0-1", "after start-up");
+    {
+        let _offline = CpuOffline::new(1);
+        d.wait_event(SECOND, "the offline step handled", |e| {
+            e["type"] == "hotplug_handled" && e["cpu"] == 1 && e["online"] == false
+        });
+        wait_steered(&d, "0", "cpu1 offline");
+    }
+    d.wait_event(SECOND, "the online step handled", |e| {
+        e["type"] == "hotplug_handled" && e["cpu"] == 1 && e["online"] == true
+    });
+    wait_steered(&d, "0-1", "cpu1 online again");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn isolated_cpu1_gets_no_irq_through_offline_and_online() {
+    let Some(_masks) = setup("isolated_cpu1_gets_no_irq_through_offline_and_online") else {
+        return;
+    };
+    let mut d = Daemon::start(&["--isolate", "1"]);
+    wait_steered(&d, "0", "after start-up");
+    {
+        let _offline = CpuOffline::new(1);
+        d.wait_event(SECOND, "the offline step handled", |e| {
+            e["type"] == "hotplug_handled" && e["cpu"] == 1 && e["online"] == false
+        });
+        wait_steered(&d, "0", "cpu1 offline");
+    }
+    d.wait_event(SECOND, "the online step handled", |e| {
+        e["type"] == "hotplug_handled" && e["cpu"] == 1 && e["online"] == true
+    });
+    wait_steered(&d, "0", "cpu1 online again");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn observe_writes_no_irq_or_workqueue_mask() {
+    let Some(_masks) = setup("observe_writes_no_irq_or_workqueue_mask") else {
+        return;
+    };
+    let before = all_masks();
+    let mut d = Daemon::start(&["--observe", "--isolate", "1"]);
+    d.wait_event(SECOND, "a workqueue_would_set", |e| {
+        e["type"] == "workqueue_would_set" && e["mask"] == "0"
+    });
+    // Past the first rescan: nothing is written then either.
+    std::thread::sleep(3 * SECOND);
+    assert_eq!(all_masks(), before, "--observe changed a mask");
+    let said: Vec<_> = d
+        .events()
+        .iter()
+        .filter(|e| {
+            e["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("irq_") || t.starts_with("workqueue_"))
+        })
+        .filter(|e| !e["type"].as_str().unwrap().ends_with("would_set"))
+        .cloned()
+        .collect();
+    assert!(said.is_empty(), "only would_set records: {said:#?}");
+    assert!(d.stop().success());
+}
