@@ -88,7 +88,7 @@ fn isolate_steers_every_irq_and_workqueue_and_restore_puts_all_back() {
         before.keys().any(|f| matches!(f, MaskFile::Irq(_))),
         "this machine shows no IRQ in /proc/irq: {before:?}"
     );
-    let mut d = Daemon::start(&["--isolate", "1", "--restore-on-exit"]);
+    let mut d = Daemon::start(&["--irqs", "--isolate", "1", "--restore-on-exit"]);
     wait_steered(&d, "0", "after start-up");
     let steered = d.events().iter().filter(|e| e["type"] == "irq_set").count();
     assert!(
@@ -128,7 +128,7 @@ fn irqs_follow_cpu1_offline_and_online() {
         return;
     };
     // No isolation: housekeeping is 0-1, so every mask is the online CPUs.
-    let mut d = Daemon::start(&[]);
+    let mut d = Daemon::start(&["--irqs"]);
     wait_steered(&d, "0-1", "after start-up");
     {
         let _offline = CpuOffline::new(1);
@@ -149,7 +149,7 @@ fn isolated_cpu1_gets_no_irq_through_offline_and_online() {
     let Some(_masks) = setup("isolated_cpu1_gets_no_irq_through_offline_and_online") else {
         return;
     };
-    let mut d = Daemon::start(&["--isolate", "1"]);
+    let mut d = Daemon::start(&["--irqs", "--isolate", "1"]);
     wait_steered(&d, "0", "after start-up");
     {
         let _offline = CpuOffline::new(1);
@@ -171,7 +171,7 @@ fn observe_writes_no_irq_or_workqueue_mask() {
         return;
     };
     let before = all_masks();
-    let mut d = Daemon::start(&["--observe", "--isolate", "1"]);
+    let mut d = Daemon::start(&["--irqs", "--observe", "--isolate", "1"]);
     d.wait_event(SECOND, "a workqueue_would_set", |e| {
         e["type"] == "workqueue_would_set" && e["mask"] == "0"
     });

@@ -99,6 +99,13 @@ pub struct RunArgs {
     /// Bytes of the hotplug ring buffer (for tests that force drops).
     #[arg(long, hide = true, value_name = "BYTES")]
     pub hotplug_ring_bytes: Option<u32>,
+    /// Also steer IRQs, /proc/irq/default_smp_affinity and the unbound
+    /// workqueue cpumask to housekeeping (or `[[irq]]` rules). Opt-in for
+    /// now: those writes run on the event loop and can wait for a hotplug
+    /// step to finish (the workqueue cpumask takes the hotplug lock), which
+    /// under back-to-back hotplug delayed control requests past 10 s.
+    #[arg(long)]
+    pub irqs: bool,
 }
 
 /// How long after its creation a new kthread is read from /proc: its
@@ -235,7 +242,8 @@ type DaemonCore = Core<ProcKernel, LineQueue>;
 struct Running {
     core: DaemonCore,
     /// IRQs, default_smp_affinity, the workqueue cpumask.
-    steer: Steering<IrqFs>,
+    /// `--irqs` only.
+    steer: Option<Steering<IrqFs>>,
     observer: Observer,
     machine: Machine,
     config: Config,
@@ -315,13 +323,15 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     };
     let engine = Engine::new(machine.topology.clone(), hk.clone(), config.rules.clone())
         .with_kernel(&machine.kernel);
-    let mut steer = Steering::new(
-        machine.topology.clone(),
-        hk.clone(),
-        config.irq.clone(),
-        IrqFs::new(&args.proc, &args.sys, width),
-        &opts,
-    );
+    let mut steer = args.irqs.then(|| {
+        Steering::new(
+            machine.topology.clone(),
+            hk.clone(),
+            config.irq.clone(),
+            IrqFs::new(&args.proc, &args.sys, width),
+            &opts,
+        )
+    });
     let kernel = ProcKernel::new(&args.proc, &args.sys, width);
     let out =
         LineQueue::spawn(std::io::stdout(), QUEUE_LINES).context("starting the output thread")?;
@@ -339,7 +349,13 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         .context("reading the kthreads in /proc")?;
     // A hotplug between reading the machine and attaching the programs.
     core.converge(&mut observer, false);
-    steer.start(&config.irq, &mut core);
+    if let Some(steer) = &mut steer {
+        steer.start(&config.irq, &mut core);
+    } else if !config.irq.is_empty() {
+        eprintln!(
+            "affinity: warning: the rules file has [[irq]] rules, which apply only with --irqs"
+        );
+    }
 
     let (control_tx, control_rx) = mpsc::channel(control::MAX_CLIENTS);
     control.spawn(control_tx);
@@ -427,7 +443,9 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                 }
                 if hotplug {
                     r.core.converge(&mut r.observer, false);
-                    r.steer.follow(&mut r.core);
+                    if let Some(steer) = &mut r.steer {
+                    steer.follow(&mut r.core);
+                }
                 }
             }
             Some(call) = r.control.recv() => {
@@ -466,7 +484,9 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
             _ = rescan.tick() => {
                 housekeeping_check(r, args)?;
                 // IRQs follow every hotplug step (above), housekeeping change and new IRQ.
-                r.steer.follow(&mut r.core);
+                if let Some(steer) = &mut r.steer {
+                    steer.follow(&mut r.core);
+                }
                 start_scan(&mut scan, args, width, r.core.epoch());
             }
             _ = counters.tick() => {
@@ -647,7 +667,7 @@ fn shutdown(mut r: Running, result: Result<()>) -> Result<ExitCode> {
             message: format!("stopping: {e:#}"),
         });
     }
-    let restored = r.core.restore_originals() + r.steer.restore();
+    let restored = r.core.restore_originals() + r.steer.as_mut().map_or(0, |steer| steer.restore());
     // Best effort: a summary with slightly older counters beats none.
     let _ = refresh_violation_counters(&mut r);
     r.core.stats.lines_dropped = r.core.reporter.out_mut().dropped();
