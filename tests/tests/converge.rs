@@ -175,11 +175,14 @@ fn an_unprivileged_flood_cannot_crowd_out_hotplug() {
         .spawn()
         .expect("starting the flood");
     std::thread::sleep(SECOND);
+    // 3 s per step: under TCG on a 2-core host a step itself has been
+    // seen to take more than 1 s with the flood running (2026-12-02, also
+    // with the code that passed CI before).
     for _ in 0..5 {
         let _offline = CpuOffline::new(1);
-        wait_mask(pid, "0", SECOND);
+        wait_mask(pid, "0", 3 * SECOND);
         drop(_offline);
-        wait_mask(pid, "1", SECOND);
+        wait_mask(pid, "1", 3 * SECOND);
     }
     let out = flood.wait_with_output().expect("the flood finishes");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -203,12 +206,13 @@ fn an_unprivileged_flood_cannot_crowd_out_hotplug() {
             .any(|e| e["type"] == "affinity_changed" && e["by_comm"] == "flood"),
         "a refused call is not a change"
     );
-    // The daemon's CPU time while 2 threads flooded: at most 20 % of one
-    // CPU, hotplug work included (~10 % under TCG emulation, ~1 % on the
-    // host); it spent all of a CPU draining records before.
+    // The daemon's CPU time while 2 threads flooded: at most 40 % of one
+    // CPU, hotplug work included (~1 % on the host, 10-23 % seen under TCG
+    // emulation, whose speed varies from day to day); it spent all of a CPU
+    // draining records before, which this still catches.
     let cpu = ticks as f64 / ticks_per_second() as f64;
     assert!(
-        cpu < 0.2 * elapsed,
+        cpu < 0.4 * elapsed,
         "daemon used {cpu:.2} s of CPU in {elapsed:.1} s of flood"
     );
     assert!(d.stop().success());
@@ -433,6 +437,12 @@ fn a_silent_control_client_delays_neither_hotplug_nor_prefer() {
                     let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
                 }
                 cycles += 1;
+                // A breath between cycles: back to back, the hotplug lock
+                // is never free, and the daemon's sched_setaffinity (which
+                // waits for it) held a reply past 10 s under TCG, with or
+                // without a silent client: not what this test is about.
+                drop(_offline);
+                std::thread::sleep(Duration::from_millis(100));
             }
             cycles
         })
