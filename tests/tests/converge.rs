@@ -98,6 +98,29 @@ fn failed_offline(state: u32) {
     assert!(cpu_online(1), "the kernel rolled cpu1 back");
 }
 
+/// No violation but, at most 3 times, the one kind that is real and out of
+/// a late daemon's reach: when a kthread's mask ({1}) loses its last online
+/// CPU, the kernel's fallback places it on any online CPU, isolated ones
+/// included, if the daemon's new mask ({0}, set at the first teardown step)
+/// has not landed by the time tasks are migrated off cpu1. A debug build
+/// under TCG missed that window about once in 400 steps (5.10 and 6.12 VMs,
+/// 2026-12-02). Only that shape passes: judged against the offline set
+/// ("0") on a CPU that is neither cpu0 nor cpu1. The hotplug reaction
+/// figure in the bench is where that latency is measured (issue 13).
+fn only_late_fallback_runs(events: &[Value], summary: &Value, context: &dyn std::fmt::Debug) {
+    let violations = of_type(events, "violation");
+    let fallback = |v: &Value| v["allowed"] == "0" && v["cpu"].as_u64().is_some_and(|c| c >= 2);
+    assert!(
+        violations.iter().all(fallback) && violations.len() <= 3,
+        "runs the old or the new online set allows are not violations: {summary}; {violations:#?}; {context:#?}"
+    );
+    let seen = summary["violations_seen"].as_u64().unwrap();
+    assert!(
+        seen <= 2 * violations.len() as u64,
+        "every violation counted was a reported (or rate-limited) fallback run: {summary}; {context:#?}"
+    );
+}
+
 #[test]
 fn a_failed_teardown_puts_the_masks_back() {
     let Some(_masks) = setup("a_failed_teardown_puts_the_masks_back") else {
@@ -147,7 +170,7 @@ fn a_failed_teardown_puts_the_masks_back() {
     wait_mask(pid, "1", 5 * SECOND);
     assert!(d.stop().success());
     let s = last_summary(&d);
-    assert_eq!(s["violations_seen"], 0, "{s}");
+    only_late_fallback_runs(&d.events(), &s, &"");
     assert_eq!(
         s["resyncs"], 0,
         "the records alone told the whole story: {s}"
@@ -271,27 +294,8 @@ fn hotplug_cycles_with_kthreads_preferring_cpu1_are_not_violations() {
             ["violation", "resync", "refused", "error"].contains(&e["type"].as_str().unwrap_or(""))
         })
         .collect();
-    // Runs the old or the new online set allows are not violations. One
-    // kind is real and outside the daemon's reach once it is late: when a
-    // kthread's mask ({1}) loses its last online CPU, the kernel's fallback
-    // places it on any online CPU, isolated ones included, if the daemon's
-    // new mask ({0}, set at the first teardown step) has not landed by the
-    // time tasks are migrated off cpu1. A debug build under TCG missed that
-    // window once in 400 steps (5.10 VM, 2026-12-02): tolerated here up to
-    // 3 times, only as a run judged against the offline set ("0") on a CPU
-    // that is not cpu0 or cpu1. The hotplug reaction figure in the bench
-    // is where that latency is measured and worked on (issue 13).
-    let violations = of_type(&d.events(), "violation");
-    let fallback = |v: &Value| v["allowed"] == "0" && v["cpu"].as_u64().is_some_and(|c| c >= 2);
-    assert!(
-        violations.iter().all(fallback) && violations.len() <= 3,
-        "runs the old or the new online set allows are not violations: {s}; {odd:#?}"
-    );
-    let seen = s["violations_seen"].as_u64().unwrap();
-    assert!(
-        seen <= 2 * violations.len() as u64,
-        "every violation counted was a reported (or rate-limited) fallback run: {s}; {odd:#?}"
-    );
+    // Runs the old or the new online set allows are not violations.
+    only_late_fallback_runs(&d.events(), &s, &odd);
 }
 
 #[test]
