@@ -39,6 +39,8 @@ enum Command {
     Unprefer(commands::prefer::UnpreferArgs),
     /// Make the running daemon read its rules file again (as SIGHUP does).
     Reload(commands::prefer::ReloadArgs),
+    /// Check what this kernel and process give the daemon; exit 1 naming what the default policy lacks.
+    Doctor(commands::doctor::DoctorArgs),
     /// Write man pages or shell completions (for installers and packages).
     #[command(hide = true)]
     Generate(commands::generate::GenerateArgs),
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Prefer(args) => commands::prefer::run_prefer(args),
         Command::Unprefer(args) => commands::prefer::run_unprefer(args),
         Command::Reload(args) => commands::prefer::run_reload(args),
+        Command::Doctor(args) => commands::doctor::run(args),
         Command::Generate(args) => commands::generate::run(args, Cli::command()),
     };
     match result {

@@ -14,9 +14,9 @@ use std::{
     process::{Command, Stdio},
 };
 
-const SUBCOMMANDS: [&str; 11] = [
+const SUBCOMMANDS: [&str; 12] = [
     "run", "apply", "check", "snapshot", "plan", "status", "verify", "config", "prefer",
-    "unprefer", "reload",
+    "unprefer", "reload", "doctor",
 ];
 
 /// Runs `affinity generate ARGS`, returning the paths it says it wrote.

@@ -47,6 +47,38 @@ pub fn kernel_tests_can_run(test: &str) -> bool {
     }
 }
 
+/// True inside a `cargo xtask vm-test` guest.
+pub fn in_vm() -> bool {
+    std::env::var("AFFINITY_VM").is_ok_and(|v| v == "1")
+}
+
+/// `--attribute` for tests that need callers of sched_setaffinity()
+/// named: fexit where the kernel allows function tracing (the VMs; a
+/// refusal there fails the test), else the syscall tracepoints (this host
+/// refuses function tracing even to root, VM.md).
+pub fn naming_callers() -> [&'static str; 2] {
+    if fexit_allowed() {
+        ["--attribute", "fexit"]
+    } else {
+        ["--attribute", "syscalls"]
+    }
+}
+
+/// Whether BPF trampolines can attach here: they need function tracing,
+/// which this host refuses (`available_filter_functions` is EPERM).
+pub fn fexit_allowed() -> bool {
+    in_vm() || fs::File::open("/sys/kernel/tracing/available_filter_functions").is_ok()
+}
+
+/// How many times a stress test repeats its step: `full` on the host,
+/// where a hotplug step takes milliseconds, a quarter (at least one) in a
+/// vm-test guest, where under TCG one takes ~0.3 s and the whole VM matrix
+/// has CI's budget (README). The host run keeps the statistical weight; the
+/// VMs check each kernel's behaviour, which a quarter still exercises.
+pub fn repeats(full: usize) -> usize {
+    if in_vm() { (full / 4).max(1) } else { full }
+}
+
 /// The common start of a kernel test: None when it cannot run here (see
 /// [`kernel_tests_can_run`]); otherwise every CPU online and every kthread
 /// mask saved, restored when the returned guard drops.

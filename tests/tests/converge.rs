@@ -24,8 +24,8 @@ use affinity::{
     policy::CpuSet,
 };
 use affinity_tests::{
-    CpuOffline, SYS_CPU, cpu_online, daemon::Daemon, kthreads, mask_of, pid_of, rcu_gp_kthread,
-    set_mask, setup, wait_for, wait_mask,
+    CpuOffline, SYS_CPU, cpu_online, daemon::Daemon, kthreads, mask_of, naming_callers, pid_of,
+    rcu_gp_kthread, repeats, set_mask, setup, wait_for, wait_mask,
 };
 use serde_json::Value;
 
@@ -187,7 +187,7 @@ fn an_unprivileged_flood_cannot_crowd_out_hotplug() {
     set_mask(pid, "0-1");
     let config = format!("{KHUGEPAGED_ON_1}\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0\"\n");
     // Callers named: the flood would be reported if refused calls counted.
-    let mut d = Daemon::start_with_config(&config, &["--syscall-tracepoints"]);
+    let mut d = Daemon::start_with_config(&config, &naming_callers());
     wait_mask(pid, "1", 2 * SECOND);
     let before = d.events().len();
     let ticks_before = cpu_ticks(d.pid());
@@ -264,7 +264,9 @@ fn hotplug_cycles_with_kthreads_preferring_cpu1_are_not_violations() {
     let mut d = Daemon::start_with_config(config, &[]);
     let pid = pid_of("khugepaged");
     wait_mask(pid, "1", 2 * SECOND);
-    for _ in 0..200 {
+    let cycles = repeats(200);
+    let steps = 2 * cycles;
+    for _ in 0..cycles {
         let _offline = CpuOffline::new(1);
     }
     // The daemon may trail the kernel by a few hundred steps here: each
@@ -277,8 +279,8 @@ fn hotplug_cycles_with_kthreads_preferring_cpu1_are_not_violations() {
             .count()
     };
     assert!(
-        wait_for(120 * SECOND, || (handled() >= 400).then_some(())).is_some(),
-        "{} of 400 steps handled",
+        wait_for(120 * SECOND, || (handled() >= steps).then_some(())).is_some(),
+        "{} of {steps} steps handled",
         handled()
     );
     wait_mask(pid, "1", 2 * SECOND);
@@ -286,7 +288,7 @@ fn hotplug_cycles_with_kthreads_preferring_cpu1_are_not_violations() {
     std::thread::sleep(Duration::from_millis(2500));
     assert!(d.stop().success());
     let s = last_summary(&d);
-    assert_eq!(s["hotplug"], 400, "{s}");
+    assert_eq!(s["hotplug"], steps, "{s}");
     let odd: Vec<Value> = d
         .events()
         .into_iter()
@@ -366,7 +368,7 @@ fn lost_hotplug_records_converge_to_the_kernels_state() {
     // brings khugepaged back to cpu1.
     let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &["--hotplug-ring-bytes", "4096"]);
     wait_mask(pid, "1", 2 * SECOND);
-    for round in 0..3 {
+    for round in 0..repeats(3) {
         let seen = d.events().len();
         d.signal(libc::SIGSTOP);
         for _ in 0..60 {
@@ -471,7 +473,8 @@ fn a_silent_control_client_delays_neither_hotplug_nor_prefer() {
         })
     };
     let mut failures = Vec::new();
-    for i in 0..100 {
+    // An even count: the last request (odd i) leaves oom_reaper on 0-1.
+    for i in 0..2 * repeats(50) {
         let cpus = if i % 2 == 0 { "0" } else { "0-1" };
         let out = Command::new(affinity_tests::daemon::affinity_bin())
             .args(["prefer", "oom_reaper", cpus, "--update", "--socket"])
@@ -553,7 +556,7 @@ fn a_caller_in_another_pid_namespace_is_not_taken_for_a_kthreads_mover() {
     let kthreadd = pid_of("kthreadd");
     assert_eq!(kthreadd, 2, "kthreadd is pid 2 in the initial namespace");
     // Callers named (fexit, or the tracepoints where it is refused).
-    let d = Daemon::start(&["--syscall-tracepoints"]);
+    let d = Daemon::start(&naming_callers());
     let seen = d.events().len();
     // In a new pid namespace the shell is pid 1 and its first child pid 2:
     // `taskset -p 1 2` there moves the child, and succeeds. Its target pid

@@ -13,7 +13,8 @@ use std::{process::Command, time::Duration};
 use affinity_tests::{
     CpuOffline,
     daemon::{Daemon, affinity_bin},
-    kthreads, mask_of, pid_of, rcu_gp_kthread, set_mask, setup, wait_for, wait_mask,
+    fexit_allowed, kthreads, mask_of, naming_callers, pid_of, rcu_gp_kthread, repeats, set_mask,
+    setup, wait_for, wait_mask,
 };
 use serde_json::Value;
 
@@ -73,12 +74,11 @@ fn taskset_moves(observe: bool) {
     set_mask(pid, "0-1");
     let config = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n";
     // Named by fexit, or where it is refused (this host) by the tracepoints.
-    let args: &[&str] = if observe {
-        &["--observe", "--syscall-tracepoints"]
-    } else {
-        &["--syscall-tracepoints"]
-    };
-    let mut d = Daemon::start_with_config(config, args);
+    let mut args = naming_callers().to_vec();
+    if observe {
+        args.push("--observe");
+    }
+    let mut d = Daemon::start_with_config(config, &args);
     if !observe {
         wait_mask(pid, "0", 2 * SECOND);
     }
@@ -600,7 +600,8 @@ fn ctrl_c_exits_zero_and_detaches_every_program() {
         .filter_map(Result::ok)
         .map(|p| p.id())
         .collect();
-    let mut d = Daemon::start(&["--observe", "--syscall-tracepoints"]);
+    let [flag, how] = naming_callers();
+    let mut d = Daemon::start(&["--observe", flag, how]);
     let alive = our_programs(&preexisting);
     let mut names: Vec<&str> = alive.iter().map(|(_, n)| n.as_str()).collect();
     names.sort();
@@ -608,7 +609,7 @@ fn ctrl_c_exits_zero_and_detaches_every_program() {
     let mut want: Vec<String> = p::BTF_TRACEPOINTS.iter().map(|(n, _)| short(n)).collect();
     // Who moved a kthread: fexit where the kernel allows it, else (asked
     // for) both syscall tracepoints.
-    if names.contains(&short(p::SETAFFINITY_FEXIT).as_str()) {
+    if how == "fexit" {
         want.push(short(p::SETAFFINITY_FEXIT));
     } else {
         want.push(short(p::SETAFFINITY_ENTER));
@@ -637,6 +638,78 @@ fn ctrl_c_exits_zero_and_detaches_every_program() {
 }
 
 #[test]
+fn attribute_loads_exactly_the_programs_it_names_or_refuses_to_start() {
+    let Some(_masks) = setup("attribute_loads_exactly_the_programs_it_names_or_refuses_to_start")
+    else {
+        return;
+    };
+    use affinity_common::programs as p;
+    let preexisting: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect();
+    let short = |n: &str| n.chars().take(15).collect::<String>();
+    let loaded = || {
+        let mut names: Vec<String> = our_programs(&preexisting)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        names.sort();
+        names
+    };
+    let mut tracepoints: Vec<String> = p::BTF_TRACEPOINTS.iter().map(|(n, _)| short(n)).collect();
+    tracepoints.sort();
+    // off: nothing names callers, and nothing taxes syscalls.
+    let mut d = Daemon::start(&["--observe", "--attribute", "off"]);
+    assert_eq!(loaded(), tracepoints, "--attribute off");
+    assert!(d.stop().success());
+    // fexit: where the kernel refuses it, the daemon says so and exits 1
+    // before it changes a mask.
+    let pid = pid_of("khugepaged");
+    set_mask(pid, "0-1");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("affinity.toml");
+    std::fs::write(
+        &config,
+        "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n",
+    )
+    .unwrap();
+    if fexit_allowed() {
+        let mut d = Daemon::start_with_config(
+            "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n",
+            &["--attribute", "fexit"],
+        );
+        let mut want = tracepoints.clone();
+        want.push(short(p::SETAFFINITY_FEXIT));
+        want.sort();
+        assert_eq!(loaded(), want, "--attribute fexit");
+        wait_mask(pid, "0", 2 * SECOND);
+        assert!(d.stop().success());
+    } else {
+        let out = Command::new(affinity_bin())
+            .args(["run", "--attribute", "fexit", "--config"])
+            .arg(&config)
+            .arg("--socket")
+            .arg(dir.path().join("control.sock"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("--attribute fexit: the kernel refused fexit"),
+            "names what was asked and refused: {err}"
+        );
+        assert_eq!(mask_of(pid), "0-1", "nothing set: {err}");
+        // The kernel frees a dead process's programs a moment later.
+        assert!(
+            wait_for(5 * SECOND, || loaded().is_empty().then_some(())).is_some(),
+            "left loaded: {:?}",
+            loaded()
+        );
+    }
+}
+
+#[test]
 fn two_hundred_hotplug_cycles_end_consistent() {
     let Some(_masks) = setup("two_hundred_hotplug_cycles_end_consistent") else {
         return;
@@ -647,12 +720,13 @@ fn two_hundred_hotplug_cycles_end_consistent() {
     set_mask(pid, "0-1");
     let mut d = Daemon::start_with_config(&config, &[]);
     d.wait_event(5 * SECOND, "khugepaged applied", |e| is(e, "applied", pid));
-    for _ in 0..200 {
+    let cycles = repeats(200);
+    for _ in 0..cycles {
         let _offline = CpuOffline::new(1);
     }
     wait_mask(pid, "1", 2 * SECOND);
     wait_mask(reaper, "0-1", 2 * SECOND);
-    assert!(d.is_alive(), "the daemon survived 200 cycles");
+    assert!(d.is_alive(), "the daemon survived {cycles} cycles");
     assert!(d.stop().success());
     let events = d.events();
     let summary = events
@@ -666,7 +740,8 @@ fn two_hundred_hotplug_cycles_end_consistent() {
     let hotplug = summary["hotplug"].as_u64().unwrap();
     if drops == 0 {
         assert_eq!(
-            hotplug, 400,
+            hotplug,
+            2 * cycles as u64,
             "every transition seen when nothing was dropped: {summary}"
         );
     } else {
@@ -721,4 +796,124 @@ fn metrics_endpoint_serves_prometheus_text() {
         )),
         "{body}"
     );
+}
+
+#[test]
+fn doctor_checks_this_kernel_and_exits_by_what_the_default_policy_needs() {
+    let Some(_masks) =
+        setup("doctor_checks_this_kernel_and_exits_by_what_the_default_policy_needs")
+    else {
+        return;
+    };
+    use affinity_common::programs as p;
+    let preexisting: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect();
+    let doctor = |prefix: &[&str]| {
+        let mut cmd = if prefix.is_empty() {
+            Command::new(affinity_bin())
+        } else {
+            let mut c = Command::new(prefix[0]);
+            c.args(&prefix[1..]).arg(affinity_bin());
+            c
+        };
+        let out = cmd.args(["doctor", "--format", "json"]).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor's JSON: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code(), v)
+    };
+    let (code, v) = doctor(&[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["ready"], true, "{v:#}");
+    assert_eq!(v["missing"], serde_json::json!([]), "{v:#}");
+    let checks = v["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "kernel",
+            "btf",
+            "capabilities",
+            "programs",
+            "attribution",
+            "lockdown",
+            "pid_namespace",
+            "hotplug",
+            "isolation",
+            "cgroup_cpuset",
+            "irqs",
+            "workqueue"
+        ]
+    );
+    let of = |name: &str| checks.iter().find(|c| c["check"] == name).unwrap().clone();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(
+        of("kernel")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(release.trim()),
+        "{v:#}"
+    );
+    let fexit = fexit_allowed();
+    let attached = p::BTF_TRACEPOINTS.len() + usize::from(fexit);
+    assert_eq!(of("programs")["status"], "ok", "{v:#}");
+    assert_eq!(
+        of("programs")["detail"],
+        format!("{attached} programs loaded and attached, then detached")
+    );
+    assert_eq!(
+        of("attribution")["status"],
+        if fexit { "ok" } else { "limited" },
+        "{v:#}"
+    );
+    assert_eq!(of("hotplug")["status"], "ok", "cpu1 can go offline: {v:#}");
+    if std::env::var("AFFINITY_VM").as_deref() == Ok("1") {
+        assert_eq!(
+            of("isolation")["status"],
+            "ok",
+            "the VM isolates 2-3: {v:#}"
+        );
+    }
+    // The kernel frees a dead process's programs a moment later.
+    assert!(
+        wait_for(5 * SECOND, || our_programs(&preexisting)
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "the trial load left programs behind: {:?}",
+        our_programs(&preexisting)
+    );
+    // Without CAP_BPF the programs cannot even be tried: exit 1, and both
+    // are named.
+    let (code, v) = doctor(&["setpriv", "--bounding-set", "-bpf", "--"]);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(v["ready"], false);
+    assert_eq!(
+        v["missing"],
+        serde_json::json!(["capabilities", "programs"]),
+        "{v:#}"
+    );
+    assert_eq!(
+        of_in(&v, "capabilities")["detail"],
+        "missing from CapEff: CAP_BPF"
+    );
+}
+
+fn of_in(v: &Value, name: &str) -> Value {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap()
+        .clone()
 }

@@ -46,7 +46,7 @@ fn load(logs: Logs) -> Observer {
         online: CpuSet::parse(&online, width).unwrap().words().to_vec(),
         init_pidns: affinity::kernel::bpf::init_pidns("/proc".as_ref()).unwrap(),
         hotplug_ring_bytes: None,
-        syscall_tracepoints: false,
+        attribution: affinity::kernel::bpf::Attribution::Off,
     };
     Observer::load(EMBEDDED_OBJECT, &cfg, logs)
         .unwrap_or_else(|e| panic!("loading the eBPF object: {e:#}"))

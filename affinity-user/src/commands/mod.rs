@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod check;
 pub mod config;
+pub mod doctor;
 pub mod generate;
 pub mod plan;
 pub mod prefer;

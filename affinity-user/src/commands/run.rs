@@ -38,7 +38,9 @@ use crate::{
         report::{ColorChoice, Format, Report, Reporter},
     },
     input::BadInput,
-    kernel::bpf::{self, Counters, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
+    kernel::bpf::{
+        self, Attribution, Counters, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig,
+    },
     kernel::btf::KernelLayout,
     kernel::caps::{self, Cap},
     kernel::irq::IrqFs,
@@ -92,10 +94,12 @@ pub struct RunArgs {
     /// Root of procfs (for tests).
     #[arg(long, default_value = "/proc", hide = true)]
     pub proc: PathBuf,
-    /// Where the kernel refuses fexit, name who moved a kthread through the
-    /// syscall tracepoints instead, at a cost to every syscall of every task.
-    #[arg(long)]
-    pub syscall_tracepoints: bool,
+    /// How to name who moved a kthread: `auto` uses fexit where the kernel
+    /// allows it and otherwise names nobody; `syscalls` uses the syscall
+    /// tracepoints, at a cost to every syscall of every task; `fexit` and
+    /// `syscalls` refuse to start without their programs.
+    #[arg(long, value_enum, default_value_t = Attribution::Auto, value_name = "HOW")]
+    pub attribute: Attribution,
     /// Bytes of the hotplug ring buffer (for tests that force drops).
     #[arg(long, hide = true, value_name = "BYTES")]
     pub hotplug_ring_bytes: Option<u32>,
@@ -293,14 +297,14 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         )
     })?;
     let obs_cfg = ObserverConfig {
-        layout,
-        daemon_tgid: std::process::id(),
-        report_interval: Duration::from_millis(500),
-        width,
-        online: machine.topology.online.words().to_vec(),
-        init_pidns,
         hotplug_ring_bytes: args.hotplug_ring_bytes,
-        syscall_tracepoints: args.syscall_tracepoints,
+        attribution: args.attribute,
+        ..ObserverConfig::new(
+            layout,
+            width,
+            machine.topology.online.words().to_vec(),
+            init_pidns,
+        )
     };
     let mut observer = Observer::load(
         EMBEDDED_OBJECT,

@@ -46,6 +46,34 @@ pub enum ObserverError {
     KernelBtf(#[source] aya::BtfError),
     #[error("waiting for eBPF events: {0}")]
     Io(#[from] std::io::Error),
+    #[error("--attribute {asked}: {why}")]
+    Attribution { asked: Attribution, why: String },
+}
+
+/// How the daemon names who moved a kthread (`--attribute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Attribution {
+    /// fexit on sched_setaffinity() where the kernel allows BPF
+    /// trampolines; where it refuses, nobody is named (masks are still
+    /// restored).
+    #[default]
+    Auto,
+    /// fexit, or refuse to start.
+    Fexit,
+    /// The sys_enter/sys_exit tracepoints of sched_setaffinity, or refuse
+    /// to start. They send every syscall of every task through the tracing
+    /// slow path (~8 % on a syscall-heavy loop, BENCHMARKS.md).
+    Syscalls,
+    /// No caller is named; the cheapest.
+    Off,
+}
+
+impl std::fmt::Display for Attribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        let name = self.to_possible_value().expect("no skipped variants");
+        f.write_str(name.get_name())
+    }
 }
 
 pub struct ObserverConfig {
@@ -61,12 +89,29 @@ pub struct ObserverConfig {
     pub online: Vec<u64>,
     /// (st_dev, st_ino) of the initial pid namespace, see [`init_pidns`].
     pub init_pidns: (u64, u64),
-    /// Where fexit is refused, name callers through the syscall tracepoints
-    /// (which send every syscall of every task through the tracing path).
-    pub syscall_tracepoints: bool,
+    /// Which programs name callers of sched_setaffinity(), if any.
+    pub attribution: Attribution,
     /// Size of the hotplug ring instead of the object's 64 KiB (a power of
     /// two, at least a page): the tests shrink it to force drops.
     pub hotplug_ring_bytes: Option<u32>,
+}
+
+impl ObserverConfig {
+    /// The daemon's settings for a machine: our own calls not reported,
+    /// violations at most every 500 ms per pid, callers named by fexit
+    /// where it loads, the object's ring sizes.
+    pub fn new(layout: KernelLayout, width: u32, online: Vec<u64>, init_pidns: (u64, u64)) -> Self {
+        ObserverConfig {
+            layout,
+            daemon_tgid: std::process::id(),
+            report_interval: Duration::from_millis(500),
+            width,
+            online,
+            init_pidns,
+            attribution: Attribution::Auto,
+            hotplug_ring_bytes: None,
+        }
+    }
 }
 
 /// (st_dev, st_ino) of our pid namespace, which must be the initial one for
@@ -203,53 +248,40 @@ impl Observer {
             prog.attach()
                 .map_err(|source| ObserverError::Program { program, source })?;
         }
-        // Who moved a kthread: fexit where BPF trampolines work, else the
-        // syscall tracepoints (which tax every syscall), else nobody named:
-        // the daemon still restores masks.
+        // Who moved a kthread: fexit where BPF trampolines work; the
+        // syscall tracepoints (which tax every syscall) only when asked.
+        // Either way the daemon still restores masks.
         let mut unavailable = Vec::new();
-        let fexit = (|| -> Result<(), aya::programs::ProgramError> {
-            for &(program, function) in programs::FEXITS {
-                let prog: &mut FExit = ebpf.program_mut(program).expect("in object").try_into()?;
-                prog.load(function, &btf)?;
-                prog.attach()?;
-            }
-            Ok(())
-        })();
-        if let Err(fexit_err) = fexit {
-            // Loaded but not attached is not left behind: a program the
-            // kernel holds for nothing.
-            for &(program, _) in programs::FEXITS {
-                if let Some(p) = ebpf.program_mut(program)
-                    && let Ok(p) = <&mut FExit>::try_from(p)
-                {
-                    let _ = p.unload();
-                }
-            }
-            if cfg.syscall_tracepoints {
-                ensure_tracefs();
-                let tracepoints = (|| -> Result<(), aya::programs::ProgramError> {
-                    for &(program, category, name) in programs::SYSCALL_TRACEPOINTS {
-                        let prog: &mut TracePoint =
-                            ebpf.program_mut(program).expect("in object").try_into()?;
-                        prog.load()?;
-                        prog.attach(category, name)?;
+        let asked = cfg.attribution;
+        match asked {
+            Attribution::Auto | Attribution::Fexit => {
+                if let Err(e) = attach_fexits(&mut ebpf, &btf) {
+                    if asked == Attribution::Fexit {
+                        return Err(ObserverError::Attribution {
+                            asked,
+                            why: format!("the kernel refused fexit: {e:#}"),
+                        });
                     }
-                    Ok(())
-                })();
-                if let Err(tp_err) = tracepoints {
                     unavailable.push((
                         programs::SETAFFINITY_FEXIT,
-                        format!("fexit: {fexit_err:#}; syscall tracepoints: {tp_err:#}"),
+                        format!(
+                            "fexit: {e:#}; the syscall tracepoints, which slow every syscall of every task, only with --attribute syscalls"
+                        ),
                     ));
                 }
-            } else {
-                unavailable.push((
-                    programs::SETAFFINITY_FEXIT,
-                    format!(
-                        "fexit: {fexit_err:#}; the syscall tracepoints, which slow every syscall of every task, only with --syscall-tracepoints"
-                    ),
-                ));
             }
+            Attribution::Syscalls => {
+                ensure_tracefs();
+                attach_syscall_tracepoints(&mut ebpf).map_err(|e| {
+                    ObserverError::Attribution {
+                        asked,
+                        why: format!(
+                            "the syscall tracepoints did not attach (CONFIG_FTRACE_SYSCALLS, tracefs): {e:#}"
+                        ),
+                    }
+                })?;
+            }
+            Attribution::Off => {}
         }
 
         let events =
@@ -404,6 +436,38 @@ impl Observer {
 /// Classic tracepoints attach through tracefs, which a minimal system may
 /// not have mounted. Mount it where the kernel expects it; if that fails the
 /// attach below fails and says so.
+fn attach_fexits(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), aya::programs::ProgramError> {
+    let attached = (|| {
+        for &(program, function) in programs::FEXITS {
+            let prog: &mut FExit = ebpf.program_mut(program).expect("in object").try_into()?;
+            prog.load(function, btf)?;
+            prog.attach()?;
+        }
+        Ok(())
+    })();
+    if attached.is_err() {
+        // Loaded but not attached is not left behind: a program the kernel
+        // holds for nothing.
+        for &(program, _) in programs::FEXITS {
+            if let Some(p) = ebpf.program_mut(program)
+                && let Ok(p) = <&mut FExit>::try_from(p)
+            {
+                let _ = p.unload();
+            }
+        }
+    }
+    attached
+}
+
+fn attach_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<(), aya::programs::ProgramError> {
+    for &(program, category, name) in programs::SYSCALL_TRACEPOINTS {
+        let prog: &mut TracePoint = ebpf.program_mut(program).expect("in object").try_into()?;
+        prog.load()?;
+        prog.attach(category, name)?;
+    }
+    Ok(())
+}
+
 fn ensure_tracefs() {
     let dir = Path::new("/sys/kernel/tracing");
     if dir.join("events").exists() || !dir.is_dir() {

@@ -314,7 +314,7 @@ fn ring_burst(bin: &Path, n: u64) -> Result<Burst> {
     let cfg = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0-1\"\n";
     // Callers are named (so recorded) only with fexit or, where the kernel
     // refuses fexit, the syscall tracepoints: ask for them.
-    let d = Daemon::start(bin, Some(cfg), &["--observe", "--syscall-tracepoints"])?;
+    let d = Daemon::start(bin, Some(cfg), &["--observe", "--attribute", "syscalls"])?;
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     let words: [u64; 1] = [0b11];

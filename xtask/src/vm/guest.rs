@@ -79,13 +79,21 @@ pub fn write_script(
     );
     // host_* targets need what a virtme-ng guest cannot do (see their docs),
     // e.g. loop mounts; a profile's own targets run only in its boot.
+    // One test per process, each timed: under TCG the whole run has a
+    // budget (README, CI), and the log must say which test spends it.
     for (name, exe) in bins.tests.iter().filter(|(n, _)| profile.runs(n)) {
         let name = quote(name);
         s.push_str(&format!(
             "echo \"affinity-vm-guest: running \"{name}\n\
-             {} --test-threads=1\n\
+             exe={}\n\
+             tests=$(\"$exe\" --list --format terse) || {{ rc=1; echo \"{FAILED}\"{name}\" (exit 1)\"; }}\n\
+             for t in $(echo \"$tests\" | sed -n 's/: test$//p'); do\n\
+             s=$(date +%s)\n\
+             \"$exe\" --exact \"$t\" --test-threads=1\n\
              r=$?\n\
-             if [ $r -ne 0 ]; then rc=1; echo \"{FAILED}\"{name}\" (exit $r)\"; fi\n",
+             echo \"affinity-vm-guest: \"{name}\" $t took $(( $(date +%s) - s )) s (exit $r)\"\n\
+             if [ $r -ne 0 ]; then rc=1; echo \"{FAILED}\"{name}\"::$t (exit $r)\"; fi\n\
+             done\n",
             quote_path(exe)?
         ));
     }
