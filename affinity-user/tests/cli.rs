@@ -596,3 +596,89 @@ fn plan_says_what_the_daemon_would_do_for_a_kthread_the_kernel_manages() {
     assert_eq!(action_on("6.12.48+deb12-cloud-amd64"), "set");
     assert_eq!(action_on("7.3.4+deb13-cloud-amd64"), "keep");
 }
+
+#[test]
+fn check_speaks_json_with_every_error_and_warning() {
+    let snap = fixture("numa64.json");
+    let rules = fixture("never-applies.toml");
+    let (code, out, err) = affinity(&["check", "--format", "json", "--snapshot", &snap, &rules]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err, "", "JSON mode says it all on stdout");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["valid"], true, "{v:#}");
+    assert_eq!(v["rules"], 8, "{v:#}");
+    assert_eq!(v["irq_rules"], 0, "{v:#}");
+    assert_eq!(v["errors"], serde_json::json!([]), "{v:#}");
+    let lines: Vec<u64> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [1, 5, 9, 13, 17, 29], "{v:#}");
+    assert_eq!(
+        v["warnings"][0]["message"],
+        "rule for kswpad*: matches no kthread on this machine (only kthreads are managed; userspace processes never are)"
+    );
+    assert!(v["schema"].is_number() && v["ts"].is_number(), "{v:#}");
+    let (code, _, _) = affinity(&["check", "--json", "--strict", "--snapshot", &snap, &rules]);
+    assert_eq!(code, 1, "--strict with warnings");
+
+    let (code, out, err) = affinity_stdin(
+        &["check", "--json", "-"],
+        b"[[rule]]\nmatch = \"x\"\nprefer = 1\nbogus = 1\n",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err, "", "JSON mode says it all on stdout");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["file"], "<stdin>");
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["rules"], Value::Null);
+    assert_eq!(
+        v["errors"],
+        serde_json::json!([
+            {"line": 3, "column": 10, "message": "prefer must be a string such as \"housekeeping\", \"node\" or \"0-3\", not an integer"},
+            {"line": 4, "column": 1, "message": "unknown field `bogus`, expected one of `match`, `pid`, `prefer`"},
+        ])
+    );
+}
+
+#[test]
+fn check_warns_when_housekeeping_has_no_online_cpu_on_the_machine() {
+    let mut snap: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("numa64.json")).unwrap()).unwrap();
+    snap["online"] = "0-62".into();
+    let dir = tempfile::tempdir().unwrap();
+    let snap_path = dir.path().join("snap.json");
+    std::fs::write(&snap_path, snap.to_string()).unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "# offline-only housekeeping\n[housekeeping]\ncpus = \"63\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = affinity(&[
+        "check",
+        "--snapshot",
+        snap_path.to_str().unwrap(),
+        rules.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "a warning, not an error: {err}");
+    assert!(out.contains("ok (0 rules, 1 warning)"), "{out}");
+    assert!(
+        err.contains(
+            "rules.toml:2: warning: housekeeping cpus 63 has no online CPU here (online: 0-62): kthreads fall back to every online CPU"
+        ),
+        "{err}"
+    );
+    std::fs::write(&rules, "[housekeeping]\ncpus = \"62-63\"\n").unwrap();
+    let (code, _, err) = affinity(&[
+        "check",
+        "--strict",
+        "--snapshot",
+        snap_path.to_str().unwrap(),
+        rules.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "one online CPU is enough: {err}");
+    assert_eq!(err, "");
+}

@@ -1,12 +1,14 @@
 //! `affinity check FILE`: validate a rules file, listing every error.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{fmt, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
+use serde::Serialize;
 
 use crate::{
+    input::{BadInput, EXIT_BAD_INPUT},
     kernel::sysfs,
-    policy::{Config, Kthread, MAX_CPUS, Target, Topology},
+    policy::{Config, ConfigError, HousekeepingSpec, Kthread, MAX_CPUS, Target, Topology},
 };
 
 #[derive(Debug, clap::Args)]
@@ -20,6 +22,8 @@ pub struct CheckArgs {
     /// Exit 1 when there are warnings (rules that can never apply).
     #[arg(long)]
     pub strict: bool,
+    #[command(flatten)]
+    pub output: super::OutputArgs,
     /// Check CPU and node numbers against this machine's sysfs root.
     #[arg(long, default_value = "/sys", hide = true)]
     pub sys: PathBuf,
@@ -32,7 +36,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
     // otherwise (a container without /sys) only the syntax is.
     let stdin = std::path::Path::new("-");
     if args.snapshot.as_deref() == Some(stdin) && args.file == stdin {
-        return Err(crate::input::BadInput::err(
+        return Err(BadInput::err(
             "check - --snapshot: only one of the rules file and the snapshot can be stdin",
         ));
     }
@@ -46,10 +50,38 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
     };
     let origin = sysfs::input_name(&args.file);
     let bytes = sysfs::read_input(&args.file)?;
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let config = sysfs::parse_config(bytes, &origin, &topology)?;
-    let kthreads = machine.as_ref().map(|m| m.kthreads.as_slice());
-    let warns = warnings(&config, &text, kthreads);
+    let text = String::from_utf8(bytes).map_err(|e| {
+        BadInput::err(format!(
+            "{origin}: not UTF-8 text (invalid byte at offset {}): is this a rules file?",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let parsed = Config::parse(&text, &origin, topology.width)
+        .and_then(|c| c.validate(&text, &origin, &topology).map(|()| c));
+    if args.output.is_json() {
+        let (config, errors) = match &parsed {
+            Ok(c) => (Some(c), Vec::new()),
+            Err(e) => (None, e.errors.clone()),
+        };
+        let warns = config.map_or_else(Vec::new, |c| warnings(c, &text, machine.as_ref()));
+        super::print_json(&Report {
+            file: &origin,
+            valid: errors.is_empty(),
+            rules: config.map(|c| c.rules.len()),
+            irq_rules: config.map(|c| c.irq.len()),
+            errors,
+            warnings: &warns,
+        })?;
+        return Ok(if parsed.is_err() {
+            ExitCode::from(EXIT_BAD_INPUT)
+        } else if args.strict && !warns.is_empty() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    let config = parsed.map_err(|e| BadInput::err(e.to_string()))?;
+    let warns = warnings(&config, &text, machine.as_ref());
     for w in &warns {
         eprintln!("{origin}:{w}");
     }
@@ -73,6 +105,32 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
     })
 }
 
+/// `check --format json`: one document, errors or not.
+#[derive(Serialize)]
+struct Report<'a> {
+    file: &'a str,
+    /// False when there are errors (exit 2).
+    valid: bool,
+    /// Only for a valid file.
+    rules: Option<usize>,
+    irq_rules: Option<usize>,
+    errors: Vec<ConfigError>,
+    warnings: &'a [Warning],
+}
+
+/// A rule that can never apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: warning: {}", self.line, self.message)
+    }
+}
+
 /// The line of rule `index` (1-based): the `index`th `[[rule]]` header.
 fn rule_line(text: &str, index: usize) -> usize {
     text.lines()
@@ -82,15 +140,38 @@ fn rule_line(text: &str, index: usize) -> usize {
         .map_or(1, |(n, _)| n + 1)
 }
 
-/// Rules that can never apply, as `LINE: warning: ...`. `kthreads`: the
-/// machine's (or snapshot's), when known; without it only the checks that
-/// need no machine run.
-pub fn warnings(config: &Config, text: &str, kthreads: Option<&[Kthread]>) -> Vec<String> {
+/// Rules that can never apply, and a housekeeping set with no online CPU.
+/// `machine`: this one or the snapshot's, when known; without it only the
+/// checks that need no machine run.
+pub fn warnings(config: &Config, text: &str, machine: Option<&sysfs::Machine>) -> Vec<Warning> {
     let mut out = Vec::new();
+    let kthreads = machine.map(|m| m.kthreads.as_slice());
+    // The rule `run` and `plan` share: a config leaving no online
+    // housekeeping CPU is allowed (kthreads fall back to every online CPU)
+    // but never what was meant.
+    if let (HousekeepingSpec::Cpus(hk), Some(m)) = (&config.housekeeping, machine)
+        && hk.and(&m.topology.online).is_empty()
+    {
+        let line = text
+            .lines()
+            .position(|l| l.trim_start().starts_with("[housekeeping]"))
+            .map_or(1, |n| n + 1);
+        out.push(Warning {
+            line,
+            message: format!(
+                "housekeeping cpus {hk} has no online CPU here (online: {}): kthreads fall back to every online CPU",
+                m.topology.online
+            ),
+        });
+    }
     for (i, rule) in config.rules.iter().enumerate() {
         let line = rule_line(text, i);
-        let mut warn =
-            |msg: String| out.push(format!("{line}: warning: rule for {}: {msg}", rule.target));
+        let mut warn = |msg: String| {
+            out.push(Warning {
+                line,
+                message: format!("rule for {}: {msg}", rule.target),
+            })
+        };
         if let Target::Comm(g) = &rule.target {
             let literal = g.as_str().chars().filter(|c| !"*?[]".contains(*c)).count();
             if literal > COMM_MAX {

@@ -435,7 +435,7 @@ pub fn load_config(path: &Path, topology: &Topology) -> Result<Config> {
     parse_config(bytes, &input_name(path), topology)
 }
 
-/// `load_config` on bytes already read (`check` needs the text too).
+/// `load_config` on bytes already read.
 pub fn parse_config(bytes: Vec<u8>, origin: &str, topology: &Topology) -> Result<Config> {
     let origin = origin.to_string();
     let text = String::from_utf8(bytes).map_err(|e| {

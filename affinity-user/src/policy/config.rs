@@ -15,6 +15,7 @@
 
 mod irq;
 mod suggest;
+mod table;
 
 use std::{collections::HashMap, fmt, ops::Range};
 
@@ -24,6 +25,7 @@ use toml::Spanned;
 
 pub use self::irq::{IrqRule, IrqTarget};
 use self::suggest::did_you_mean;
+use self::table::{Fields, RawTable};
 use super::{CpuListError, CpuSet, Topology};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,7 +178,7 @@ pub struct Config {
     pub irq: Vec<IrqRule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConfigError {
     pub line: usize,
     pub column: usize,
@@ -202,30 +204,20 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// The file's shape: the tables themselves are read key by key (see
+/// [`table`]), so each wrong key or value is its own error.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    housekeeping: Option<RawHousekeeping>,
+    housekeeping: Option<Spanned<RawTable>>,
     #[serde(default)]
-    rule: Vec<Spanned<RawRule>>,
+    rule: Vec<Spanned<RawTable>>,
     #[serde(default)]
-    irq: Vec<Spanned<irq::RawIrqRule>>,
+    irq: Vec<Spanned<RawTable>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHousekeeping {
-    cpus: Spanned<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    #[serde(rename = "match")]
-    matcher: Option<Spanned<String>>,
-    pid: Option<Spanned<u32>>,
-    prefer: Spanned<String>,
-}
+/// What a preference looks like, for type errors.
+const PREFER_EXAMPLE: &str = "\"housekeeping\", \"node\" or \"0-3\"";
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -279,21 +271,33 @@ impl Config {
                 });
             }
         };
-        let housekeeping = match raw.housekeeping {
+        let cpus = raw.housekeeping.and_then(|h| {
+            let span = h.span();
+            let fields = Fields::of(h.into_inner(), &["cpus"], &mut error);
+            match fields.string("cpus", "\"auto\" or \"0-1\"", &mut error) {
+                Ok(Some(cpus)) => Some(cpus),
+                Ok(None) => {
+                    error(span, "missing field `cpus`".into());
+                    None
+                }
+                Err(()) => None,
+            }
+        });
+        let housekeeping = match cpus {
             None => HousekeepingSpec::Auto,
-            Some(h) if h.cpus.get_ref().trim() == "auto" => HousekeepingSpec::Auto,
-            Some(h) => match CpuSet::parse(h.cpus.get_ref(), width) {
+            Some((_, cpus)) if cpus.trim() == "auto" => HousekeepingSpec::Auto,
+            Some((span, cpus)) => match CpuSet::parse(&cpus, width) {
                 Ok(s) if s.is_empty() => {
                     error(
-                        h.cpus.span(),
+                        span,
                         "housekeeping cpus is empty: kthreads need somewhere to run".into(),
                     );
                     HousekeepingSpec::Auto
                 }
                 Ok(s) => HousekeepingSpec::Cpus(s),
                 Err(e) => {
-                    let hint = did_you_mean(h.cpus.get_ref(), &["auto"]);
-                    error(h.cpus.span(), format!("housekeeping cpus: {e}{hint}"));
+                    let hint = did_you_mean(&cpus, &["auto"]);
+                    error(span, format!("housekeeping cpus: {e}{hint}"));
                     HousekeepingSpec::Auto
                 }
             },
@@ -302,27 +306,59 @@ impl Config {
         let mut seen: HashMap<String, usize> = HashMap::new();
         for spanned in raw.rule {
             let span = spanned.span();
-            let r = spanned.into_inner();
-            let target = match (r.matcher, r.pid) {
-                (Some(m), None) => {
-                    let pattern = m.get_ref().clone();
+            let fields = Fields::of(
+                spanned.into_inner(),
+                &["match", "pid", "prefer"],
+                &mut error,
+            );
+            let matcher = fields.string("match", "\"kswapd*\"", &mut error);
+            let pid = match fields.value("pid") {
+                None => Ok(None),
+                Some((span, toml::Value::Integer(n))) => match u32::try_from(*n) {
+                    Ok(n) => Ok(Some((span, n))),
+                    Err(_) => {
+                        error(span, format!("pid {n} is not a pid"));
+                        Err(())
+                    }
+                },
+                Some((span, other)) => {
+                    error(
+                        span,
+                        format!("pid must be an integer, not {}", table::a(other)),
+                    );
+                    Err(())
+                }
+            };
+            let prefer = match fields.string("prefer", PREFER_EXAMPLE, &mut error) {
+                Ok(Some(p)) => Some(p),
+                Ok(None) => {
+                    error(span.clone(), "missing field `prefer`".into());
+                    None
+                }
+                Err(()) => None,
+            };
+            let (Ok(matcher), Ok(pid)) = (matcher, pid) else {
+                continue;
+            };
+            let target = match (matcher, pid) {
+                (Some((m_span, pattern)), None) => {
                     if pattern.is_empty() {
-                        error(m.span(), "match is empty".into());
+                        error(m_span, "match is empty".into());
                         continue;
                     }
                     if let Err(e) = glob::Pattern::new(&pattern) {
                         error(
-                            m.span(),
+                            m_span,
                             format!("match {pattern:?} is not a valid glob: {e}"),
                         );
                         continue;
                     }
-                    (Target::Comm(pattern.into()), m.span())
+                    (Target::Comm(pattern.into()), m_span)
                 }
-                (None, Some(p)) => (Target::Pid(*p.get_ref()), p.span()),
-                (Some(m), Some(_)) => {
+                (None, Some((p_span, p))) => (Target::Pid(p), p_span),
+                (Some((m_span, _)), Some(_)) => {
                     error(
-                        m.span(),
+                        m_span,
                         "a rule has either `match` or `pid`, not both".into(),
                     );
                     continue;
@@ -334,6 +370,9 @@ impl Config {
                     );
                     continue;
                 }
+            };
+            let Some((prefer_span, prefer)) = prefer else {
+                continue;
             };
             let (target, target_span) = target;
             let key = target.to_string();
@@ -348,15 +387,17 @@ impl Config {
                 continue;
             }
             seen.insert(key, line);
-            match Preference::parse(r.prefer.get_ref(), width) {
+            match Preference::parse(&prefer, width) {
                 Ok(prefer) => rules.push(Rule { target, prefer }),
                 Err(e) => {
-                    let hint = did_you_mean(r.prefer.get_ref(), &["housekeeping", "node"]);
-                    error(r.prefer.span(), format!("prefer: {e}{hint}"));
+                    let hint = did_you_mean(&prefer, &["housekeeping", "node"]);
+                    error(prefer_span, format!("prefer: {e}{hint}"));
                 }
             }
         }
         let irq = irq::irq_rules(raw.irq, text, width, &mut error);
+        // In the file's order, whichever table each came from.
+        errors.sort_by_key(|e| (e.line, e.column));
         if errors.is_empty() {
             Ok(Config {
                 housekeeping,
@@ -548,6 +589,31 @@ mod tests {
         assert!(err("[[rule]]\nprefer = \"1\"\n").contains("needs `match"));
         assert!(err("[[rule]]\nmatch = \"a\"\npid = 3\nprefer = \"1\"\n").contains("not both"));
         assert!(err("[housekeeping]\ncpus = \"99\"\n").contains("beyond"));
+    }
+
+    #[test]
+    fn every_schema_error_in_a_file_is_listed_in_order() {
+        let e = err(concat!(
+            "[housekeeping]\ncpus = 3\n\n",
+            "[[rule]]\nmatch = \"a\"\nprefer = 1\n\n",
+            "[[rule]]\nmatch = \"b\"\nprefer = \"0\"\ncolour = \"red\"\n\n",
+            "[[rule]]\npid = \"x\"\nprefer = \"0\"\n\n",
+            "[[rule]]\nmatch = \"[c\"\n\n",
+            "[[irq]]\nmatch = 3\nprefre = \"0\"\n",
+        ));
+        assert_eq!(
+            e.lines().collect::<Vec<_>>(),
+            [
+                "rules.toml:2:8: cpus must be a string such as \"auto\" or \"0-1\", not an integer",
+                "rules.toml:6:10: prefer must be a string such as \"housekeeping\", \"node\" or \"0-3\", not an integer",
+                "rules.toml:11:1: unknown field `colour`, expected one of `match`, `pid`, `prefer`",
+                "rules.toml:14:7: pid must be an integer, not a string",
+                "rules.toml:17:1: missing field `prefer`",
+                "rules.toml:18:9: match \"[c\" is not a valid glob: Pattern syntax error near position 0: invalid range pattern",
+                "rules.toml:20:1: missing field `prefer`",
+                "rules.toml:22:1: unknown field `prefre`, expected one of `match`, `prefer`; did you mean \"prefer\"?",
+            ]
+        );
     }
 
     #[test]

@@ -8,10 +8,12 @@
 
 use std::{collections::HashMap, fmt, ops::Range};
 
-use serde::Deserialize;
 use toml::Spanned;
 
-use super::{CommGlob, Preference, did_you_mean};
+use super::{
+    CommGlob, Preference, did_you_mean,
+    table::{self, Fields, RawTable},
+};
 
 /// What an `[[irq]]` rule matches.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,18 +51,10 @@ pub struct IrqRule {
     pub line: usize,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawIrqRule {
-    #[serde(rename = "match")]
-    matcher: Option<Spanned<toml::Value>>,
-    prefer: Spanned<String>,
-}
-
 /// Turns the raw `[[irq]]` tables into rules; every problem goes to
 /// `error` with its span, and the rule is left out.
 pub(super) fn irq_rules(
-    raw: Vec<Spanned<RawIrqRule>>,
+    raw: Vec<Spanned<RawTable>>,
     text: &str,
     width: u32,
     error: &mut impl FnMut(Range<usize>, String),
@@ -69,19 +63,27 @@ pub(super) fn irq_rules(
     let mut seen: HashMap<String, usize> = HashMap::new();
     for spanned in raw {
         let span = spanned.span();
-        let r = spanned.into_inner();
-        let Some(m) = r.matcher else {
+        let fields = Fields::of(spanned.into_inner(), &["match", "prefer"], error);
+        let prefer = match fields.string("prefer", super::PREFER_EXAMPLE, error) {
+            Ok(Some(p)) => Some(p),
+            Ok(None) => {
+                error(span.clone(), "missing field `prefer`".into());
+                None
+            }
+            Err(()) => None,
+        };
+        let Some((m_span, m)) = fields.value("match") else {
             error(
                 span,
                 "an [[irq]] rule needs `match = \"action glob\"` or `match = IRQ number`".into(),
             );
             continue;
         };
-        let target = match m.get_ref() {
+        let target = match m {
             toml::Value::Integer(n) => match u32::try_from(*n) {
                 Ok(n) => IrqTarget::Number(n),
                 Err(_) => {
-                    error(m.span(), format!("match {n} is not an IRQ number"));
+                    error(m_span.clone(), format!("match {n} is not an IRQ number"));
                     continue;
                 }
             },
@@ -91,38 +93,44 @@ pub(super) fn irq_rules(
                 match s.parse() {
                     Ok(n) => IrqTarget::Number(n),
                     Err(_) => {
-                        error(m.span(), format!("match {s:?} is not an IRQ number"));
+                        error(m_span.clone(), format!("match {s:?} is not an IRQ number"));
                         continue;
                     }
                 }
             }
             toml::Value::String(s) if s.is_empty() => {
-                error(m.span(), "match is empty".into());
+                error(m_span.clone(), "match is empty".into());
                 continue;
             }
             toml::Value::String(s) => {
                 if let Err(e) = glob::Pattern::new(s) {
-                    error(m.span(), format!("match {s:?} is not a valid glob: {e}"));
+                    error(
+                        m_span.clone(),
+                        format!("match {s:?} is not a valid glob: {e}"),
+                    );
                     continue;
                 }
                 IrqTarget::Action(s.as_str().into())
             }
             other => {
                 error(
-                    m.span(),
+                    m_span.clone(),
                     format!(
-                        "match must be an action-name glob (\"nvme*\") or an IRQ number, not a {}",
-                        other.type_str()
+                        "match must be an action-name glob (\"nvme*\") or an IRQ number, not {}",
+                        table::a(other)
                     ),
                 );
                 continue;
             }
         };
-        let line = super::line_col(text, m.span().start).0;
+        let Some((prefer_span, prefer)) = prefer else {
+            continue;
+        };
+        let line = super::line_col(text, m_span.start).0;
         let key = target.to_string();
         if let Some(first) = seen.get(&key) {
             error(
-                m.span(),
+                m_span,
                 format!(
                     "a second [[irq]] rule for {key} (first at line {first}): an IRQ's preference is set once"
                 ),
@@ -130,15 +138,15 @@ pub(super) fn irq_rules(
             continue;
         }
         seen.insert(key, line);
-        match Preference::parse(r.prefer.get_ref(), width) {
+        match Preference::parse(&prefer, width) {
             Ok(prefer) => rules.push(IrqRule {
                 target,
                 prefer,
                 line,
             }),
             Err(e) => {
-                let hint = did_you_mean(r.prefer.get_ref(), &["housekeeping", "node"]);
-                error(r.prefer.span(), format!("prefer: {e}{hint}"));
+                let hint = did_you_mean(&prefer, &["housekeeping", "node"]);
+                error(prefer_span, format!("prefer: {e}{hint}"));
             }
         }
     }
@@ -206,7 +214,7 @@ mod tests {
                 "rules.toml:8:9: match -3 is not an IRQ number",
                 "rules.toml:10:1: an [[irq]] rule needs `match = \"action glob\"` or `match = IRQ number`",
                 "rules.toml:14:10: prefer: expected a CPU number, found 'h' at character 1 of \"housekeping\"; a preference is a cpulist such as \"0-3\", \"housekeeping\", \"node\" or \"node:N\"; did you mean \"housekeeping\"?",
-                "rules.toml:16:9: match must be an action-name glob (\"nvme*\") or an IRQ number, not a array",
+                "rules.toml:16:9: match must be an action-name glob (\"nvme*\") or an IRQ number, not an array",
                 "rules.toml:19:9: match \"[x\" is not a valid glob: Pattern syntax error near position 0: invalid range pattern",
             ]
         );
