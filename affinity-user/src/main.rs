@@ -39,6 +39,8 @@ enum Command {
     Unprefer(commands::prefer::UnpreferArgs),
     /// Make the running daemon read its rules file again (as SIGHUP does).
     Reload(commands::prefer::ReloadArgs),
+    /// With no daemon running, give the masks it left back to the kernel's own policy.
+    Restore(commands::restore::RestoreArgs),
     /// Check what this kernel and process give the daemon; exit 1 naming what the default policy lacks.
     Doctor(commands::doctor::DoctorArgs),
     /// Write man pages or shell completions (for installers and packages).
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Unprefer(args) => commands::prefer::run_unprefer(args),
         Command::Reload(args) => commands::prefer::run_reload(args),
         Command::Doctor(args) => commands::doctor::run(args),
+        Command::Restore(args) => commands::restore::run(args),
         Command::Generate(args) => commands::generate::run(args, Cli::command()),
     };
     match result {

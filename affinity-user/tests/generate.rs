@@ -14,9 +14,9 @@ use std::{
     process::{Command, Stdio},
 };
 
-const SUBCOMMANDS: [&str; 12] = [
+const SUBCOMMANDS: [&str; 13] = [
     "run", "apply", "check", "snapshot", "plan", "status", "verify", "config", "prefer",
-    "unprefer", "reload", "doctor",
+    "unprefer", "reload", "restore", "doctor",
 ];
 
 /// Runs `affinity generate ARGS`, returning the paths it says it wrote.

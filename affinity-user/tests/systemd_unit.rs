@@ -117,6 +117,8 @@ fn the_unit_keeps_its_hardening() {
     // What it writes is the control socket's directory, nothing else.
     assert_eq!(one("RuntimeDirectory"), "affinity");
     assert_eq!(one("RuntimeDirectoryMode"), "0700");
+    // masks.json must outlive a stop for `affinity restore`.
+    assert_eq!(one("RuntimeDirectoryPreserve"), "yes");
     assert!(service(&all, "ReadWritePaths").is_empty());
     assert_eq!(one("ProtectSystem"), "strict");
     for key in [

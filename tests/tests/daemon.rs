@@ -917,3 +917,117 @@ fn of_in(v: &Value, name: &str) -> Value {
         .unwrap()
         .clone()
 }
+
+#[test]
+fn restore_gives_the_masks_a_stopped_daemon_left_back_to_the_kernel() {
+    let Some(_masks) = setup("restore_gives_the_masks_a_stopped_daemon_left_back_to_the_kernel")
+    else {
+        return;
+    };
+    // The kernel's own mask for both here and in the VMs (nohz_full and
+    // isolcpus 2-3, so 0-1 before 7.0 and from it).
+    const OWN: &str = "0-1";
+    let pid = pid_of("khugepaged");
+    let reaper = pid_of("oom_reaper");
+    set_mask(pid, OWN);
+    set_mask(reaper, OWN);
+    let config = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n\n\
+                  [[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0\"\n";
+    let mut d = Daemon::start_with_config(config, &[]);
+    wait_mask(pid, "0", 2 * SECOND);
+    wait_mask(reaper, "0", 2 * SECOND);
+    assert!(d.stop().success());
+    let record_path = d.dir().join("masks.json");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&record_path).unwrap()).unwrap();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(record["kernel"], release.trim());
+    let left: Vec<(String, String)> = record["kthreads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["comm"].as_str().unwrap().into(),
+                k["set"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        left.contains(&("khugepaged".into(), "0".into())),
+        "{record:#}"
+    );
+    assert!(
+        left.contains(&("oom_reaper".into(), "0".into())),
+        "{record:#}"
+    );
+    assert_eq!(mask_of(pid), "0", "left in place by default");
+    // Someone moves oom_reaper after the daemon stopped: not ours to undo.
+    set_mask(reaper, "1");
+    let restore = |extra: &[&str]| {
+        let out = Command::new(affinity_bin())
+            .arg("restore")
+            .args(extra)
+            .arg("--socket")
+            .arg(&d.socket)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = restore(&["--format", "json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let row = |v: &Value, comm: &str| {
+        v["kthreads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["comm"] == comm)
+            .cloned()
+            .unwrap_or_else(|| panic!("{comm} in {v:#}"))
+    };
+    let k = row(&v, "khugepaged");
+    assert_eq!(
+        (&k["outcome"], &k["from"], &k["to"]),
+        (&"set".into(), &"0".into(), &OWN.into()),
+        "{v:#}"
+    );
+    assert_eq!(row(&v, "oom_reaper")["outcome"], "changed", "{v:#}");
+    assert_eq!(v["restored"], 1, "{v:#}");
+    assert_eq!(mask_of(pid), OWN, "given back to the kernel's policy");
+    assert_eq!(mask_of(reaper), "1", "someone else's mask stays");
+    assert!(!record_path.exists(), "a restored record is removed");
+    let (code, _, err) = restore(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("no record of masks left by the daemon"),
+        "{err}"
+    );
+    // --all covers what no record names; --dry-run changes nothing.
+    let (code, out, err) = restore(&["--all", "--dry-run", "--format", "json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let r = row(&v, "oom_reaper");
+    assert_eq!(
+        (&r["outcome"], &r["to"]),
+        (&"would_set".into(), &OWN.into()),
+        "{v:#}"
+    );
+    assert_eq!(mask_of(reaper), "1");
+    // Never beside a running daemon.
+    let d2 = Daemon::start_with_config(config, &[]);
+    wait_mask(pid, "0", 2 * SECOND);
+    let out = Command::new(affinity_bin())
+        .args(["restore", "--all", "--socket"])
+        .arg(&d2.socket)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not run beside a daemon"), "{err}");
+    assert_eq!(mask_of(pid), "0", "nothing changed under the daemon");
+}

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod generate;
 pub mod plan;
 pub mod prefer;
+pub mod restore;
 pub mod run;
 pub mod snapshot;
 pub mod status;

@@ -33,7 +33,7 @@ use crate::{
         Core, Options, Stats, coalesce,
         control::{self, ControlCall, ControlServer, Request, Response},
         irq::Steering,
-        metrics,
+        left, metrics,
         output::{LineQueue, QUEUE_LINES},
         report::{ColorChoice, Format, Report, Reporter},
     },
@@ -255,6 +255,8 @@ struct Running {
     signals: Signals,
     control: mpsc::Receiver<ControlCall>,
     metrics: Option<watch::Sender<Arc<String>>>,
+    /// Where the masks left in place are recorded at shutdown.
+    masks_file: PathBuf,
 }
 
 struct Signals {
@@ -387,6 +389,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         signals,
         control: control_rx,
         metrics,
+        masks_file: left::path_for(&args.socket),
     })
 }
 
@@ -672,6 +675,19 @@ fn shutdown(mut r: Running, result: Result<()>) -> Result<ExitCode> {
         });
     }
     let restored = r.core.restore_originals() + r.steer.as_mut().map_or(0, |steer| steer.restore());
+    let kthreads = r.core.masks_left();
+    if !kthreads.is_empty() {
+        let record = left::LeftMasks {
+            schema: left::SCHEMA,
+            kernel: r.machine.kernel.clone(),
+            kthreads,
+        };
+        if let Err(e) = left::write(&r.masks_file, &record) {
+            r.core.reporter.report(&Report::Error {
+                message: format!("{e:#}; `affinity restore` will need --all"),
+            });
+        }
+    }
     // Best effort: a summary with slightly older counters beats none.
     let _ = refresh_violation_counters(&mut r);
     r.core.stats.lines_dropped = r.core.reporter.out_mut().dropped();

@@ -13,6 +13,7 @@ pub mod control;
 mod executor;
 pub mod irq;
 pub mod kernel;
+pub mod left;
 pub mod metrics;
 pub mod output;
 pub mod report;
@@ -578,6 +579,24 @@ impl<K: Kernel, W: Write> Core<K, W> {
                 self.kernel.set_affinity(*pid, *start_time, mask).is_ok()
             })
             .count()
+    }
+
+    /// The masks we set and leave in place, for `affinity restore`: none
+    /// when observing or when `--restore-on-exit` puts them back.
+    pub fn masks_left(&self) -> Vec<left::LeftMask> {
+        if self.opts.observe || self.opts.restore_on_exit {
+            return Vec::new();
+        }
+        self.engine
+            .entries()
+            .filter(|e| e.managed() && e.current != e.original)
+            .map(|e| left::LeftMask {
+                pid: e.pid,
+                start_time: e.start_time,
+                comm: e.comm.clone(),
+                set: e.current.to_string(),
+            })
+            .collect()
     }
 
     pub fn summary(&self) -> Report {

@@ -64,6 +64,58 @@ pub fn kernel_manages_affinity(release: &str, k: &Kthread) -> bool {
     }
 }
 
+/// The kernel's isolation settings, as `kernel_default` needs them.
+pub struct KernelIsolation<'a> {
+    /// `isolcpus=` (domain isolation).
+    pub isolated: &'a CpuSet,
+    pub nohz_full: &'a CpuSet,
+    /// cgroup v2 isolated partitions.
+    pub cpuset_isolated: &'a CpuSet,
+}
+
+/// The mask the kernel `release` itself gives the movable kthread `k`, as
+/// `affinity restore` puts back: before 7.0 what kthreads get when created
+/// (HK_TYPE_KTHREAD: every CPU but nohz_full ones), from 7.0 the domain
+/// housekeeping the kernel manages them against (HK_TYPE_DOMAIN: not
+/// isolcpus, not an isolated partition); from 6.14 a node-affine kthread
+/// (kswapdN, kcompactdN) gets its node's share of that. Online CPUs only,
+/// and every online CPU when nothing is left, as the kernel falls back.
+pub fn kernel_default(
+    release: &str,
+    k: &Kthread,
+    topology: &super::Topology,
+    iso: &KernelIsolation<'_>,
+) -> CpuSet {
+    let version = kernel_version(release);
+    let hk = if version.is_some_and(|v| v >= (7, 0)) {
+        topology
+            .possible
+            .and_not(iso.isolated)
+            .and_not(iso.cpuset_isolated)
+    } else {
+        topology.possible.and_not(iso.nohz_full)
+    };
+    let hk = hk.and(&topology.online);
+    let node_affine = ["kswapd", "kcompactd"]
+        .iter()
+        .any(|p| k.comm.starts_with(p));
+    let mut mask = hk.clone();
+    if version.is_some_and(|v| v >= (6, 14))
+        && node_affine
+        && let Some(cpus) = k.own_node().and_then(|n| topology.nodes.get(&n))
+    {
+        let on_node = hk.and(cpus);
+        if !on_node.is_empty() {
+            mask = on_node;
+        }
+    }
+    if mask.is_empty() {
+        topology.online.clone()
+    } else {
+        mask
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +141,44 @@ mod tests {
             &k("ksoftirqd/0", PF_NO_SETAFFINITY)
         ));
         assert!(!kernel_manages_affinity("garbage", &k("kswapd0", 0)));
+    }
+
+    #[test]
+    fn the_kernels_own_mask_follows_its_version() {
+        let s = |l: &str| CpuSet::parse(l, 8).unwrap();
+        let mut topo = super::super::Topology::single_node(s("0-7"), s("0-6"));
+        topo.nodes = [(0, s("0-3")), (1, s("4-7"))].into();
+        let (isolated, nohz, part) = (s("6-7"), s("5-7"), s("4"));
+        let iso = KernelIsolation {
+            isolated: &isolated,
+            nohz_full: &nohz,
+            cpuset_isolated: &part,
+        };
+        let d = |release: &str, comm: &str| kernel_default(release, &k(comm, 0), &topo, &iso);
+        // Before 7.0: all but nohz_full, online; isolcpus does not count.
+        assert_eq!(d("6.12.1", "khugepaged"), s("0-4"));
+        assert_eq!(
+            d("6.12.1", "kswapd1"),
+            s("0-4"),
+            "no node affinity before 6.14"
+        );
+        assert_eq!(d("6.14.0", "kswapd1"), s("4"), "node 1's share");
+        assert_eq!(d("6.14.0", "kswapd0"), s("0-3"));
+        // 7.0: domain housekeeping: not isolcpus, not the partition.
+        assert_eq!(d("7.0.1", "khugepaged"), s("0-3,5"));
+        assert_eq!(d("7.3.4", "kswapd1"), s("5"));
+        // Nothing left: every online CPU, as the kernel falls back.
+        let none = CpuSet::empty(8);
+        let all = s("0-7");
+        let iso = KernelIsolation {
+            isolated: &none,
+            nohz_full: &all,
+            cpuset_isolated: &none,
+        };
+        assert_eq!(
+            kernel_default("6.1.0", &k("khugepaged", 0), &topo, &iso),
+            s("0-6")
+        );
     }
 
     #[test]

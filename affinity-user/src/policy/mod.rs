@@ -23,7 +23,8 @@ pub use irq::{
     SteerState, WriteRefusal, placement, unmatched_rules,
 };
 pub use kthread::{
-    Kthread, PF_KTHREAD, PF_NO_SETAFFINITY, kernel_manages_affinity, kernel_version,
+    KernelIsolation, Kthread, PF_KTHREAD, PF_NO_SETAFFINITY, kernel_default,
+    kernel_manages_affinity, kernel_version,
 };
 
 /// Housekeeping as the kernel defines it: every possible CPU that is not
