@@ -41,6 +41,18 @@ fn status_field(pid: u32, field: &str) -> String {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// What the daemon keeps once its programs are attached: CAP_SYS_NICE (23)
+/// and CAP_BPF (39).
+const KEPT: u64 = (1 << 23) | (1 << 39);
+
+fn status_field_of(pid: u32, tid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/task/{tid}/status"))
+}
+
 #[test]
 fn a_user_with_only_three_capabilities_enforces_and_reports() {
     let Some(_masks) = setup("a_user_with_only_three_capabilities_enforces_and_reports") else {
@@ -74,8 +86,18 @@ fn a_user_with_only_three_capabilities_enforces_and_reports() {
         Some(uid.as_str()),
         "effective uid"
     );
-    let eff = u64::from_str_radix(&status_field(d.pid(), "CapEff:"), 16).unwrap();
-    assert_eq!(eff, cap_eff, "CapEff {eff:#x}");
+    // Granted `cap_eff`, it kept only what a loaded daemon uses, in every
+    // thread: CAP_BPF for the maps and CAP_SYS_NICE for the masks.
+    assert_ne!(cap_eff, KEPT, "the test grants more than is kept");
+    for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap() {
+        let tid: u32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        for field in ["CapEff:", "CapPrm:"] {
+            let caps = u64::from_str_radix(&status_field_of(d.pid(), tid, field), 16).unwrap();
+            assert_eq!(caps, KEPT, "thread {tid} {field} {caps:#x}");
+        }
+        let inh = u64::from_str_radix(&status_field_of(d.pid(), tid, "CapInh:"), 16).unwrap();
+        assert_eq!(inh, 0, "thread {tid} CapInh {inh:#x}");
+    }
     let status = d.stop();
     assert!(status.success(), "{status:?}: {:?}", d.stderr());
 }

@@ -322,6 +322,15 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         );
     }
     observer.set_isolated(machine.topology.possible.and_not(&hk).words())?;
+    // Loaded and attached: from here on the daemon updates maps (CAP_BPF)
+    // and sets masks (CAP_SYS_NICE), nothing else. Before the output
+    // thread starts, so that every thread has only these.
+    let mut keep = vec![Cap::Bpf];
+    if !args.observe {
+        keep.push(Cap::SysNice);
+    }
+    caps::retain_only(&keep)
+        .context("dropping the capabilities the loaded programs no longer need")?;
 
     let opts = Options {
         observe: args.observe,

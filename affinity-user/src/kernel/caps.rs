@@ -132,6 +132,52 @@ pub fn require_own(proc_root: &Path, what: &'static str, needed: &[Cap]) -> Resu
     require(what, needed, effective(&proc_root.join("self/status"))?)
 }
 
+/// linux/capability.h's `_LINUX_CAPABILITY_VERSION_3`: 64 bits in two words.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Keeps only `keep` (of what this thread has) in its effective and
+/// permitted sets, and nothing inheritable, so that nothing can raise the
+/// rest again; ambient capabilities outside them go with them. For the
+/// calling thread only, as capset(2) is: threads created afterwards
+/// inherit the result, so call it before any other thread exists.
+pub fn retain_only(keep: &[Cap]) -> std::io::Result<()> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: a v3 header and the two data words capget(2) fills for it.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mask: u64 = keep.iter().fold(0, |m, c| m | 1u64 << *c as u32);
+    for (i, d) in data.iter_mut().enumerate() {
+        let word = (mask >> (32 * i)) as u32;
+        d.permitted &= word;
+        d.effective &= d.permitted;
+        d.inheritable = 0;
+    }
+    // SAFETY: as above; capset(2) only reads them.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
