@@ -1031,3 +1031,45 @@ fn restore_gives_the_masks_a_stopped_daemon_left_back_to_the_kernel() {
     assert!(err.contains("does not run beside a daemon"), "{err}");
     assert_eq!(mask_of(pid), "0", "nothing changed under the daemon");
 }
+
+#[test]
+fn systemd_hears_ready_after_the_first_masks_and_stopping_at_the_end() {
+    let Some(_masks) = setup("systemd_hears_ready_after_the_first_masks_and_stopping_at_the_end")
+    else {
+        return;
+    };
+    use std::os::unix::net::UnixDatagram;
+    let pid = pid_of("khugepaged");
+    set_mask(pid, "0-1");
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&notify).unwrap();
+    systemd.set_read_timeout(Some(20 * SECOND)).unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"1\"\n").unwrap();
+    let mut child = Command::new(affinity_bin())
+        .args(["run", "--config"])
+        .arg(&rules)
+        .arg("--socket")
+        .arg(dir.path().join("control.sock"))
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = systemd.recv(&mut buf).expect("READY=1 within 20 s");
+    // Read at once: the first masks are set before READY=1 is sent.
+    let mask = mask_of(pid);
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=enforcing: ") && ready.contains(" kthreads managed, "),
+        "{ready:?}"
+    );
+    assert_eq!(mask, "1", "khugepaged set before READY=1");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = systemd.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1\nSTATUS=stopping");
+    assert!(child.wait().unwrap().success());
+}

@@ -7,7 +7,6 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 
-use super::run::Housekeeping;
 use crate::{
     daemon::{
         Core, NoPrograms, Options,
@@ -17,22 +16,15 @@ use crate::{
     kernel::{
         caps::{self, Cap},
         procfs::ProcKernel,
-        sysfs::{self, Machine},
+        sysfs::Machine,
     },
-    policy::{Config, Engine},
+    policy::Engine,
 };
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
-    /// Rules file (TOML); without it the embedded default.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// Treat these CPUs as isolated too (removed from housekeeping).
-    #[arg(long, value_name = "CPULIST")]
-    pub isolate: Option<String>,
-    /// Use exactly these CPUs as housekeeping, overriding the kernel's view.
-    #[arg(long, value_name = "CPULIST")]
-    pub housekeeping: Option<String>,
+    #[command(flatten)]
+    pub policy: super::PolicyArgs,
     #[command(flatten)]
     pub output: super::OutputArgs,
     /// Colour human output: auto, always or never.
@@ -50,16 +42,11 @@ pub struct ApplyArgs {
 pub fn run(args: ApplyArgs) -> Result<ExitCode> {
     let machine =
         Machine::read(&args.sys, &args.proc).context("reading the machine's CPU state")?;
-    let config = match &args.config {
-        Some(path) => sysfs::load_config(path, &machine.topology)?,
-        None => Config::embedded_default(),
-    };
-    let hk = Housekeeping::parse(
-        args.isolate.as_deref(),
-        args.housekeeping.as_deref(),
-        machine.topology.width,
-    )?
-    .checked(&machine, &config)?;
+    let config = args.policy.rules(&machine.topology)?;
+    let hk = args
+        .policy
+        .housekeeping(machine.topology.width)?
+        .checked(&machine, &config)?;
     // `affinity plan` shows what it would do without any.
     caps::require_own(&args.proc, "`affinity apply`", &[Cap::SysNice])?;
     // Held until we are done: a daemon started meanwhile waits for us, and

@@ -16,6 +16,39 @@ pub use crate::input::{BadInput, EXIT_BAD_INPUT};
 
 use crate::daemon::report::Format;
 
+/// The policy flags `run` and `apply` share: one definition, one parse.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Rules file (TOML, `-` for stdin); without it the embedded default
+    /// (the kernel 7.0 policy) applies.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Treat these CPUs as isolated too (removed from housekeeping).
+    #[arg(long, value_name = "CPULIST")]
+    pub isolate: Option<String>,
+    /// Use exactly these CPUs as housekeeping, overriding the kernel's view.
+    #[arg(long, value_name = "CPULIST")]
+    pub housekeeping: Option<String>,
+}
+
+impl PolicyArgs {
+    /// The rules file checked against `topology`, or the embedded default.
+    pub fn rules(
+        &self,
+        topology: &crate::policy::Topology,
+    ) -> anyhow::Result<crate::policy::Config> {
+        match &self.config {
+            Some(path) => crate::kernel::sysfs::load_config(path, topology),
+            None => Ok(crate::policy::Config::embedded_default()),
+        }
+    }
+
+    /// `--isolate` and `--housekeeping`, checked against `width`.
+    fn housekeeping(&self, width: u32) -> anyhow::Result<run::Housekeeping> {
+        run::Housekeeping::parse(self.isolate.as_deref(), self.housekeeping.as_deref(), width)
+    }
+}
+
 /// The output switch shared by every subcommand that prints data.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OutputArgs {

@@ -52,18 +52,11 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Rules file (TOML); without it the embedded default (the kernel 7.0 policy) applies.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: super::PolicyArgs,
     /// Report only: change no CPU mask at all.
     #[arg(long)]
     pub observe: bool,
-    /// Treat these CPUs as isolated too (removed from housekeeping).
-    #[arg(long, value_name = "CPULIST")]
-    pub isolate: Option<String>,
-    /// Use exactly these CPUs as housekeeping, overriding the kernel's view.
-    #[arg(long, value_name = "CPULIST")]
-    pub housekeeping: Option<String>,
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
     /// Same as `--format json`.
@@ -208,12 +201,8 @@ async fn prepare(args: &RunArgs) -> Result<Prepared> {
     let machine =
         Machine::read(&args.sys, &args.proc).context("reading the machine's CPU state")?;
     let width = machine.topology.width;
-    let config = match &args.config {
-        Some(path) => sysfs::load_config(path, &machine.topology)?,
-        None => Config::embedded_default(),
-    };
-    let housekeeping =
-        Housekeeping::parse(args.isolate.as_deref(), args.housekeeping.as_deref(), width)?;
+    let config = args.policy.rules(&machine.topology)?;
+    let housekeeping = args.policy.housekeeping(width)?;
     // What it needs, not who it is: BPF and perf events for the programs
     // (--observe too), and CAP_SYS_NICE to set masks unless observing.
     let mut needed = caps::for_bpf(&machine.kernel, caps::memlock_unlimited());
@@ -593,7 +582,7 @@ fn housekeeping_check(r: &mut Running, args: &RunArgs) -> Result<()> {
 /// changes are touched); an invalid one changes nothing and every error is
 /// reported with its line and column.
 fn reload(r: &mut Running, args: &RunArgs) -> Result<String, String> {
-    let path = match &args.config {
+    let path = match &args.policy.config {
         None => {
             return Err(
                 "the daemon runs the embedded default policy (no --config): there is no rules file to read again"
