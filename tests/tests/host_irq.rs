@@ -192,3 +192,58 @@ fn observe_writes_no_irq_or_workqueue_mask() {
     assert!(said.is_empty(), "only would_set records: {said:#?}");
     assert!(d.stop().success());
 }
+
+#[test]
+fn sighup_applies_new_irq_rules_as_a_diff() {
+    let Some(_masks) = setup("sighup_applies_new_irq_rules_as_a_diff") else {
+        return;
+    };
+    let before = all_masks();
+    // Every IRQ first prefers CPU 0 by number; the reload drops those rules,
+    // so each goes back to the default, housekeeping ∩ online = 0-1.
+    let rules: String = irq_fs()
+        .scan()
+        .unwrap()
+        .irqs
+        .iter()
+        .map(|i| format!("[[irq]]\nmatch = {}\nprefer = \"0\"\n\n", i.number))
+        .collect();
+    let mut d = Daemon::start_with_config(&rules, &["--irqs", "--restore-on-exit"]);
+    let on = |d: &Daemon, want: &str, within: Duration| {
+        let want = set(want);
+        wait_for(within, || astray(d, &want).is_empty().then_some(())).is_some()
+    };
+    assert!(
+        on(&d, "0", 5 * SECOND),
+        "not on 0: {:?}; {:#?}",
+        astray(&d, &set("0")),
+        d.events()
+    );
+    let seen = d.events().len();
+    std::fs::write(
+        d.dir().join("rules.toml"),
+        "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0-1\"\n",
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_event(5 * SECOND, "reloaded", |e| e["type"] == "reloaded");
+    assert!(
+        on(&d, "0-1", 5 * SECOND),
+        "not back on 0-1: {:?}; {:#?}",
+        astray(&d, &set("0-1")),
+        d.events_since(seen)
+    );
+    assert!(
+        !d.events_since(seen)
+            .iter()
+            .any(|e| e["type"] == "error" || e["type"] == "reload_refused"),
+        "{:#?}",
+        d.events_since(seen)
+    );
+    assert!(d.stop().success());
+    assert_eq!(
+        all_masks(),
+        before,
+        "--restore-on-exit puts every mask back"
+    );
+}

@@ -611,13 +611,22 @@ fn reload(r: &mut Running, args: &RunArgs) -> Result<String, String> {
         }
     };
     let changed = r.core.replace_rules(config.rules.clone(), &mut r.observer);
+    let mut irqs_changed = 0;
     if config.irq != r.config.irq {
-        // Not yet: the steering engine keeps the [[irq]] rules it started with.
-        r.core.reporter.report(&Report::Error {
-            message: format!(
-                "reload: {shown}'s [[irq]] rules differ from the running ones; IRQ rules take effect on restart"
-            ),
-        });
+        match &mut r.steer {
+            Some(steer) => {
+                irqs_changed = steer.replace_rules(
+                    config.irq.clone(),
+                    &mut r.core.reporter,
+                    &mut r.core.stats,
+                );
+            }
+            None => r.core.reporter.report(&Report::Error {
+                message: format!(
+                    "reload: {shown}'s [[irq]] rules changed, but IRQs are steered only with --irqs"
+                ),
+            }),
+        }
     }
     r.config = config;
     // Its [housekeeping] section may say something else now.
@@ -631,7 +640,7 @@ fn reload(r: &mut Running, args: &RunArgs) -> Result<String, String> {
         changed,
     });
     Ok(format!(
-        "{shown}: {changed} kthreads changed rule or preference"
+        "{shown}: {changed} kthreads changed rule or preference, {irqs_changed} IRQs rule or mask"
     ))
 }
 

@@ -144,6 +144,19 @@ impl<S: SteerKernel> Steering<S> {
         }
     }
 
+    /// A reload's `[[irq]]` rules, applied as a diff; returns how many IRQs
+    /// changed rule or mask.
+    pub fn replace_rules<W: Write>(
+        &mut self,
+        rules: Vec<IrqRule>,
+        reporter: &mut Reporter<W>,
+        stats: &mut Stats,
+    ) -> usize {
+        let (actions, changed) = self.engine.replace_rules(rules);
+        self.execute(actions, reporter, stats);
+        changed
+    }
+
     /// `--restore-on-exit`: every mask the daemon wrote back to what it
     /// was when first seen. Returns how many were.
     pub fn restore(&mut self) -> usize {

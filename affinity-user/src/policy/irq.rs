@@ -462,6 +462,34 @@ impl SteerEngine {
         }
     }
 
+    /// New `[[irq]]` rules (a reload), applied as a diff: only IRQs whose
+    /// rule or desired mask changes are written. Returns the actions and
+    /// how many IRQs changed rule or mask.
+    pub fn replace_rules(&mut self, rules: Vec<IrqRule>) -> (Vec<SteerAction>, usize) {
+        self.rules = rules;
+        let before: BTreeMap<MaskFile, (Option<String>, CpuSet)> = self
+            .entries
+            .iter()
+            .map(|(f, e)| (*f, (e.rule.clone(), e.desired.clone())))
+            .collect();
+        let files: Vec<MaskFile> = self.entries.keys().copied().collect();
+        for f in &files {
+            self.classify(*f);
+        }
+        let mut actions = Vec::new();
+        let mut changed = 0;
+        for f in files {
+            let Some(e) = self.entries.get_mut(&f) else {
+                continue;
+            };
+            if before.get(&f) != Some(&(e.rule.clone(), e.desired.clone())) {
+                changed += 1;
+            }
+            sync(e, &mut actions);
+        }
+        (actions, changed)
+    }
+
     fn recompute_all(&mut self, actions: &mut Vec<SteerAction>) {
         let files: Vec<MaskFile> = self.entries.keys().copied().collect();
         for f in files {

@@ -475,3 +475,40 @@ fn placement_is_the_kthread_policy() {
     assert_eq!(placement(Some(&s("2-3")), &s("0-1"), &s("0-3")), s("0-1"));
     assert_eq!(placement(None, &s("0-1"), &s("2-3")), s("2-3"));
 }
+
+#[test]
+fn new_rules_write_only_the_irqs_whose_mask_changes() {
+    let mut e = started();
+    for (file, mask) in [
+        (MaskFile::IrqDefault, "0-1"),
+        (SERIAL, "0-1"),
+        (NVME, "0-1"),
+        (MaskFile::Workqueue, "0-1"),
+    ] {
+        e.handle(written(file, mask, None));
+    }
+    // eth* now prefers CPU 0; irq 4's rule is gone (its mask stays H∩O);
+    // nvme*'s is unchanged.
+    let (actions, changed) = e.replace_rules(vec![
+        IrqRule {
+            target: IrqTarget::Action("nvme*".into()),
+            prefer: Preference::OwnNode,
+            line: 2,
+        },
+        IrqRule {
+            target: IrqTarget::Action("eth*".into()),
+            prefer: Preference::Cpus(s("0")),
+            line: 6,
+        },
+    ]);
+    assert_eq!(actions, [write(ETH, "eth0", "0")]);
+    assert_eq!(changed, 2, "eth0 (mask) and irq 4 (rule)");
+    assert_eq!(e.entry(SERIAL).unwrap().rule, None);
+    assert_eq!(e.entry(ETH).unwrap().rule.as_deref(), Some("eth*"));
+    let (actions, changed) = e.replace_rules(e.rules.clone());
+    assert_eq!(
+        (actions, changed),
+        (vec![], 0),
+        "the same rules again: nothing"
+    );
+}
