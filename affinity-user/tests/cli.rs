@@ -682,3 +682,33 @@ fn check_warns_when_housekeeping_has_no_online_cpu_on_the_machine() {
     assert_eq!(code, 0, "one online CPU is enough: {err}");
     assert_eq!(err, "");
 }
+
+#[test]
+fn snapshot_is_json_by_default_and_summarises_with_format_human() {
+    let (code, out, err) = affinity(&["snapshot"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["kthreads"].as_array().is_some_and(|k| !k.is_empty()));
+    assert!(
+        v.get("ts").is_none(),
+        "exactly the snapshot's keys: plan reads it back"
+    );
+    let (code, out, err) = affinity(&["snapshot", "--format", "human"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("kernel "), "{out}");
+    assert_eq!(
+        lines[2],
+        format!("online            {}", v["online"].as_str().unwrap()),
+        "{out}"
+    );
+    // Two reads of /proc: kworkers come and go between them, so the count
+    // is not compared.
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("kthreads          ")
+            && last.ends_with(" pinned by the kernel)")
+            && last.contains(" movable, "),
+        "{out}"
+    );
+}

@@ -1,14 +1,22 @@
 //! `affinity snapshot`: this machine's CPUs and kthreads as JSON, for `plan
-//! --snapshot` elsewhere or for a bug report.
+//! --snapshot` elsewhere or for a bug report; `--format human` summarises it.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 
-use crate::kernel::sysfs::Machine;
+use crate::{
+    daemon::report::Format,
+    kernel::sysfs::{Machine, Snapshot},
+    policy::PF_NO_SETAFFINITY,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct SnapshotArgs {
+    /// json (the default: what `plan --snapshot` and `check --snapshot`
+    /// read, exactly its keys) or human (a summary).
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Format,
     #[arg(long, default_value = "/sys", hide = true)]
     pub sys: PathBuf,
     #[arg(long, default_value = "/proc", hide = true)]
@@ -17,6 +25,44 @@ pub struct SnapshotArgs {
 
 pub fn run(args: SnapshotArgs) -> Result<ExitCode> {
     let machine = Machine::read(&args.sys, &args.proc).context("reading this machine's state")?;
-    println!("{}", serde_json::to_string_pretty(&machine.to_snapshot())?);
+    let snapshot = machine.to_snapshot();
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&snapshot)?),
+        Format::Human => print!("{}", human(&snapshot)),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The summary: one line per fact, `none` for an empty CPU list.
+fn human(s: &Snapshot) -> String {
+    let list = |l: &str| {
+        if l.is_empty() {
+            "none".to_string()
+        } else {
+            l.to_string()
+        }
+    };
+    let pinned = s
+        .kthreads
+        .iter()
+        .filter(|k| k.flags & PF_NO_SETAFFINITY != 0)
+        .count();
+    let mut out = format!(
+        "kernel            {}\npossible          {}\nonline            {}\nisolated          {}\nnohz_full         {}\ncpuset isolated   {}\n",
+        s.kernel,
+        list(&s.possible),
+        list(&s.online),
+        list(&s.isolated),
+        list(&s.nohz_full),
+        list(&s.cpuset_isolated),
+    );
+    for (node, cpus) in &s.nodes {
+        out.push_str(&format!("node {node:<12} {}\n", list(cpus)));
+    }
+    out.push_str(&format!(
+        "kthreads          {} ({} movable, {pinned} pinned by the kernel)\n",
+        s.kthreads.len(),
+        s.kthreads.len() - pinned
+    ));
+    out
 }
