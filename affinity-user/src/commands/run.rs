@@ -109,6 +109,8 @@ pub struct RunArgs {
 /// creator binds, renames and re-affines it right after the rename we saw.
 const NEW_KTHREAD_DELAY: Duration = Duration::from_millis(20);
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
+/// How soon a mask the kernel narrowed during a hotplug step is tried again.
+const RETRY_NARROWED: Duration = Duration::from_millis(50);
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// How long the last report lines may take to leave on exit.
@@ -447,10 +449,18 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                     }
                 }
                 if hotplug {
+                    let refused = r.core.stats.refused;
                     r.core.converge(&mut r.observer, false);
                     if let Some(steer) = &mut r.steer {
-                    steer.follow(&mut r.core);
-                }
+                        steer.follow(&mut r.core);
+                    }
+                    // A CPU just online may not be in the cpuset's
+                    // effective CPUs yet (5.10 updates them from a
+                    // workqueue), so the kernel narrows the mask: retried
+                    // at a rescan in RETRY_NARROWED, not a whole period on.
+                    if r.core.stats.refused > refused {
+                        rescan.reset_after(RETRY_NARROWED);
+                    }
                 }
             }
             Some(call) = r.control.recv() => {
