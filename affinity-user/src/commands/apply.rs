@@ -33,22 +33,20 @@ pub struct ApplyArgs {
     /// A running daemon's control socket: apply refuses to run beside one.
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    #[arg(long, default_value = "/sys", hide = true)]
-    pub sys: PathBuf,
-    #[arg(long, default_value = "/proc", hide = true)]
-    pub proc: PathBuf,
+    #[command(flatten)]
+    pub roots: super::Roots,
 }
 
 pub fn run(args: ApplyArgs) -> Result<ExitCode> {
-    let machine =
-        Machine::read(&args.sys, &args.proc).context("reading the machine's CPU state")?;
+    let machine = Machine::read(&args.roots.sys, &args.roots.proc)
+        .context("reading the machine's CPU state")?;
     let config = args.policy.rules(&machine.topology)?;
     let hk = args
         .policy
         .housekeeping(machine.topology.width)?
         .checked(&machine, &config)?;
     // `affinity plan` shows what it would do without any.
-    caps::require_own(&args.proc, "`affinity apply`", &[Cap::SysNice])?;
+    caps::require_own(&args.roots.proc, "`affinity apply`", &[Cap::SysNice])?;
     // Held until we are done: a daemon started meanwhile waits for us, and
     // one already running (which enforces the policy itself and would
     // undo or fight ours) makes this fail before anything is set.
@@ -58,7 +56,7 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode> {
 
     let engine =
         Engine::new(machine.topology.clone(), hk, config.rules).with_kernel(&machine.kernel);
-    let kernel = ProcKernel::new(&args.proc, &args.sys, machine.topology.width);
+    let kernel = ProcKernel::new(&args.roots.proc, &args.roots.sys, machine.topology.width);
     let format = if args.output.is_json() {
         Format::Json
     } else {

@@ -24,11 +24,8 @@ pub struct CheckArgs {
     pub strict: bool,
     #[command(flatten)]
     pub output: super::OutputArgs,
-    /// Check CPU and node numbers against this machine's sysfs root.
-    #[arg(long, default_value = "/sys", hide = true)]
-    pub sys: PathBuf,
-    #[arg(long, default_value = "/proc", hide = true)]
-    pub proc: PathBuf,
+    #[command(flatten)]
+    pub roots: super::Roots,
 }
 
 pub fn run(args: CheckArgs) -> Result<ExitCode> {
@@ -42,7 +39,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
     }
     let machine = match &args.snapshot {
         Some(path) => Some(sysfs::Machine::from_snapshot_file(path)?),
-        None => sysfs::Machine::read(&args.sys, &args.proc).ok(),
+        None => sysfs::Machine::read(&args.roots.sys, &args.roots.proc).ok(),
     };
     let topology = match &machine {
         Some(m) => m.topology.clone(),

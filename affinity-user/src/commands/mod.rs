@@ -16,6 +16,18 @@ pub use crate::input::{BadInput, EXIT_BAD_INPUT};
 
 use crate::daemon::report::Format;
 
+/// Where sysfs and procfs are (hidden flags, for tests): parameters, never
+/// globals, in every command that reads the machine.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Roots {
+    /// Root of sysfs.
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sys: std::path::PathBuf,
+    /// Root of procfs.
+    #[arg(long, default_value = "/proc", hide = true)]
+    pub proc: std::path::PathBuf,
+}
+
 /// The policy flags `run` and `apply` share: one definition, one parse.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PolicyArgs {

@@ -39,10 +39,8 @@ pub struct PlanArgs {
     pub housekeeping: Option<String>,
     #[command(flatten)]
     pub output: super::OutputArgs,
-    #[arg(long, default_value = "/sys", hide = true)]
-    pub sys: PathBuf,
-    #[arg(long, default_value = "/proc", hide = true)]
-    pub proc: PathBuf,
+    #[command(flatten)]
+    pub roots: super::Roots,
 }
 
 /// What the policy would do to a kthread; serialised as `set`, `keep`,
@@ -215,8 +213,8 @@ pub fn run(args: PlanArgs) -> Result<ExitCode> {
     let (machine, config) = load(
         args.snapshot.as_ref(),
         args.config.as_ref(),
-        &args.sys,
-        &args.proc,
+        &args.roots.sys,
+        &args.roots.proc,
     )?;
     let what_if = WhatIf {
         online: cpus("online", &args.online, &machine)?,

@@ -43,10 +43,8 @@ pub struct RestoreArgs {
     /// and reads the record of masks it left (masks.json) next to it.
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    #[arg(long, default_value = "/sys", hide = true)]
-    pub sys: PathBuf,
-    #[arg(long, default_value = "/proc", hide = true)]
-    pub proc: PathBuf,
+    #[command(flatten)]
+    pub roots: super::Roots,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -87,8 +85,8 @@ struct Summary<'a> {
 }
 
 pub fn run(args: RestoreArgs) -> Result<ExitCode> {
-    let machine =
-        Machine::read(&args.sys, &args.proc).context("reading the machine's CPU state")?;
+    let machine = Machine::read(&args.roots.sys, &args.roots.proc)
+        .context("reading the machine's CPU state")?;
     let width = machine.topology.width;
     let record_path = left::path_for(&args.socket);
     let record = left::read(&record_path)?;
@@ -105,7 +103,7 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
     let _single = if args.dry_run {
         None
     } else {
-        caps::require_own(&args.proc, "`affinity restore`", &[Cap::SysNice])?;
+        caps::require_own(&args.roots.proc, "`affinity restore`", &[Cap::SysNice])?;
         Some(ControlServer::bind(&args.socket).context(
             "affinity restore does not run beside a daemon (stop it first; it leaves its masks in place)",
         )?)
@@ -170,7 +168,7 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
             }
         }
     }
-    let mut kernel = ProcKernel::new(&args.proc, &args.sys, width);
+    let mut kernel = ProcKernel::new(&args.roots.proc, &args.roots.sys, width);
     for (k, to) in todo {
         let (outcome, detail) = if args.dry_run {
             (Outcome::WouldSet, None)

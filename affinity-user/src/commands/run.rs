@@ -81,12 +81,8 @@ pub struct RunArgs {
     /// Show every record from the eBPF programs, and their own log (aya-log), on stderr.
     #[arg(long, short)]
     pub verbose: bool,
-    /// Root of sysfs (for tests).
-    #[arg(long, default_value = "/sys", hide = true)]
-    pub sys: PathBuf,
-    /// Root of procfs (for tests).
-    #[arg(long, default_value = "/proc", hide = true)]
-    pub proc: PathBuf,
+    #[command(flatten)]
+    pub roots: super::Roots,
     /// How to name who moved a kthread: `auto` uses fexit where the kernel
     /// allows it and otherwise names nobody; `syscalls` uses the syscall
     /// tracepoints, at a cost to every syscall of every task; `fexit` and
@@ -200,8 +196,8 @@ impl Housekeeping {
 }
 
 async fn prepare(args: &RunArgs) -> Result<Prepared> {
-    let machine =
-        Machine::read(&args.sys, &args.proc).context("reading the machine's CPU state")?;
+    let machine = Machine::read(&args.roots.sys, &args.roots.proc)
+        .context("reading the machine's CPU state")?;
     let width = machine.topology.width;
     let config = args.policy.rules(&machine.topology)?;
     let housekeeping = args.policy.housekeeping(width)?;
@@ -211,7 +207,7 @@ async fn prepare(args: &RunArgs) -> Result<Prepared> {
     if !args.observe {
         needed.push(Cap::SysNice);
     }
-    caps::require_own(&args.proc, "`affinity run`", &needed)?;
+    caps::require_own(&args.roots.proc, "`affinity run`", &needed)?;
     // The single-instance check: before any mask or map is touched.
     let control = ControlServer::bind(&args.socket)?;
     let metrics = match args.metrics {
@@ -281,12 +277,12 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     } = p;
     let width = machine.topology.width;
     let hk = housekeeping.checked(&machine, &config)?;
-    let layout = KernelLayout::from_btf_file(&args.sys.join("kernel/btf/vmlinux"))
+    let layout = KernelLayout::from_btf_file(&args.roots.sys.join("kernel/btf/vmlinux"))
         .context("this kernel has no usable BTF (CONFIG_DEBUG_INFO_BTF), which affinity needs")?;
-    let init_pidns = bpf::init_pidns(&args.proc).with_context(|| {
+    let init_pidns = bpf::init_pidns(&args.roots.proc).with_context(|| {
         format!(
             "reading {}: the daemon must run in the initial pid namespace",
-            args.proc.join("self/ns/pid").display()
+            args.roots.proc.join("self/ns/pid").display()
         )
     })?;
     let obs_cfg = ObserverConfig {
@@ -334,11 +330,11 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
             machine.topology.clone(),
             hk.clone(),
             config.irq.clone(),
-            IrqFs::new(&args.proc, &args.sys, width),
+            IrqFs::new(&args.roots.proc, &args.roots.sys, width),
             &opts,
         )
     });
-    let kernel = ProcKernel::new(&args.proc, &args.sys, width);
+    let kernel = ProcKernel::new(&args.roots.proc, &args.roots.sys, width);
     let out =
         LineQueue::spawn(std::io::stdout(), QUEUE_LINES).context("starting the output thread")?;
     let mut core = Core::new(
@@ -555,7 +551,7 @@ fn start_scan(
     epoch: u64,
 ) {
     if scan.is_none() {
-        let proc = args.proc.clone();
+        let proc = args.roots.proc.clone();
         let task = tokio::task::spawn_blocking(move || sysfs::scan_kthreads(&proc, width));
         *scan = Some((task, epoch));
     }
@@ -568,7 +564,7 @@ fn housekeeping_check(r: &mut Running, args: &RunArgs) -> Result<()> {
         return Ok(());
     }
     let width = r.machine.topology.width;
-    let Ok(iso) = sysfs::Isolation::read(&args.sys, width) else {
+    let Ok(iso) = sysfs::Isolation::read(&args.roots.sys, width) else {
         return Ok(());
     };
     let m = Machine {

@@ -1,7 +1,7 @@
 //! `affinity snapshot`: this machine's CPUs and kthreads as JSON, for `plan
 //! --snapshot` elsewhere or for a bug report; `--format human` summarises it.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
@@ -17,14 +17,13 @@ pub struct SnapshotArgs {
     /// read, exactly its keys) or human (a summary).
     #[arg(long, value_enum, default_value = "json")]
     pub format: Format,
-    #[arg(long, default_value = "/sys", hide = true)]
-    pub sys: PathBuf,
-    #[arg(long, default_value = "/proc", hide = true)]
-    pub proc: PathBuf,
+    #[command(flatten)]
+    pub roots: super::Roots,
 }
 
 pub fn run(args: SnapshotArgs) -> Result<ExitCode> {
-    let machine = Machine::read(&args.sys, &args.proc).context("reading this machine's state")?;
+    let machine =
+        Machine::read(&args.roots.sys, &args.roots.proc).context("reading this machine's state")?;
     let snapshot = machine.to_snapshot();
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&snapshot)?),

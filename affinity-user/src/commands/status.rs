@@ -34,10 +34,8 @@ pub struct StatusArgs {
     pub socket: PathBuf,
     #[command(flatten)]
     pub output: super::OutputArgs,
-    #[arg(long, default_value = "/sys", hide = true)]
-    pub sys: PathBuf,
-    #[arg(long, default_value = "/proc", hide = true)]
-    pub proc: PathBuf,
+    #[command(flatten)]
+    pub roots: super::Roots,
 }
 
 /// Who manages a kthread's affinity; the same words in human and JSON output.
@@ -187,7 +185,12 @@ fn from_daemon(v: LiveView) -> Status {
 
 /// This machine and the rules file's plan for it as it is now.
 fn local(args: &StatusArgs, daemon: bool, note: Option<String>) -> Result<Status> {
-    let (machine, config) = load(None, args.config.as_ref(), &args.sys, &args.proc)?;
+    let (machine, config) = load(
+        None,
+        args.config.as_ref(),
+        &args.roots.sys,
+        &args.roots.proc,
+    )?;
     let p = plan(&machine, &config, &WhatIf::default());
     let kthreads: Vec<_> = p
         .kthreads

@@ -5,12 +5,7 @@
 
 mod checks;
 
-use std::{
-    fs,
-    os::unix::ffi::OsStrExt as _,
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{fs, os::unix::ffi::OsStrExt as _, path::Path, process::ExitCode};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -32,10 +27,8 @@ use affinity_common::programs;
 pub struct DoctorArgs {
     #[command(flatten)]
     pub output: super::OutputArgs,
-    #[arg(long, default_value = "/sys", hide = true)]
-    pub sys: PathBuf,
-    #[arg(long, default_value = "/proc", hide = true)]
-    pub proc: PathBuf,
+    #[command(flatten)]
+    pub roots: super::Roots,
 }
 
 #[derive(Serialize)]
@@ -47,7 +40,7 @@ struct Verdict<'a> {
 }
 
 pub fn run(args: DoctorArgs) -> Result<ExitCode> {
-    let facts = gather(&args.sys, &args.proc)?;
+    let facts = gather(&args.roots.sys, &args.roots.proc)?;
     let checks = judge(&facts);
     let missing: Vec<CheckName> = checks
         .iter()
