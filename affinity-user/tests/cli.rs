@@ -299,7 +299,7 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     };
     let snap = fixture("numa64.json");
     let vm = example("vm-host.toml");
-    let cases: [&[&str]; 8] = [
+    let cases: [&[&str]; 12] = [
         &["plan", "--snapshot", &snap],
         &["plan", "--snapshot", &snap, "--json"],
         &["plan", "--snapshot", &snap, "--format", "json"],
@@ -307,7 +307,11 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
         &["status", "--socket", "/nonexistent/affinity.sock", "--json"],
         &["verify", "--socket", "/nonexistent/affinity.sock"],
         &["snapshot"],
+        &["snapshot", "--format", "human"],
         &["check", "--snapshot", &snap, &vm],
+        &["check", "--json", "--snapshot", &snap, &vm],
+        &["doctor"],
+        &["doctor", "--json"],
     ];
     for args in cases {
         // Like `| head -0`: a pipe whose reader is gone before the first line.
