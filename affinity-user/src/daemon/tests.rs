@@ -803,3 +803,27 @@ fn the_live_view_has_every_record_and_who_registered_what() {
     assert_eq!(drift, [(38, true), (40, false)]);
     assert!(v.observe && v.registrations.is_empty());
 }
+
+#[test]
+fn while_the_kernel_refuses_a_mask_runs_where_it_really_is_are_not_judged() {
+    // khugepaged sits on 0; its rule says 1, which the kernel refuses once
+    // (5.10: a CPU just online, not in the cpuset yet).
+    let mut c = core(
+        false,
+        vec![rule("khugepaged", "1")],
+        &[kt(38, "khugepaged", 0, "0")],
+    );
+    c.kernel.fail.insert(38, vec![libc::EIO]);
+    let mut maps = FakeMaps::new();
+    c.start(&mut maps).unwrap();
+    assert_eq!(
+        maps.applied(38),
+        Some("0-1"),
+        "judged against the policy and where the kernel keeps it"
+    );
+    assert_eq!(of_type(&reports(&mut c), "refused").len(), 1);
+    // The retry is taken: judged against the policy alone again.
+    c.rescan(&mut maps);
+    assert_eq!(c.kernel.sets.last().map(|(_, m)| m.as_str()), Some("1"));
+    assert_eq!(maps.applied(38), Some("1"));
+}

@@ -550,8 +550,11 @@ impl Engine {
                         backoff: 1,
                         wait: 1,
                     });
+                    actions.push(Self::policy_while_refused(e));
                 } else {
-                    e.refused = None;
+                    if e.refused.take().is_some() {
+                        actions.push(Self::policy(e));
+                    }
                 }
             }
             Event::Refused {
@@ -583,6 +586,7 @@ impl Engine {
                     backoff,
                     wait: backoff,
                 });
+                actions.push(Self::policy_while_refused(e));
             }
             Event::Pinned { pid, start_time } => {
                 let Some(e) = self.entry_of(pid, start_time) else {
@@ -709,6 +713,20 @@ impl Engine {
         }
         Self::sync(&mut entry, &self.topology.online, actions);
         self.entries.insert(k.pid, entry);
+    }
+
+    /// While the kernel refuses the applied mask (or sets another), the
+    /// kthread runs where its mask really is: those runs are the refusal,
+    /// reported once as `refused`, not a violation on every switch. (On
+    /// 5.10 a CPU just online is not in the cpuset yet, so a mask set at the
+    /// online step fails for a moment.) The applied mask comes back when the
+    /// kernel takes it.
+    fn policy_while_refused(e: &Entry) -> Action {
+        Action::SetPolicy {
+            pid: e.pid,
+            applied: e.applied.or(&e.current),
+            preferred: e.preferred.clone(),
+        }
     }
 
     fn policy(e: &Entry) -> Action {
