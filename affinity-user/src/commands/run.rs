@@ -105,8 +105,11 @@ pub struct RunArgs {
 /// creator binds, renames and re-affines it right after the rename we saw.
 const NEW_KTHREAD_DELAY: Duration = Duration::from_millis(20);
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
-/// How soon a mask the kernel narrowed during a hotplug step is tried again.
+/// How soon a mask the kernel narrowed during a hotplug step is tried again,
+/// and for how long after the step at that pace (5.10's cpuset took over
+/// 50 ms under TCG to add a CPU just online).
 const RETRY_NARROWED: Duration = Duration::from_millis(50);
+const RETRY_NARROWED_FOR: Duration = Duration::from_secs(2);
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// How long the last report lines may take to leave on exit.
@@ -412,6 +415,8 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
     // The scan under way, and the epoch it started in.
     let mut scan: Option<(JoinHandle<std::io::Result<Scan>>, u64)> = None;
     let mut lost_since_scan = false;
+    // Until when a refusal after a hotplug step is retried every RETRY_NARROWED.
+    let mut quick_until: Option<Instant> = None;
     publish_metrics(r, &mut last_metrics, args.metrics_by_comm);
 
     loop {
@@ -455,6 +460,7 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                     // workqueue), so the kernel narrows the mask: retried
                     // at a rescan in RETRY_NARROWED, not a whole period on.
                     if r.core.stats.refused > refused {
+                        quick_until = Some(Instant::now() + RETRY_NARROWED_FOR);
                         rescan.reset_after(RETRY_NARROWED);
                     }
                 }
@@ -491,6 +497,12 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                 }
                 r.core.converge(&mut r.observer, lost_since_scan);
                 lost_since_scan = false;
+                match quick_until {
+                    Some(until) if Instant::now() < until && r.core.any_refused() => {
+                        rescan.reset_after(RETRY_NARROWED);
+                    }
+                    _ => quick_until = None,
+                }
             }
             _ = rescan.tick() => {
                 housekeeping_check(r, args)?;

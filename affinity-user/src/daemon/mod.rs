@@ -153,6 +153,13 @@ impl<K: Kernel, W: Write> Core<K, W> {
         self.engine.entries().filter(|e| e.pinned()).count()
     }
 
+    /// Whether a managed kthread's mask is refused (or narrowed) now.
+    pub fn any_refused(&self) -> bool {
+        self.engine
+            .entries()
+            .any(|e| e.managed() && e.refused.is_some())
+    }
+
     pub fn managed_count(&self) -> usize {
         self.engine.entries().filter(|e| e.managed()).count()
     }
