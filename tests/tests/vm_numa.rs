@@ -222,7 +222,7 @@ impl Kthreads {
         // its effective CPUs yet (a workqueue does that), and the kernel
         // narrows the mask the daemon sets. The daemon says so (`refused`:
         // "the kernel set ... instead") and tries again every 50 ms: those
-        // kthreads must be right within 1 s, before a 2 s rescan would.
+        // kthreads must be right within 1.5 s, before a 2 s rescan would.
         let narrowed: Vec<u32> = d
             .events()
             .iter()
@@ -240,7 +240,7 @@ impl Kthreads {
             .chain(self.node1.iter())
             .filter(|(n, p)| now.iter().any(|w| w.starts_with(&format!("{n}({p})"))))
             .all(|(_, p)| narrowed.contains(p));
-        if all_narrowed && wait_for(SECOND, || wrong().is_empty().then_some(())).is_some() {
+        if all_narrowed && wait_for(3 * SECOND / 2, || wrong().is_empty().then_some(())).is_some() {
             eprintln!(
                 "vm_numa: {step}: {} (narrowed by the kernel's cpuset at first: {})",
                 self.masks(),

@@ -434,6 +434,8 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                 res.context("reading the eBPF ring buffers")?;
                 r.core.stats.records += batch.len() as u64;
                 coalesce(&mut batch);
+                // Masks are set as the records are handled: counted from here.
+                let refused = r.core.stats.refused;
                 let mut hotplug = false;
                 for event in batch.drain(..) {
                     if args.verbose {
@@ -450,7 +452,6 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                     }
                 }
                 if hotplug {
-                    let refused = r.core.stats.refused;
                     r.core.converge(&mut r.observer, false);
                     if let Some(steer) = &mut r.steer {
                         steer.follow(&mut r.core);
