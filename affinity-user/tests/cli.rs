@@ -240,17 +240,24 @@ fn plan_on_a_64_cpu_4_node_snapshot() {
         masks(&p, "khugepaged"),
         ("0-47".into(), "0-63".into(), "set".into())
     );
+    // An IRQ thread's mask is its IRQ's: moved through /proc/irq, never set.
     assert_eq!(
         masks(&p, "irq/45-eth0"),
-        ("0-47".into(), "48".into(), "set".into())
+        ("48".into(), "48".into(), "follows_irq".into())
     );
+    assert_eq!(row(&p, "irq/45-eth0")["follows_irq"], 45);
     assert_eq!(
         masks(&p, "ksoftirqd/63"),
         ("63".into(), "63".into(), "pinned".into())
     );
+    // An unbound kworker's CPUs are the workqueue cpumask's.
     assert_eq!(
         masks(&p, "kworker/u130:1-events_unbound"),
-        ("0-63".into(), "0-63".into(), "pinned".into())
+        ("0-63".into(), "0-63".into(), "follows_workqueue".into())
+    );
+    assert_eq!(
+        row(&p, "kworker/u130:1-events_unbound")["follows_workqueue"],
+        true
     );
     assert_eq!(p["kthreads"].as_array().unwrap().len(), 16);
 }
@@ -288,7 +295,7 @@ fn plan_table_is_aligned() {
         lines[2..lines.len() - 1].iter().all(|l| l.len() > col),
         "{out}"
     );
-    assert!(out.ends_with("5 of 16 kthreads would change\n"), "{out}");
+    assert!(out.ends_with("4 of 16 kthreads would change\n"), "{out}");
 }
 
 #[test]
@@ -394,7 +401,15 @@ fn status_json_says_where_it_came_from_and_verify_exits_on_drift() {
     for r in rows {
         let by = r["managed_by"].as_str().unwrap();
         assert!(
-            ["kernel_pinned", "kernel_preferred", "affinity", "nobody"].contains(&by),
+            [
+                "kernel_pinned",
+                "kernel_preferred",
+                "follows_irq",
+                "follows_workqueue",
+                "affinity",
+                "nobody"
+            ]
+            .contains(&by),
             "{r}"
         );
     }

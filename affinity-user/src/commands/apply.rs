@@ -54,8 +54,9 @@ pub fn run(args: ApplyArgs) -> Result<ExitCode> {
         "affinity apply does not run beside a daemon (use `affinity prefer` to change its policy)",
     )?;
 
-    let engine =
-        Engine::new(machine.topology.clone(), hk, config.rules).with_kernel(&machine.kernel);
+    let engine = Engine::new(machine.topology.clone(), hk, config.rules)
+        .with_kernel(&machine.kernel)
+        .with_boot_isolation(&machine.isolated, &machine.nohz_full);
     let kernel = ProcKernel::new(&args.roots.proc, &args.roots.sys, machine.topology.width);
     let format = if args.output.is_json() {
         Format::Json

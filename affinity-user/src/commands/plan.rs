@@ -44,13 +44,17 @@ pub struct PlanArgs {
 }
 
 /// What the policy would do to a kthread; serialised as `set`, `keep`,
-/// `pinned` or `unmanaged`.
+/// `pinned`, `follows_irq` (an IRQ thread, moved with its IRQ),
+/// `follows_workqueue` (an unbound kworker, moved with the workqueue
+/// cpumask) or `unmanaged`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PlanAction {
     Set,
     Keep,
     Pinned,
+    FollowsIrq,
+    FollowsWorkqueue,
     Unmanaged,
 }
 
@@ -60,6 +64,8 @@ impl std::fmt::Display for PlanAction {
             PlanAction::Set => "set",
             PlanAction::Keep => "keep",
             PlanAction::Pinned => "pinned",
+            PlanAction::FollowsIrq => "follows_irq",
+            PlanAction::FollowsWorkqueue => "follows_workqueue",
             PlanAction::Unmanaged => "unmanaged",
         })
     }
@@ -78,6 +84,12 @@ pub struct PlanRow {
     pub pinned: bool,
     #[serde(skip)]
     pub kernel_managed: bool,
+    /// An IRQ thread: its mask is IRQ N's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follows_irq: Option<u32>,
+    /// An unbound workqueue worker: its CPUs are the workqueue cpumask.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub follows_workqueue: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -119,8 +131,9 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
     }
     let hk = housekeeping_of(machine, config, what_if);
     let online = topology.online.to_string();
-    let mut engine =
-        Engine::new(topology, hk.clone(), config.rules.clone()).with_kernel(&machine.kernel);
+    let mut engine = Engine::new(topology, hk.clone(), config.rules.clone())
+        .with_kernel(&machine.kernel)
+        .with_boot_isolation(&machine.isolated, &machine.nohz_full);
     let current: HashMap<u32, String> = machine
         .kthreads
         .iter()
@@ -141,7 +154,11 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
         .entries()
         .map(|e| {
             let current = current.get(&e.pid).cloned().unwrap_or_default();
-            let (applied, action) = if e.pinned() {
+            let (applied, action) = if e.follows_irq.is_some() {
+                (current.clone(), PlanAction::FollowsIrq)
+            } else if e.follows_workqueue {
+                (current.clone(), PlanAction::FollowsWorkqueue)
+            } else if e.pinned() {
                 (current.clone(), PlanAction::Pinned)
             } else if e.preference.is_none() {
                 (current.clone(), PlanAction::Unmanaged)
@@ -167,6 +184,8 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
                 action,
                 pinned: e.pinned(),
                 kernel_managed: e.kernel_managed,
+                follows_irq: e.follows_irq,
+                follows_workqueue: e.follows_workqueue,
             }
         })
         .collect();

@@ -5,8 +5,10 @@
 //! crash left no record, or to undo other tools too).
 //!
 //! On 6.2+ every sched_setaffinity() also becomes the task's user mask,
-//! and no call clears one: the mask written is the kernel's own choice
-//! now, which its later re-affining then keeps within (README).
+//! which clips the kernel's later re-affining, and no call clears one: the
+//! mask written is the kernel's policy over every possible CPU
+//! (`policy::kernel_release`), which gives the kernel's own mask now and
+//! clips none of its later choices (README).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -25,7 +27,7 @@ use crate::{
         procfs::ProcKernel,
         sysfs::Machine,
     },
-    policy::{CpuSet, KernelIsolation, Kthread, kernel_default},
+    policy::{CpuSet, KernelIsolation, Kthread, kernel_default, kernel_release},
 };
 
 #[derive(Debug, clap::Args)]
@@ -114,12 +116,17 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
         cpuset_isolated: &machine.cpuset_isolated,
     };
     let own = |k: &Kthread| kernel_default(&machine.kernel, k, &machine.topology, &iso);
+    // An offline CPU in a mask is not run on: a mask is the kernel's own
+    // when it is on the CPUs that are online (a release leaves offline
+    // ones in).
+    let online = &machine.topology.online;
+    let in_place = |k: &Kthread, to: &CpuSet| k.cpus_allowed.and(online) == *to;
     let mut rows = Vec::new();
     let mut todo: Vec<(Kthread, CpuSet)> = Vec::new();
     if args.all {
         for k in machine.kthreads.iter().filter(|k| !k.is_pinned()) {
             let to = own(k);
-            if k.cpus_allowed != to {
+            if !in_place(k, &to) {
                 todo.push((k.clone(), to));
             }
         }
@@ -150,7 +157,7 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
                         r.set
                     )),
                 ))
-            } else if k.cpus_allowed == to {
+            } else if in_place(k, &to) {
                 Some((Outcome::InPlace, None))
             } else {
                 None
@@ -173,7 +180,8 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
         let (outcome, detail) = if args.dry_run {
             (Outcome::WouldSet, None)
         } else {
-            match kernel.set_affinity(k.pid, k.start_time, &to) {
+            let release = kernel_release(&machine.kernel, &k, &machine.topology, &iso);
+            match kernel.set_affinity(k.pid, k.start_time, &release) {
                 Ok(_) => (Outcome::Set, None),
                 Err(crate::daemon::kernel::SetAffinityError::Gone(_)) => (Outcome::Gone, None),
                 Err(e) => (Outcome::Failed, Some(format!("{e:#}"))),

@@ -99,12 +99,23 @@ pub struct RunArgs {
     /// under back-to-back hotplug delayed control requests past 10 s.
     #[arg(long)]
     pub irqs: bool,
+    /// Run the event loop (hotplug records in, masks out) under SCHED_FIFO
+    /// at this priority (1-99), as stalld and rtla run their own threads:
+    /// a busy CPU then cannot delay the reaction to a hotplug step. Needs
+    /// CAP_SYS_NICE (kept for it under --observe too). Off by default; see
+    /// BENCHMARKS.md for what it buys.
+    #[arg(long, value_name = "PRIO", value_parser = clap::value_parser!(u8).range(1..=99))]
+    pub rt_priority: Option<u8>,
 }
 
 /// How long after its creation a new kthread is read from /proc: its
 /// creator binds, renames and re-affines it right after the rename we saw.
 const NEW_KTHREAD_DELAY: Duration = Duration::from_millis(20);
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
+/// How often the kernel's isolation settings are re-read: a cgroup v2
+/// partition made or removed at run time raises no event the daemon can
+/// wait on, and the three small files cost microseconds.
+const ISOLATION_EVERY: Duration = Duration::from_secs(1);
 /// How soon a mask the kernel narrowed during a hotplug step is tried again,
 /// and for how long after the step at that pace (5.10's cpuset took over
 /// 50 ms under TCG to add a CPU just online).
@@ -207,7 +218,7 @@ async fn prepare(args: &RunArgs) -> Result<Prepared> {
     // What it needs, not who it is: BPF and perf events for the programs
     // (--observe too), and CAP_SYS_NICE to set masks unless observing.
     let mut needed = caps::for_bpf(&machine.kernel, caps::memlock_unlimited());
-    if !args.observe {
+    if !args.observe || args.rt_priority.is_some() {
         needed.push(Cap::SysNice);
     }
     caps::require_own(&args.roots.proc, "`affinity run`", &needed)?;
@@ -312,6 +323,12 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         );
     }
     observer.set_isolated(machine.topology.possible.and_not(&hk).words())?;
+    if let Some(prio) = args.rt_priority {
+        // This thread runs the event loop; threads started later (output,
+        // scans) reset to normal priority.
+        crate::kernel::sched::fifo_for_this_thread(prio)
+            .with_context(|| format!("--rt-priority {prio}: sched_setscheduler(SCHED_FIFO)"))?;
+    }
     // Loaded and attached: from here on the daemon updates maps (CAP_BPF)
     // and sets masks (CAP_SYS_NICE), nothing else. Before the output
     // thread starts, so that every thread has only these.
@@ -327,7 +344,8 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         restore_on_exit: args.restore_on_exit,
     };
     let engine = Engine::new(machine.topology.clone(), hk.clone(), config.rules.clone())
-        .with_kernel(&machine.kernel);
+        .with_kernel(&machine.kernel)
+        .with_boot_isolation(&machine.isolated, &machine.nohz_full);
     let mut steer = args.irqs.then(|| {
         Steering::new(
             machine.topology.clone(),
@@ -402,6 +420,7 @@ fn timer(every: Duration) -> Interval {
 async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
     let width = r.machine.topology.width;
     let mut rescan = timer(RESCAN_EVERY);
+    let mut isolation = timer(ISOLATION_EVERY);
     let mut summary = timer(SUMMARY_EVERY);
     let mut counters = timer(COUNTERS_EVERY);
     let mut pending_new: VecDeque<(Instant, u32)> = VecDeque::new();
@@ -505,8 +524,8 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                     _ => quick_until = None,
                 }
             }
+            _ = isolation.tick() => housekeeping_check(r, args)?,
             _ = rescan.tick() => {
-                housekeeping_check(r, args)?;
                 // IRQs follow every hotplug step (above), housekeeping change and new IRQ.
                 if let Some(steer) = &mut r.steer {
                     steer.follow(&mut r.core);

@@ -44,13 +44,21 @@ pub struct StatusArgs {
 pub enum ManagedBy {
     KernelPinned,
     KernelPreferred,
+    /// An IRQ thread: its mask is its IRQ's (`follows_irq` names it).
+    FollowsIrq,
+    /// An unbound kworker: its CPUs are the workqueue cpumask.
+    FollowsWorkqueue,
     Affinity,
     Nobody,
 }
 
 impl ManagedBy {
     fn of(r: &PlanRow) -> Self {
-        if r.pinned {
+        if r.follows_irq.is_some() {
+            ManagedBy::FollowsIrq
+        } else if r.follows_workqueue {
+            ManagedBy::FollowsWorkqueue
+        } else if r.pinned {
             ManagedBy::KernelPinned
         } else if r.kernel_managed {
             ManagedBy::KernelPreferred
@@ -65,6 +73,8 @@ impl ManagedBy {
         match self {
             ManagedBy::KernelPinned => "kernel_pinned",
             ManagedBy::KernelPreferred => "kernel_preferred",
+            ManagedBy::FollowsIrq => "follows_irq",
+            ManagedBy::FollowsWorkqueue => "follows_workqueue",
             ManagedBy::Affinity => "affinity",
             ManagedBy::Nobody => "nobody",
         }
@@ -139,7 +149,11 @@ fn ask(socket: &Path) -> Result<LiveView> {
 }
 
 fn row_of(k: LiveKthread) -> StatusRow {
-    let action = if k.pinned {
+    let action = if k.follows_irq.is_some() {
+        PlanAction::FollowsIrq
+    } else if k.follows_workqueue {
+        PlanAction::FollowsWorkqueue
+    } else if k.pinned {
         PlanAction::Pinned
     } else if k.rule.is_none() {
         PlanAction::Unmanaged
@@ -158,6 +172,8 @@ fn row_of(k: LiveKthread) -> StatusRow {
         action,
         pinned: k.pinned,
         kernel_managed: k.kernel_managed,
+        follows_irq: k.follows_irq,
+        follows_workqueue: k.follows_workqueue,
     };
     StatusRow {
         managed_by: ManagedBy::of(&row),
@@ -273,12 +289,23 @@ fn print_status(s: &Status, only_drift: bool) {
         rows.push([
             r.pid.to_string(),
             r.comm.clone(),
-            if r.pinned { "pinned" } else { "movable" }.into(),
+            if r.follows_irq.is_some() {
+                "irq"
+            } else if r.pinned {
+                "pinned"
+            } else {
+                "movable"
+            }
+            .into(),
             r.rule.clone().unwrap_or_else(|| "-".into()),
             r.preferred.clone().unwrap_or_else(|| "-".into()),
             r.applied.clone(),
             current,
-            k.managed_by.as_str().into(),
+            match (r.follows_irq, r.follows_workqueue) {
+                (Some(irq), _) => format!("follows IRQ {irq}"),
+                (None, true) => "follows workqueue mask".into(),
+                (None, false) => k.managed_by.as_str().into(),
+            },
         ]);
     }
     println!(

@@ -72,6 +72,9 @@ impl<K: Kernel, W: Write> Core<K, W> {
             Action::ReportKernelManaged { pid, comm } => {
                 self.reporter.report(&Report::KernelManaged { pid, comm });
             }
+            Action::ReportFollowsIrq { pid, comm, irq } => {
+                self.reporter.report(&Report::FollowsIrq { pid, comm, irq });
+            }
             Action::ReportAffinityChanged {
                 pid,
                 comm,

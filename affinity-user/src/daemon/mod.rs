@@ -313,7 +313,8 @@ impl<K: Kernel, W: Write> Core<K, W> {
         // From the kernel's timestamp of the hotplug step to the last mask
         // in place: the window in which a thread could run on a CPU it
         // should have left.
-        let latency_ns = monotonic_ns().saturating_sub(ts_ns);
+        let done_ns = monotonic_ns();
+        let latency_ns = done_ns.saturating_sub(ts_ns);
         self.stats.reaction.observe(latency_ns);
         let latency_us = latency_ns as f64 / 1000.0;
         self.reporter.report(&Report::HotplugHandled {
@@ -321,6 +322,7 @@ impl<K: Kernel, W: Write> Core<K, W> {
             online,
             applied: self.stats.applied - applied_before,
             latency_us: (latency_us * 10.0).round() / 10.0,
+            done_ns,
         });
     }
 
@@ -576,9 +578,8 @@ impl<K: Kernel, W: Write> Core<K, W> {
         }
         let changed: Vec<(u32, u64, CpuSet)> = self
             .engine
-            .entries()
-            .filter(|e| e.managed() && e.current != e.original)
-            .map(|e| (e.pid, e.start_time, e.original.clone()))
+            .handed_back()
+            .map(|(e, mask)| (e.pid, e.start_time, mask))
             .collect();
         changed
             .into_iter()
@@ -595,9 +596,8 @@ impl<K: Kernel, W: Write> Core<K, W> {
             return Vec::new();
         }
         self.engine
-            .entries()
-            .filter(|e| e.managed() && e.current != e.original)
-            .map(|e| left::LeftMask {
+            .handed_back()
+            .map(|(e, _)| left::LeftMask {
                 pid: e.pid,
                 start_time: e.start_time,
                 comm: e.comm.clone(),

@@ -42,6 +42,9 @@ pub enum Report {
         online: bool,
         applied: u64,
         latency_us: f64,
+        /// CLOCK_MONOTONIC ns when the step's masks were in place: set
+        /// against when the hotplug operation returned (the bench does).
+        done_ns: u64,
     },
     Applied {
         pid: u32,
@@ -96,6 +99,12 @@ pub enum Report {
     KernelManaged {
         pid: u32,
         comm: String,
+    },
+    /// An IRQ thread: its mask is its IRQ's (`/proc/irq/N`), never set directly.
+    FollowsIrq {
+        pid: u32,
+        comm: String,
+        irq: u32,
     },
     Exited {
         pid: u32,
@@ -157,9 +166,16 @@ pub struct Reporter<W: Write> {
     out: W,
     format: Format,
     color: bool,
-    /// Human format: `pinned` reports before the first other report, folded
-    /// into one line so start-up is not dozens of lines of per-CPU kthreads.
-    folding: Option<Vec<String>>,
+    /// Human format: `pinned` and `follows_irq` reports before the first
+    /// other report, folded into a line each so start-up is not dozens of
+    /// lines of per-CPU kthreads.
+    folding: Option<Folded>,
+}
+
+#[derive(Default)]
+struct Folded {
+    pinned: Vec<String>,
+    irq: Vec<String>,
 }
 
 /// `--color`: whether human output is coloured.
@@ -207,7 +223,7 @@ impl<W: Write> Reporter<W> {
             out,
             format,
             color,
-            folding: Some(Vec::new()),
+            folding: Some(Folded::default()),
         }
     }
 
@@ -215,19 +231,34 @@ impl<W: Write> Reporter<W> {
         if self.format == Format::Human
             && let Some(pending) = &mut self.folding
         {
-            if let Report::Pinned { pid, comm } = r {
-                pending.push(format!("{comm}[{pid}]"));
-                return;
+            match r {
+                Report::Pinned { pid, comm } => {
+                    pending.pinned.push(format!("{comm}[{pid}]"));
+                    return;
+                }
+                Report::FollowsIrq { pid, comm, irq } => {
+                    pending.irq.push(format!("{comm}[{pid}]:{irq}"));
+                    return;
+                }
+                _ => {}
             }
             let pending = self.folding.take().unwrap_or_default();
-            if !pending.is_empty() {
-                let line = format!(
-                    "{} pinned {} kthreads pinned by the kernel, left alone: {}",
-                    clock(),
-                    pending.len(),
-                    pending.join(" ")
-                );
-                let _ = writeln!(self.out, "{line}");
+            for (list, what) in [
+                (&pending.pinned, "kthreads pinned by the kernel, left alone"),
+                (
+                    &pending.irq,
+                    "IRQ threads following their IRQ's affinity (/proc/irq), left alone",
+                ),
+            ] {
+                if !list.is_empty() {
+                    let line = format!(
+                        "{} pinned {} {what}: {}",
+                        clock(),
+                        list.len(),
+                        list.join(" ")
+                    );
+                    let _ = writeln!(self.out, "{line}");
+                }
             }
         }
         let line = match self.format {
@@ -333,6 +364,7 @@ fn human(r: &Report, color: bool) -> String {
             online,
             applied,
             latency_us,
+            ..
         } => (
             "handled",
             "36",
@@ -424,6 +456,14 @@ fn human(r: &Report, color: bool) -> String {
             "kernel",
             "2",
             format!("{} affinity managed by the kernel itself", task(pid, comm)),
+        ),
+        Report::FollowsIrq { pid, comm, irq } => (
+            "follows_irq",
+            "2",
+            format!(
+                "{} follows IRQ {irq}'s affinity (/proc/irq/{irq}), its own mask is left alone",
+                task(pid, comm)
+            ),
         ),
         Report::Exited { pid, comm } => ("exited", "2", task(pid, comm)),
         Report::Drops { count } => (

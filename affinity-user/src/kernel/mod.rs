@@ -9,5 +9,6 @@ pub mod btf;
 pub mod caps;
 pub mod irq;
 pub mod procfs;
+pub mod sched;
 pub mod sysfs;
 pub mod wire;

@@ -267,12 +267,16 @@ impl Machine {
     pub fn housekeeping(&self, spec: &HousekeepingSpec) -> CpuSet {
         match spec {
             HousekeepingSpec::Cpus(s) => CpuSet::from_words(self.topology.width, s.words()),
-            HousekeepingSpec::Auto => policy::housekeeping_from(
-                &self.topology.possible,
-                &self.isolated,
-                &self.nohz_full,
-                &self.cpuset_isolated,
-            ),
+            HousekeepingSpec::Auto(sources) => {
+                let none = CpuSet::empty(self.topology.width);
+                let pick = |on: bool, s| if on { s } else { &none };
+                policy::housekeeping_from(
+                    &self.topology.possible,
+                    pick(sources.isolcpus, &self.isolated),
+                    pick(sources.nohz_full, &self.nohz_full),
+                    pick(sources.partitions, &self.cpuset_isolated),
+                )
+            }
         }
     }
 
@@ -463,6 +467,7 @@ pub fn roots(sys: Option<PathBuf>, proc: Option<PathBuf>) -> (PathBuf, PathBuf) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::IsolationSources;
 
     #[test]
     fn stat_with_spaces_and_parens_in_comm() {
@@ -523,7 +528,20 @@ mod tests {
             "2-3",
             "offline cpu3 placed by its node link"
         );
-        assert_eq!(m.housekeeping(&HousekeepingSpec::Auto).to_string(), "0-1,3");
+        assert_eq!(
+            m.housekeeping(&HousekeepingSpec::Auto(Default::default()))
+                .to_string(),
+            "0-1,3"
+        );
+        // isolcpus not counted: cpu2 is housekeeping again.
+        let sources = IsolationSources {
+            isolcpus: false,
+            ..Default::default()
+        };
+        assert_eq!(
+            m.housekeeping(&HousekeepingSpec::Auto(sources)).to_string(),
+            "0-3"
+        );
         assert_eq!(
             m.kthreads
                 .iter()

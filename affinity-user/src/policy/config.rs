@@ -165,9 +165,49 @@ pub struct Rule {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HousekeepingSpec {
-    /// possible − (isolated ∪ nohz_full ∪ cpuset-isolated), read from the kernel.
-    Auto,
+    /// Every possible CPU but those the kernel isolates through `sources`,
+    /// read from the kernel (and re-read: partitions change at run time).
+    Auto(IsolationSources),
     Cpus(CpuSet),
+}
+
+/// Which of the kernel's isolation settings take CPUs out of `auto`
+/// housekeeping (`[housekeeping] sources`); all three by default, as the
+/// kernel's own kthread policy counts domain isolation and nohz_full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IsolationSources {
+    /// `isolcpus=` (domain isolation; /sys/devices/system/cpu/isolated).
+    pub isolcpus: bool,
+    /// `nohz_full=`.
+    pub nohz_full: bool,
+    /// cgroup v2 isolated partitions (`cpuset.cpus.isolated`), at run time.
+    pub partitions: bool,
+}
+
+impl IsolationSources {
+    pub const ALL: IsolationSources = IsolationSources {
+        isolcpus: true,
+        nohz_full: true,
+        partitions: true,
+    };
+    /// The names a rules file uses, in the order they are listed.
+    pub const NAMES: [&'static str; 3] = ["isolcpus", "nohz_full", "partitions"];
+
+    /// The names of the sources that count, as a rules file lists them.
+    pub fn names(&self) -> Vec<&'static str> {
+        [self.isolcpus, self.nohz_full, self.partitions]
+            .iter()
+            .zip(Self::NAMES)
+            .filter(|(on, _)| **on)
+            .map(|(_, n)| n)
+            .collect()
+    }
+}
+
+impl Default for IsolationSources {
+    fn default() -> Self {
+        Self::ALL
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,6 +268,68 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// `sources = ["isolcpus", "nohz_full", "partitions"]`: an array of
+/// distinct source names (empty: no kernel isolation counts). Errors are
+/// reported at the array.
+fn isolation_sources(
+    span: &Range<usize>,
+    value: &toml::Value,
+    error: &mut impl FnMut(Range<usize>, String),
+) -> IsolationSources {
+    let none = IsolationSources {
+        isolcpus: false,
+        nohz_full: false,
+        partitions: false,
+    };
+    let expected = IsolationSources::NAMES.map(|n| format!("{n:?}")).join(", ");
+    let toml::Value::Array(items) = value else {
+        error(
+            span.clone(),
+            format!(
+                "housekeeping sources must be an array of {expected}, not {}",
+                table::a(value)
+            ),
+        );
+        return IsolationSources::ALL;
+    };
+    let mut out = none;
+    for item in items {
+        let Some(name) = item.as_str() else {
+            error(
+                span.clone(),
+                format!(
+                    "housekeeping sources: {} is not one of {expected}",
+                    table::a(item)
+                ),
+            );
+            continue;
+        };
+        let flag = match name {
+            "isolcpus" => &mut out.isolcpus,
+            "nohz_full" => &mut out.nohz_full,
+            "partitions" => &mut out.partitions,
+            other => {
+                let hint = did_you_mean(other, &IsolationSources::NAMES);
+                error(
+                    span.clone(),
+                    format!(
+                        "housekeeping sources: unknown source {other:?}, expected one of {expected}{hint}"
+                    ),
+                );
+                continue;
+            }
+        };
+        if *flag {
+            error(
+                span.clone(),
+                format!("housekeeping sources: {name:?} is listed twice"),
+            );
+        }
+        *flag = true;
+    }
+    out
+}
+
 impl Config {
     /// Parses a rules file. `origin` names it in messages; `width` bounds CPU ids.
     pub fn parse(text: &str, origin: &str, width: u32) -> Result<Config, ConfigErrors> {
@@ -271,9 +373,13 @@ impl Config {
                 });
             }
         };
+        let mut sources = None;
         let cpus = raw.housekeeping.and_then(|h| {
             let span = h.span();
-            let fields = Fields::of(h.into_inner(), &["cpus"], &mut error);
+            let fields = Fields::of(h.into_inner(), &["cpus", "sources"], &mut error);
+            sources = fields
+                .value("sources")
+                .map(|(span, v)| (span.clone(), isolation_sources(&span, v, &mut error)));
             match fields.string("cpus", "\"auto\" or \"0-1\"", &mut error) {
                 Ok(Some(cpus)) => Some(cpus),
                 Ok(None) => {
@@ -283,22 +389,34 @@ impl Config {
                 Err(()) => None,
             }
         });
+        let auto =
+            HousekeepingSpec::Auto(sources.as_ref().map_or(IsolationSources::ALL, |(_, s)| *s));
+        if let (Some((span, _)), Some((_, cpus))) = (&sources, &cpus)
+            && cpus.trim() != "auto"
+        {
+            error(
+                span.clone(),
+                format!(
+                    "housekeeping sources only apply to cpus = \"auto\"; cpus = {cpus:?} names the CPUs itself"
+                ),
+            );
+        }
         let housekeeping = match cpus {
-            None => HousekeepingSpec::Auto,
-            Some((_, cpus)) if cpus.trim() == "auto" => HousekeepingSpec::Auto,
+            None => auto.clone(),
+            Some((_, cpus)) if cpus.trim() == "auto" => auto.clone(),
             Some((span, cpus)) => match CpuSet::parse(&cpus, width) {
                 Ok(s) if s.is_empty() => {
                     error(
                         span,
                         "housekeeping cpus is empty: kthreads need somewhere to run".into(),
                     );
-                    HousekeepingSpec::Auto
+                    auto.clone()
                 }
                 Ok(s) => HousekeepingSpec::Cpus(s),
                 Err(e) => {
                     let hint = did_you_mean(&cpus, &["auto"]);
                     error(span, format!("housekeeping cpus: {e}{hint}"));
-                    HousekeepingSpec::Auto
+                    auto.clone()
                 }
             },
         };
@@ -466,7 +584,7 @@ impl Config {
     /// same policy as a rules file; a test keeps the two equal.
     pub fn embedded_default() -> Config {
         Config {
-            housekeeping: HousekeepingSpec::Auto,
+            housekeeping: HousekeepingSpec::Auto(IsolationSources::ALL),
             rules: vec![
                 Rule {
                     target: Target::Comm("kswapd*".into()),
@@ -493,6 +611,9 @@ pub const DEFAULT_TOML: &str = r#"# affinity's embedded default policy (the kern
 
 [housekeeping]
 cpus = "auto"
+# What takes CPUs out of "auto": isolcpus= (domain isolation), nohz_full=,
+# and cgroup v2 isolated partitions (re-read as they change).
+sources = ["isolcpus", "nohz_full", "partitions"]
 
 [[rule]]
 match = "kswapd*"
@@ -510,6 +631,61 @@ prefer = "housekeeping"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn housekeeping_sources_choose_what_auto_leaves_out() {
+        let hk = |text: &str| Config::parse(text, "t", 8).map(|c| c.housekeeping);
+        assert_eq!(
+            hk("[housekeeping]\ncpus = \"auto\"\nsources = [\"nohz_full\"]\n"),
+            Ok(HousekeepingSpec::Auto(IsolationSources {
+                isolcpus: false,
+                nohz_full: true,
+                partitions: false,
+            }))
+        );
+        assert_eq!(
+            hk("[housekeeping]\ncpus = \"auto\"\nsources = []\n").unwrap(),
+            HousekeepingSpec::Auto(IsolationSources {
+                isolcpus: false,
+                nohz_full: false,
+                partitions: false,
+            })
+        );
+        assert_eq!(
+            hk("[housekeeping]\ncpus = \"auto\"\n").unwrap(),
+            HousekeepingSpec::Auto(IsolationSources::ALL)
+        );
+        let errors = |text: &str| -> Vec<String> {
+            Config::parse(text, "t", 8)
+                .unwrap_err()
+                .errors
+                .into_iter()
+                .map(|e| format!("{}:{} {}", e.line, e.column, e.message))
+                .collect()
+        };
+        assert_eq!(
+            errors(
+                "[housekeeping]\ncpus = \"auto\"\nsources = [\"nohz-full\", \"isolcpus\", \"isolcpus\", 3]\n"
+            ),
+            [
+                "3:11 housekeeping sources: unknown source \"nohz-full\", expected one of \"isolcpus\", \"nohz_full\", \"partitions\"; did you mean \"nohz_full\"?",
+                "3:11 housekeeping sources: \"isolcpus\" is listed twice",
+                "3:11 housekeeping sources: an integer is not one of \"isolcpus\", \"nohz_full\", \"partitions\"",
+            ]
+        );
+        assert_eq!(
+            errors("[housekeeping]\ncpus = \"0-1\"\nsources = [\"nohz_full\"]\n"),
+            [
+                "3:11 housekeeping sources only apply to cpus = \"auto\"; cpus = \"0-1\" names the CPUs itself"
+            ]
+        );
+        assert_eq!(
+            errors("[housekeeping]\ncpus = \"auto\"\nsources = \"nohz_full\"\n"),
+            [
+                "3:11 housekeeping sources must be an array of \"isolcpus\", \"nohz_full\", \"partitions\", not a string"
+            ]
+        );
+    }
 
     #[test]
     fn close_misspellings_of_keywords_get_a_suggestion() {

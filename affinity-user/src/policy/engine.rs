@@ -91,11 +91,24 @@ pub struct Entry {
     pub original: CpuSet,
     /// A 6.14+ kernel re-affines it itself.
     pub kernel_managed: bool,
+    /// An IRQ thread (`irq/N-*`): its mask follows IRQ N's affinity, so it
+    /// is left alone like a pinned one.
+    pub follows_irq: Option<u32>,
+    /// An unbound workqueue worker: its CPUs are the workqueue cpumask.
+    pub follows_workqueue: bool,
     /// The mask last asked for and not yet answered (or, in observe mode,
     /// never answered): not asked for again until something changes.
     pub requested: Option<CpuSet>,
     pub refused: Option<Refusal>,
     runtime: bool,
+    /// The daemon set its mask (the kernel took one): it is handed back to
+    /// the kernel when the daemon stops managing it.
+    pub touched: bool,
+    /// The mask that hands it back to the kernel without a `user_cpus_ptr`
+    /// clip (`kernel_release`): known from the start for a kthread the
+    /// kernel manages, else from the first mask the daemon sets (planning
+    /// 10k kthreads computes none); None when the kernel is not known.
+    pub release: Option<CpuSet>,
 }
 
 impl Entry {
@@ -226,6 +239,11 @@ pub enum Action {
         pid: u32,
         comm: String,
     },
+    ReportFollowsIrq {
+        pid: u32,
+        comm: String,
+        irq: u32,
+    },
     ReportAffinityChanged {
         pid: u32,
         comm: String,
@@ -264,6 +282,10 @@ pub enum RegistryError {
     NoSuchKthread(String),
     #[error("{target} is pinned by the kernel (PF_NO_SETAFFINITY): its affinity cannot be changed")]
     Pinned { target: String },
+    #[error(
+        "{target} is the thread of IRQ {irq}: its mask follows the IRQ's; steer the IRQ instead (an [[irq]] rule with --irqs, or /proc/irq/{irq}/smp_affinity_list)"
+    )]
+    FollowsIrq { target: String, irq: u32 },
     #[error("{0} has no runtime preference to remove")]
     NotRegistered(String),
     /// `unprefer khugepaged` after `prefer 'khuge*'`: the preference is the glob's.
@@ -306,10 +328,15 @@ pub struct Engine {
     entries: BTreeMap<u32, Entry>,
     /// The running kernel's release, for which kthreads it manages itself.
     kernel: Option<String>,
+    /// Boot-time isolcpus and nohz_full: the kernel's own policy for a
+    /// kthread, which a released one is handed back to.
+    boot_isolated: CpuSet,
+    boot_nohz_full: CpuSet,
 }
 
 impl Engine {
     pub fn new(topology: Topology, housekeeping: CpuSet, rules: Vec<Rule>) -> Engine {
+        let width = topology.width;
         Engine {
             topology,
             housekeeping,
@@ -317,7 +344,36 @@ impl Engine {
             runtime: Vec::new(),
             entries: BTreeMap::new(),
             kernel: None,
+            boot_isolated: CpuSet::empty(width),
+            boot_nohz_full: CpuSet::empty(width),
         }
+    }
+
+    /// The boot-time isolation (`isolcpus=`, `nohz_full=`) the kernel's own
+    /// kthread policy follows: what a kthread the daemon stops managing is
+    /// handed back to.
+    pub fn with_boot_isolation(mut self, isolated: &CpuSet, nohz_full: &CpuSet) -> Engine {
+        self.boot_isolated = isolated.clone();
+        self.boot_nohz_full = nohz_full.clone();
+        self
+    }
+
+    fn release_mask(&self, comm: &str, flags: u32) -> Option<CpuSet> {
+        let release = self.kernel.as_deref()?;
+        let k = Kthread {
+            pid: 0,
+            comm: comm.to_string(),
+            flags,
+            start_time: 0,
+            cpus_allowed: CpuSet::empty(self.topology.width),
+        };
+        let none = CpuSet::empty(self.topology.width);
+        let iso = super::KernelIsolation {
+            isolated: &self.boot_isolated,
+            nohz_full: &self.boot_nohz_full,
+            cpuset_isolated: &none,
+        };
+        Some(super::kernel_release(release, &k, &self.topology, &iso))
     }
 
     /// The kernel release whose own kthread management to report (6.14+).
@@ -526,6 +582,11 @@ impl Engine {
                 requested,
                 mask,
             } => {
+                let release = self
+                    .entries
+                    .get(&pid)
+                    .filter(|e| e.managed() && e.release.is_none())
+                    .and_then(|e| self.release_mask(&e.comm, e.flags));
                 let Some(e) = self.entry_of(pid, start_time) else {
                     return actions;
                 };
@@ -533,6 +594,16 @@ impl Engine {
                     e.requested = None;
                 }
                 e.current = mask.clone();
+                if !e.managed() {
+                    // A release: whatever the kernel made of it is the
+                    // kernel's now.
+                    e.applied = mask;
+                    return actions;
+                }
+                e.touched = true;
+                if release.is_some() {
+                    e.release = release;
+                }
                 if mask != requested && mask != e.applied {
                     // The kernel took another mask than asked (a cpuset
                     // narrowing it, say): said once, tried again later.
@@ -568,6 +639,17 @@ impl Engine {
                     return actions;
                 };
                 e.requested = None;
+                if !e.managed() {
+                    // A release refused: said, not retried; the mask is
+                    // the kernel's to change now.
+                    actions.push(Action::ReportRefused {
+                        pid,
+                        comm: e.comm.clone(),
+                        mask,
+                        message,
+                    });
+                    return actions;
+                }
                 let backoff = match &e.refused {
                     Some(r) if r.mask == mask => (r.backoff * 2).min(MAX_BACKOFF),
                     _ => {
@@ -660,12 +742,14 @@ impl Engine {
 
     fn insert(&mut self, k: Kthread, actions: &mut Vec<Action>) {
         let rule = self.rule_for(k.pid, &k.comm);
-        let state = match (&rule, k.is_pinned()) {
+        let follows_irq = k.follows_irq();
+        let state = match (&rule, k.is_pinned() || follows_irq.is_some()) {
             (_, true) => State::Pinned,
             (Some(_), false) => State::Managed,
             (None, false) => State::Unmanaged,
         };
         let kernel_managed = !k.is_pinned()
+            && follows_irq.is_none()
             && self
                 .kernel
                 .as_deref()
@@ -689,9 +773,17 @@ impl Engine {
             current: k.cpus_allowed.clone(),
             original: k.cpus_allowed.clone(),
             kernel_managed,
+            follows_irq,
+            follows_workqueue: k.follows_workqueue(),
             requested: None,
             refused: None,
             runtime: rule.as_ref().is_some_and(|(_, rt)| *rt),
+            touched: false,
+            release: if kernel_managed {
+                self.release_mask(&k.comm, k.flags)
+            } else {
+                None
+            },
         };
         if kernel_managed {
             actions.push(Action::ReportKernelManaged {
@@ -701,7 +793,13 @@ impl Engine {
         }
         if let Some(pref) = &entry.preference {
             entry.preferred = self.preferred(pref, &k.comm);
-            if entry.pinned() {
+            if let Some(irq) = follows_irq {
+                actions.push(Action::ReportFollowsIrq {
+                    pid: k.pid,
+                    comm: k.comm.clone(),
+                    irq,
+                });
+            } else if entry.pinned() {
                 actions.push(Action::ReportPinned {
                     pid: k.pid,
                     comm: k.comm.clone(),
@@ -746,22 +844,53 @@ impl Engine {
     /// online, and a mask set by us would stay behind as `user_cpus_ptr`,
     /// clipping the kernel's later choices. Only a preference that differs
     /// from the kernel's own result is set.
+    ///
+    /// Where the policy's mask is the kernel's own (the kernel manages it
+    /// and its release mask on the online CPUs is the applied one), the
+    /// release mask is what is written: the same CPUs now, no clip later.
     fn sync(e: &mut Entry, online: &CpuSet, actions: &mut Vec<Action>) {
         if e.in_place(online) {
             return;
         }
-        if e.requested.as_ref() == Some(&e.applied) {
+        let mask = match &e.release {
+            Some(r) if e.kernel_managed && r.and(online) == e.applied => r.clone(),
+            _ => e.applied.clone(),
+        };
+        if e.requested.as_ref() == Some(&mask) {
             return;
         }
-        if e.refused.as_ref().is_some_and(|r| r.mask == e.applied) {
+        if e.refused.as_ref().is_some_and(|r| r.mask == mask) {
             return;
         }
-        e.requested = Some(e.applied.clone());
+        e.requested = Some(mask.clone());
         actions.push(Action::SetAffinity {
             pid: e.pid,
             start_time: e.start_time,
             comm: e.comm.clone(),
-            mask: e.applied.clone(),
+            mask,
+        });
+    }
+
+    /// Hands a kthread the daemon stops managing back to the kernel: its
+    /// release mask, if the daemon ever set one. Left where it is when the
+    /// daemon never touched it, or the kernel is not known.
+    fn release(e: &mut Entry, actions: &mut Vec<Action>) {
+        if !e.touched {
+            return;
+        }
+        let Some(mask) = e.release.clone() else {
+            return;
+        };
+        e.touched = false;
+        if e.current == mask {
+            return;
+        }
+        e.requested = Some(mask.clone());
+        actions.push(Action::SetAffinity {
+            pid: e.pid,
+            start_time: e.start_time,
+            comm: e.comm.clone(),
+            mask,
         });
     }
 
@@ -830,6 +959,12 @@ impl Engine {
         }
         for pid in &pids {
             let e = &self.entries[pid];
+            if let Some(irq) = e.follows_irq {
+                return Err(RegistryError::FollowsIrq {
+                    target: format!("{} ({})", e.comm, e.pid),
+                    irq,
+                });
+            }
             if e.pinned() {
                 return Err(RegistryError::Pinned {
                     target: format!("{} ({})", e.comm, e.pid),
@@ -878,6 +1013,26 @@ impl Engine {
             self.recompute(pid, &mut actions);
         }
         Ok(actions)
+    }
+
+    /// The kthreads whose mask the daemon set, away from their first mask:
+    /// what a stopping daemon puts back (`--restore-on-exit`) or leaves for
+    /// `affinity restore`. With each, the mask that puts it back: the release
+    /// mask when its first mask was the kernel's own policy (on the CPUs
+    /// online), so that no clip of ours stays; else the first mask, someone
+    /// else's choice.
+    pub fn handed_back(&self) -> impl Iterator<Item = (&Entry, CpuSet)> + '_ {
+        let online = &self.topology.online;
+        self.entries
+            .values()
+            .filter(|e| e.managed() && e.touched && e.current != e.original)
+            .map(move |e| {
+                let mask = match &e.release {
+                    Some(r) if r.and(online) == e.original.and(online) => r.clone(),
+                    _ => e.original.clone(),
+                };
+                (e, mask)
+            })
     }
 
     /// The runtime registration that gives `pid` its preference, if any.
@@ -981,13 +1136,15 @@ impl Engine {
         e.refused = None;
         if e.preference.is_none() {
             let was_managed = e.managed();
-            // Unmanaged again: leave its mask where it is.
+            // Unmanaged again: back to the kernel's policy, with no clip
+            // of ours left on what the kernel does next.
             e.state = State::Unmanaged;
             e.preferred = None;
             e.applied = e.current.clone();
             e.requested = None;
             if was_managed {
                 actions.push(Action::ClearPolicy { pid });
+                Self::release(e, actions);
             }
         } else {
             e.state = State::Managed;

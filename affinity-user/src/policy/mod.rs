@@ -12,7 +12,7 @@ mod tests;
 
 pub use config::{
     Config, ConfigError, ConfigErrors, DEFAULT_TOML, HousekeepingSpec, IrqRule, IrqTarget,
-    Preference, PreferenceError, Rule, Target,
+    IsolationSources, Preference, PreferenceError, Rule, Target,
 };
 pub use cpuset::{CpuListError, CpuSet, MAX_CPUS};
 pub use engine::{
@@ -24,7 +24,7 @@ pub use irq::{
 };
 pub use kthread::{
     KernelIsolation, Kthread, PF_KTHREAD, PF_NO_SETAFFINITY, kernel_default,
-    kernel_manages_affinity, kernel_version,
+    kernel_manages_affinity, kernel_release, kernel_version,
 };
 
 /// Housekeeping as the kernel defines it: every possible CPU that is not

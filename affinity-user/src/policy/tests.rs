@@ -631,3 +631,153 @@ fn replacing_the_rules_touches_only_kthreads_whose_result_changed() {
     ]);
     assert_eq!((again.len(), changed), (0, 0), "{again:?}");
 }
+
+/// 6.12 with nohz_full=6-7: the kernel's own mask for khugepaged is 0-5.
+fn on_6_12(rules: Vec<Rule>) -> Engine {
+    Engine::new(topo("0-7"), set("0-5"), rules)
+        .with_kernel("6.12.117-cloud-amd64")
+        .with_boot_isolation(&set(""), &set("6-7"))
+}
+
+fn took(e: &mut Engine, pid: u32, mask: &str) -> Vec<Action> {
+    e.handle(Event::Applied {
+        pid,
+        start_time: pid as u64,
+        requested: set(mask),
+        mask: set(mask),
+    })
+}
+
+#[test]
+fn a_kthread_the_daemon_stops_managing_goes_back_to_the_kernel_without_a_clip() {
+    let narrow = || vec![rule("khugepaged", Preference::Cpus(set("0")))];
+    let mut e = on_6_12(narrow());
+    assert_eq!(
+        sets(&e.handle(Event::KthreadNew(kt(7, "khugepaged", "0-5")))),
+        [(7, "0".into())]
+    );
+    took(&mut e, 7, "0");
+    // Its rule goes (a reload): the kernel's policy over every possible
+    // CPU, so no user_cpus_ptr of ours clips the kernel's next re-affine.
+    let (actions, changed) = e.replace_rules(Vec::new());
+    assert_eq!((sets(&actions), changed), (vec![(7, "0-5".into())], 1));
+    assert!(actions.contains(&Action::ClearPolicy { pid: 7 }));
+    // What the kernel made of it is the kernel's: no refusal, no retry.
+    assert_eq!(took(&mut e, 7, "0-5"), []);
+    assert_eq!(e.entry(7).unwrap().current.to_string(), "0-5");
+    assert_eq!(sets(&e.handle(Event::Tick)), []);
+
+    // `unprefer` the same way, and only for what the daemon set.
+    let mut e = on_6_12(Vec::new());
+    e.handle(Event::KthreadNew(kt(7, "khugepaged", "0-5")));
+    e.handle(Event::KthreadNew(kt(8, "oom_reaper", "0-5")));
+    let t = |c: &str| Target::Comm(CommGlob::new(c));
+    assert_eq!(
+        sets(
+            &e.register(t("khugepaged"), Preference::Cpus(set("0")), false, "t")
+                .unwrap()
+        ),
+        [(7, "0".into())]
+    );
+    took(&mut e, 7, "0");
+    assert_eq!(
+        sets(&e.unregister(&t("khugepaged")).unwrap()),
+        [(7, "0-5".into())]
+    );
+    // Registered where it already was: never set, so nothing to hand back.
+    e.register(t("oom_reaper"), Preference::Cpus(set("0-5")), false, "t")
+        .unwrap();
+    assert_eq!(sets(&e.unregister(&t("oom_reaper")).unwrap()), []);
+}
+
+#[test]
+fn a_stopping_daemon_hands_back_the_kernels_policy_or_someone_elses_mask() {
+    let rules = vec![
+        rule("khugepaged", Preference::Cpus(set("0"))),
+        rule("oom_reaper", Preference::Cpus(set("0"))),
+        rule("ksmd", Preference::Cpus(set("0-5"))),
+    ];
+    let mut e = on_6_12(rules);
+    // The kernel's own mask; one another tool set; one never touched.
+    e.handle(Event::KthreadNew(kt(7, "khugepaged", "0-5")));
+    e.handle(Event::KthreadNew(kt(8, "oom_reaper", "2")));
+    e.handle(Event::KthreadNew(kt(9, "ksmd", "0-5")));
+    took(&mut e, 7, "0");
+    took(&mut e, 8, "0");
+    let back: Vec<(u32, String)> = e
+        .handed_back()
+        .map(|(k, mask)| (k.pid, mask.to_string()))
+        .collect();
+    assert_eq!(back, [(7, "0-5".into()), (8, "2".into())]);
+}
+
+#[test]
+fn where_the_policy_is_the_kernels_own_the_release_mask_is_written() {
+    // 7.x, isolcpus=6-7: the kernel manages khugepaged on 0-5 ∩ online.
+    let mut e = Engine::new(
+        topo("0-7"),
+        set("0-5"),
+        vec![rule("khugepaged", Preference::Housekeeping)],
+    )
+    .with_kernel("7.3.4-cloud-amd64")
+    .with_boot_isolation(&set("6-7"), &set(""));
+    e.handle(Event::KthreadNew(kt(7, "khugepaged", "0-5")));
+    e.handle(Event::CpuOfflineBegin { cpu: 1 });
+    // Someone narrows it while cpu1 is out: put back as the kernel's
+    // policy with cpu1 in, which the kernel's re-affine on online is not
+    // clipped by (applied 0,2-5 would be).
+    assert_eq!(
+        sets(&e.handle(Event::AffinityChanged {
+            pid: 7,
+            mask: set("2"),
+            by_pid: Some(99),
+            by_comm: Some("taskset".into()),
+        })),
+        [(7, "0-5".into())]
+    );
+    took(&mut e, 7, "0-5");
+    assert!(e.entry(7).unwrap().in_place(e.online()));
+    assert_eq!(e.entry(7).unwrap().refused, None);
+}
+
+#[test]
+fn an_irq_thread_follows_its_irq_and_is_never_set() {
+    // Every unbound kthread prefers housekeeping, as by default; the IRQ
+    // thread's mask is its IRQ's, on isolated cpu 6 now.
+    let mut e = Engine::new(
+        topo("0-7"),
+        set("0-3"),
+        vec![rule("*", Preference::Housekeeping)],
+    )
+    .with_kernel("7.3.4-cloud-amd64");
+    let actions = e.handle(Event::KthreadNew(kt(40, "irq/9-acpi", "6")));
+    assert_eq!(sets(&actions), []);
+    assert_eq!(
+        actions,
+        [Action::ReportFollowsIrq {
+            pid: 40,
+            comm: "irq/9-acpi".into(),
+            irq: 9
+        }]
+    );
+    let entry = e.entry(40).unwrap();
+    assert_eq!((entry.follows_irq, entry.kernel_managed), (Some(9), false));
+    // Not judged, not put back when the IRQ moves it, not retried.
+    for a in [
+        Event::CpuOfflineBegin { cpu: 6 },
+        Event::AffinityChanged {
+            pid: 40,
+            mask: set("7"),
+            by_pid: None,
+            by_comm: None,
+        },
+        Event::Tick,
+    ] {
+        assert_eq!(sets(&e.handle(a)), []);
+    }
+    let t = Target::Comm(CommGlob::new("irq/9-acpi"));
+    assert!(matches!(
+        e.register(t, Preference::Cpus(set("0")), false, "t"),
+        Err(RegistryError::FollowsIrq { irq: 9, .. })
+    ));
+}

@@ -32,6 +32,12 @@ pub struct LiveKthread {
     pub current: String,
     pub pinned: bool,
     pub kernel_managed: bool,
+    /// An IRQ thread following IRQ N (absent from older daemons).
+    #[serde(default)]
+    pub follows_irq: Option<u32>,
+    /// An unbound workqueue worker (absent from older daemons).
+    #[serde(default)]
+    pub follows_workqueue: bool,
     /// Managed, and not where the policy puts it.
     pub drift: bool,
     /// The kernel refused the applied mask with this errno.
@@ -63,6 +69,8 @@ impl LiveView {
                 current: e.current.to_string(),
                 pinned: e.pinned(),
                 kernel_managed: e.kernel_managed,
+                follows_irq: e.follows_irq,
+                follows_workqueue: e.follows_workqueue,
                 drift: !e.in_place(online),
                 refused_errno: e
                     .refused
