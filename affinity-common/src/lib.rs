@@ -58,6 +58,8 @@ pub mod programs {
     pub const TASK_RENAME: &str = "task_rename";
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
     pub const SETAFFINITY_FEXIT: &str = "sched_setaffinity_exit";
+    /// The kernel's own re-affines (fexit on set_cpus_allowed_ptr).
+    pub const REAFFINE_FEXIT: &str = "set_cpus_allowed_ptr_exit";
     pub const SETAFFINITY_ENTER: &str = "sys_enter_sched_setaffinity";
     pub const SETAFFINITY_EXIT: &str = "sys_exit_sched_setaffinity";
 
@@ -73,7 +75,10 @@ pub mod programs {
         (SCHED_PROCESS_EXIT, "sched_process_exit"),
     ];
     /// (program, kernel function) for the fexit programs.
-    pub const FEXITS: &[(&str, &str)] = &[(SETAFFINITY_FEXIT, "sched_setaffinity")];
+    pub const FEXITS: &[(&str, &str)] = &[
+        (SETAFFINITY_FEXIT, "sched_setaffinity"),
+        (REAFFINE_FEXIT, "set_cpus_allowed_ptr"),
+    ];
     /// (program, category, name): the fallback where fexit is refused.
     pub const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
         (SETAFFINITY_ENTER, "syscalls", "sys_enter_sched_setaffinity"),
@@ -92,6 +97,7 @@ pub mod programs {
         TASK_RENAME,
         SCHED_PROCESS_EXIT,
         SETAFFINITY_FEXIT,
+        REAFFINE_FEXIT,
         SETAFFINITY_ENTER,
         SETAFFINITY_EXIT,
     ];

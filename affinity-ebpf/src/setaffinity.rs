@@ -25,9 +25,12 @@ use aya_ebpf::{
     programs::{FExitContext, TracePointContext},
 };
 
-use crate::maps::{
-    ALLOWED, EVENTS, SETAFFINITY, count,
-    globals::{self, DAEMON_TGID, INIT_PIDNS_DEV, INIT_PIDNS_INO},
+use crate::{
+    maps::{
+        ALLOWED, EVENTS, SETAFFINITY, count,
+        globals::{self, DAEMON_TGID, INIT_PIDNS_DEV, INIT_PIDNS_INO},
+    },
+    task::Task,
 };
 
 /// Whether the current task's pid numbers are global ones.
@@ -64,6 +67,28 @@ pub fn sched_setaffinity_exit(ctx: FExitContext) -> i32 {
     }
     let pid: i32 = ctx.arg(0);
     if let Some(target) = registered_target(pid as i64, ctx.pid()) {
+        emit(target);
+    }
+    0
+}
+
+// int set_cpus_allowed_ptr(struct task_struct *p, const struct cpumask *new_mask)
+//
+// The kernel's own re-affines: kthread_affine_preferred() and its CPU-online
+// and partition updates (6.14, 7.0), kcompactd on CPU online before 6.14,
+// cpuset moving the root's tasks. sched_setaffinity() does not come here
+// (it calls __set_cpus_allowed_ptr()), so the daemon's own calls do not
+// either. Reported like a call, the current task (cpuhp/N, a kworker) as
+// the caller, so the daemon hears of it at once rather than at the rescan.
+#[fexit(function = "set_cpus_allowed_ptr")]
+pub fn set_cpus_allowed_ptr_exit(ctx: FExitContext) -> i32 {
+    let ret: i32 = ctx.arg(2);
+    if ret != 0 {
+        return 0;
+    }
+    let task = Task(ctx.arg(0));
+    let target = task.pid();
+    if ALLOWED.get_ptr(target).is_some() {
         emit(target);
     }
     0

@@ -116,11 +116,19 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
         cpuset_isolated: &machine.cpuset_isolated,
     };
     let own = |k: &Kthread| kernel_default(&machine.kernel, k, &machine.topology, &iso);
-    // An offline CPU in a mask is not run on: a mask is the kernel's own
-    // when it is on the CPUs that are online (a release leaves offline
-    // ones in).
+    let release = |k: &Kthread| kernel_release(&machine.kernel, k, &machine.topology, &iso);
+    // In place: on the kernel's own CPUs among those online (an offline CPU
+    // in a mask is not run on), and holding every CPU of the release mask
+    // the cpuset allows, so that no narrower user mask clips the kernel's
+    // next re-affine (a mask left with cpu1 offline matches on the online
+    // CPUs and still would).
     let online = &machine.topology.online;
-    let in_place = |k: &Kthread, to: &CpuSet| k.cpus_allowed.and(online) == *to;
+    let in_place = |k: &Kthread, to: &CpuSet| {
+        k.cpus_allowed.and(online) == *to
+            && release(k)
+                .and_not(&machine.cpuset_isolated)
+                .is_subset(&k.cpus_allowed)
+    };
     let mut rows = Vec::new();
     let mut todo: Vec<(Kthread, CpuSet)> = Vec::new();
     if args.all {
@@ -180,8 +188,7 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
         let (outcome, detail) = if args.dry_run {
             (Outcome::WouldSet, None)
         } else {
-            let release = kernel_release(&machine.kernel, &k, &machine.topology, &iso);
-            match kernel.set_affinity(k.pid, k.start_time, &release) {
+            match kernel.set_affinity(k.pid, k.start_time, &release(&k)) {
                 Ok(_) => (Outcome::Set, None),
                 Err(crate::daemon::kernel::SetAffinityError::Gone(_)) => (Outcome::Gone, None),
                 Err(e) => (Outcome::Failed, Some(format!("{e:#}"))),

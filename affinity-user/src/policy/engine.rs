@@ -538,10 +538,18 @@ impl Engine {
                 if e.pinned() {
                     return actions;
                 }
+                let same = e.current == mask;
                 e.current = mask.clone();
                 if !e.managed() {
                     // Unmanaged: the new mask is simply what it has now.
                     e.applied = mask;
+                    return actions;
+                }
+                // A call that changed nothing, or the kernel re-affining a
+                // kthread it manages to where the policy puts it anyway
+                // (every unbound one at each CPU online on 7.0): nothing
+                // to say, nothing to do.
+                if same || (e.kernel_managed && e.in_place(&self.topology.online)) {
                     return actions;
                 }
                 actions.push(Action::ReportAffinityChanged {
@@ -845,17 +853,15 @@ impl Engine {
     /// clipping the kernel's later choices. Only a preference that differs
     /// from the kernel's own result is set.
     ///
-    /// Where the policy's mask is the kernel's own (the kernel manages it
-    /// and its release mask on the online CPUs is the applied one), the
-    /// release mask is what is written: the same CPUs now, no clip later.
+    /// A mask set here stays as `user_cpus_ptr` and clips the kernel's
+    /// re-affines while the daemon manages the kthread; the daemon puts its
+    /// own mask back after each of them, and hands the kthread back without
+    /// a clip when it stops managing it (`release`).
     fn sync(e: &mut Entry, online: &CpuSet, actions: &mut Vec<Action>) {
         if e.in_place(online) {
             return;
         }
-        let mask = match &e.release {
-            Some(r) if e.kernel_managed && r.and(online) == e.applied => r.clone(),
-            _ => e.applied.clone(),
-        };
+        let mask = e.applied.clone();
         if e.requested.as_ref() == Some(&mask) {
             return;
         }

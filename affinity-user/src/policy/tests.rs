@@ -712,35 +712,6 @@ fn a_stopping_daemon_hands_back_the_kernels_policy_or_someone_elses_mask() {
 }
 
 #[test]
-fn where_the_policy_is_the_kernels_own_the_release_mask_is_written() {
-    // 7.x, isolcpus=6-7: the kernel manages khugepaged on 0-5 ∩ online.
-    let mut e = Engine::new(
-        topo("0-7"),
-        set("0-5"),
-        vec![rule("khugepaged", Preference::Housekeeping)],
-    )
-    .with_kernel("7.3.4-cloud-amd64")
-    .with_boot_isolation(&set("6-7"), &set(""));
-    e.handle(Event::KthreadNew(kt(7, "khugepaged", "0-5")));
-    e.handle(Event::CpuOfflineBegin { cpu: 1 });
-    // Someone narrows it while cpu1 is out: put back as the kernel's
-    // policy with cpu1 in, which the kernel's re-affine on online is not
-    // clipped by (applied 0,2-5 would be).
-    assert_eq!(
-        sets(&e.handle(Event::AffinityChanged {
-            pid: 7,
-            mask: set("2"),
-            by_pid: Some(99),
-            by_comm: Some("taskset".into()),
-        })),
-        [(7, "0-5".into())]
-    );
-    took(&mut e, 7, "0-5");
-    assert!(e.entry(7).unwrap().in_place(e.online()));
-    assert_eq!(e.entry(7).unwrap().refused, None);
-}
-
-#[test]
 fn an_irq_thread_follows_its_irq_and_is_never_set() {
     // Every unbound kthread prefers housekeeping, as by default; the IRQ
     // thread's mask is its IRQ's, on isolated cpu 6 now.
@@ -780,4 +751,37 @@ fn an_irq_thread_follows_its_irq_and_is_never_set() {
         e.register(t, Preference::Cpus(set("0")), false, "t"),
         Err(RegistryError::FollowsIrq { irq: 9, .. })
     ));
+}
+
+#[test]
+fn the_kernel_re_affining_a_kthread_it_manages_onto_the_policy_is_not_reported() {
+    let mut e = Engine::new(
+        topo("0-7"),
+        set("0-3"),
+        vec![rule("khugepaged", Preference::Housekeeping)],
+    )
+    .with_kernel("7.3.4-cloud-amd64");
+    e.handle(Event::KthreadNew(kt(7, "khugepaged", "0-3")));
+    e.handle(Event::CpuOfflineBegin { cpu: 3 });
+    e.handle(Event::CpuOnline {
+        cpu: 3,
+        node: Some(0),
+    });
+    // The kernel's re-affine at the online step, heard from its fexit.
+    let changed = |mask: &str| Event::AffinityChanged {
+        pid: 7,
+        mask: set(mask),
+        by_pid: Some(30),
+        by_comm: Some("cpuhp/3".into()),
+    };
+    assert_eq!(e.handle(changed("0-3")), []);
+    // The same mask again: nothing either.
+    assert_eq!(e.handle(changed("0-3")), []);
+    // Somewhere the policy does not put it: said, and put back.
+    let actions = e.handle(changed("5"));
+    assert!(
+        matches!(actions[0], Action::ReportAffinityChanged { pid: 7, .. }),
+        "{actions:?}"
+    );
+    assert_eq!(sets(&actions), [(7, "0-3".into())]);
 }
