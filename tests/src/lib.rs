@@ -206,6 +206,50 @@ pub fn pid_of(comm: &str) -> u32 {
         .unwrap_or_else(|| panic!("no kthread named {comm} on this kernel"))
 }
 
+/// The kthread the tests that move "a kthread" move: `khugepaged` where
+/// this kernel has one, else `khungtaskd`. Use it (and [`rule`]) instead of
+/// naming either, so one place says which.
+///
+/// khugepaged is what the suite has always moved: a plain `kthread_run`
+/// kthread (unbound, no `PF_NO_SETAFFINITY`), started at boot, never
+/// exiting, that wakes on its own (every `scan_sleep_millisecs`, 10 s).
+/// PREEMPT_RT kernels (the 7-rt VM) have none: `TRANSPARENT_HUGEPAGE`
+/// depends on `!PREEMPT_RT`. khungtaskd is the same kind of kthread there:
+/// `CONFIG_DETECT_HUNG_TASK=y` on every Debian kernel, rt included, created
+/// once by `kthread_run` at boot, and it wakes on its own every
+/// `hung_task_check_interval_secs` (120 s by default) and whenever
+/// `hung_task_timeout_secs` is written. What the tests ask of it (its mask
+/// set, read back, reported and restored) does not depend on how often it
+/// runs. Not kcompactd0 or kswapd0 (kernel-registered: 6.14+ re-affines
+/// them to their node itself, and the NUMA tests move them), not
+/// `oom_reaper` (the second kthread of the tests that move two; it exists
+/// on every kernel with an MMU, rt included), not kthreadd (every new
+/// kthread starts with its mask).
+pub fn movable_kthread() -> &'static str {
+    static NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let all = kthreads();
+        let (name, pid, flags) = ["khugepaged", "khungtaskd"]
+            .into_iter()
+            .find_map(|n| {
+                let (p, _, f) = all.iter().find(|(_, c, _)| c == n)?;
+                Some((n, *p, *f))
+            })
+            .expect("neither khugepaged nor khungtaskd on this kernel");
+        assert_eq!(
+            flags & affinity_common::PF_NO_SETAFFINITY,
+            0,
+            "{name} ({pid}) must be movable: flags {flags:#x}"
+        );
+        name
+    })
+}
+
+/// A rules file of one rule: `match = "matching"`, `prefer = "prefer"`.
+pub fn rule(matching: &str, prefer: &str) -> String {
+    format!("[[rule]]\nmatch = \"{matching}\"\nprefer = \"{prefer}\"\n")
+}
+
 /// A task's Cpus_allowed_list, e.g. "0-1".
 pub fn mask_of(pid: u32) -> String {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))

@@ -12,7 +12,7 @@ use std::{process::Command, time::Duration};
 
 use affinity_tests::{
     daemon::{Daemon, affinity_bin},
-    mask_of, pid_of, set_mask, setup, wait_mask,
+    mask_of, movable_kthread, pid_of, rule, set_mask, setup, wait_mask,
 };
 
 const NOBODY: u32 = 65534;
@@ -58,7 +58,7 @@ fn a_user_with_only_three_capabilities_enforces_and_reports() {
     let Some(_masks) = setup("a_user_with_only_three_capabilities_enforces_and_reports") else {
         return;
     };
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     set_mask(pid, "0-1");
     let uid = NOBODY.to_string();
     let (caps, cap_eff) = granted();
@@ -74,11 +74,13 @@ fn a_user_with_only_three_capabilities_enforces_and_reports() {
         "--ambient-caps",
         caps,
     ];
-    let rules = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"1\"\n";
-    let mut d = Daemon::start_as(&prefix, NOBODY, rules, &[]);
-    d.wait_event(Duration::from_secs(5), "khugepaged applied to 1", |e| {
-        e["type"] == "applied" && e["pid"] == pid && e["mask"] == "1"
-    });
+    let rules = rule(movable_kthread(), "1");
+    let mut d = Daemon::start_as(&prefix, NOBODY, &rules, &[]);
+    d.wait_event(
+        Duration::from_secs(5),
+        "the movable kthread applied to 1",
+        |e| e["type"] == "applied" && e["pid"] == pid && e["mask"] == "1",
+    );
     wait_mask(pid, "1", Duration::from_secs(1));
     // Really not root, and holding exactly what was granted.
     assert_eq!(
@@ -109,7 +111,7 @@ fn root_without_the_capabilities_is_refused_by_name_before_anything_changes() {
     else {
         return;
     };
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     set_mask(pid, "0-1");
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("control.sock");

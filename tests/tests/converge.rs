@@ -24,13 +24,17 @@ use affinity::{
     policy::CpuSet,
 };
 use affinity_tests::{
-    CpuOffline, SYS_CPU, cpu_online, daemon::Daemon, kthreads, mask_of, naming_callers, pid_of,
-    rcu_gp_kthread, repeats, set_mask, setup, wait_for, wait_mask,
+    CpuOffline, SYS_CPU, cpu_online, daemon::Daemon, kthreads, mask_of, movable_kthread,
+    naming_callers, pid_of, rcu_gp_kthread, repeats, rule, set_mask, setup, wait_for, wait_mask,
 };
 use serde_json::Value;
 
 const SECOND: Duration = Duration::from_secs(1);
-const KHUGEPAGED_ON_1: &str = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"1\"\n";
+/// The rules file of most tests: the movable kthread (khugepaged, or
+/// khungtaskd where there is none) prefers cpu1.
+fn movable_on_1() -> String {
+    rule(movable_kthread(), "1")
+}
 
 fn of_type(events: &[Value], ty: &str) -> Vec<Value> {
     events.iter().filter(|e| e["type"] == ty).cloned().collect()
@@ -126,9 +130,9 @@ fn a_failed_teardown_puts_the_masks_back() {
     let Some(_masks) = setup("a_failed_teardown_puts_the_masks_back") else {
         return;
     };
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     set_mask(pid, "0-1");
-    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &[]);
+    let mut d = Daemon::start_with_config(&movable_on_1(), &[]);
     wait_mask(pid, "1", 2 * SECOND);
 
     // The first teardown step refused: the kernel runs no undo callback,
@@ -182,10 +186,10 @@ fn an_unprivileged_flood_cannot_crowd_out_hotplug() {
     let Some(_masks) = setup("an_unprivileged_flood_cannot_crowd_out_hotplug") else {
         return;
     };
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     let reaper = pid_of("oom_reaper");
     set_mask(pid, "0-1");
-    let config = format!("{KHUGEPAGED_ON_1}\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0\"\n");
+    let config = format!("{}\n{}", movable_on_1(), rule("oom_reaper", "0"));
     // Callers named: the flood would be reported if refused calls counted.
     let mut d = Daemon::start_with_config(&config, &naming_callers());
     wait_mask(pid, "1", 2 * SECOND);
@@ -262,7 +266,7 @@ fn hotplug_cycles_with_kthreads_preferring_cpu1_are_not_violations() {
                   [[rule]]\nmatch = \"kdamond*\"\nprefer = \"housekeeping\"\n\n\
                   [[rule]]\nmatch = \"*\"\nprefer = \"1\"\n";
     let mut d = Daemon::start_with_config(config, &[]);
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     wait_mask(pid, "1", 2 * SECOND);
     let cycles = repeats(200);
     let steps = 2 * cycles;
@@ -360,13 +364,13 @@ fn lost_hotplug_records_converge_to_the_kernels_state() {
     let Some(_masks) = setup("lost_hotplug_records_converge_to_the_kernels_state") else {
         return;
     };
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     set_mask(pid, "0-1");
     // A one-page hotplug ring holds ~85 records; a stopped daemon reads
     // none, so of 60 cycles (180 records) only the first ~28 arrive, and
     // the last of them may say cpu1 is offline. Then only reading sysfs
-    // brings khugepaged back to cpu1.
-    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &["--hotplug-ring-bytes", "4096"]);
+    // brings the movable kthread back to cpu1.
+    let mut d = Daemon::start_with_config(&movable_on_1(), &["--hotplug-ring-bytes", "4096"]);
     wait_mask(pid, "1", 2 * SECOND);
     for round in 0..repeats(3) {
         let seen = d.events().len();
@@ -436,10 +440,10 @@ fn a_silent_control_client_delays_neither_hotplug_nor_prefer() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     let reaper = pid_of("oom_reaper");
     set_mask(pid, "0-1");
-    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &["--metrics", &addr.to_string()]);
+    let mut d = Daemon::start_with_config(&movable_on_1(), &["--metrics", &addr.to_string()]);
     wait_mask(pid, "1", 2 * SECOND);
     // Connects and never writes, for the whole test.
     let _silent = UnixStream::connect(&d.socket).expect("connecting");
@@ -505,11 +509,15 @@ fn proc_kernel_sets_reads_back_and_knows_an_exited_pid() {
         .unwrap()
         + 1;
     let mut k = ProcKernel::new("/proc", "/sys", width);
-    let pid = pid_of("khugepaged");
-    let me = k.kthread(pid).unwrap().expect("khugepaged is a kthread");
+    let name = movable_kthread();
+    let pid = pid_of(name);
+    let me = k
+        .kthread(pid)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{name} is a kthread"));
     let got = k
         .set_affinity(pid, me.start_time, &CpuSet::parse("1", width).unwrap())
-        .expect("setting khugepaged's mask");
+        .unwrap_or_else(|e| panic!("setting {name}'s mask: {e:?}"));
     assert_eq!(got.to_string(), "1", "the mask read back");
     assert_eq!(mask_of(pid), "1");
     // Another start time: a reused pid is never touched.

@@ -13,8 +13,8 @@ use std::{process::Command, time::Duration};
 use affinity_tests::{
     CpuOffline,
     daemon::{Daemon, affinity_bin},
-    fexit_allowed, kthreads, mask_of, naming_callers, pid_of, rcu_gp_kthread, repeats, set_mask,
-    setup, wait_for, wait_mask,
+    fexit_allowed, kthreads, mask_of, movable_kthread, naming_callers, pid_of, rcu_gp_kthread,
+    repeats, rule, set_mask, setup, wait_for, wait_mask,
 };
 use serde_json::Value;
 
@@ -24,17 +24,21 @@ fn is(v: &Value, ty: &str, pid: u32) -> bool {
     v["type"] == ty && v["pid"] == pid
 }
 
-const KHUGEPAGED_ON_1: &str = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"1\"\n";
+/// The rules file of most tests: the movable kthread (khugepaged, or
+/// khungtaskd where there is none) prefers cpu1.
+fn movable_on_1() -> String {
+    rule(movable_kthread(), "1")
+}
 
 #[test]
 fn rule_follows_cpu1_offline_and_online() {
     let Some(_masks) = setup("rule_follows_cpu1_offline_and_online") else {
         return;
     };
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     set_mask(pid, "0-1");
-    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &[]);
-    d.wait_event(5 * SECOND, "khugepaged applied to 1", |e| {
+    let mut d = Daemon::start_with_config(&movable_on_1(), &[]);
+    d.wait_event(5 * SECOND, "the movable kthread applied to 1", |e| {
         is(e, "applied", pid) && e["mask"] == "1"
     });
     wait_mask(pid, "1", SECOND);
@@ -65,20 +69,25 @@ fn rule_follows_cpu1_offline_and_online() {
         .filter(|e| is(e, "applied", pid))
         .map(|e| e["mask"].clone())
         .collect();
-    assert_eq!(after, ["0", "1"], "khugepaged: one apply per transition");
+    assert_eq!(
+        after,
+        ["0", "1"],
+        "{}: one apply per transition",
+        movable_kthread()
+    );
     assert!(d.stop().success(), "the daemon exits 0 on SIGTERM");
 }
 
 fn taskset_moves(observe: bool) {
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     set_mask(pid, "0-1");
-    let config = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n";
+    let config = rule(movable_kthread(), "0");
     // Named by fexit, or where it is refused (this host) by the tracepoints.
     let mut args = naming_callers().to_vec();
     if observe {
         args.push("--observe");
     }
-    let mut d = Daemon::start_with_config(config, &args);
+    let mut d = Daemon::start_with_config(&config, &args);
     if !observe {
         wait_mask(pid, "0", 2 * SECOND);
     }
@@ -124,10 +133,12 @@ fn isolate_moves_every_movable_kthread_off_cpu1() {
     let Some(_masks) = setup("isolate_moves_every_movable_kthread_off_cpu1") else {
         return;
     };
-    let movable: Vec<_> = kthreads()
+    // IRQ threads follow their IRQ (steered with --irqs): left alone, and
+    // said so.
+    let (irq_threads, movable): (Vec<_>, Vec<_>) = kthreads()
         .into_iter()
         .filter(|(_, _, f)| f & affinity_common::PF_NO_SETAFFINITY == 0)
-        .collect();
+        .partition(|(_, c, _)| c.starts_with("irq/"));
     let alive = |p: u32| std::path::Path::new(&format!("/proc/{p}")).exists();
     // Spread them over both CPUs first, so the restore below is visible.
     for (p, _, _) in &movable {
@@ -153,6 +164,14 @@ fn isolate_moves_every_movable_kthread_off_cpu1() {
         panic!("movable kthreads still allowed on cpu1: {on1:?}");
     }
     let events = d.events();
+    for (p, c, _) in &irq_threads {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["type"] == "follows_irq" && e["pid"] == *p && e["comm"] == *c),
+            "{c} ({p}) reported as following its IRQ"
+        );
+    }
     let mut pinned: Vec<_> = events
         .iter()
         .filter(|e| e["type"] == "pinned")
@@ -221,12 +240,15 @@ fn rule_matching_a_userspace_process_leaves_it_alone() {
     let bash_pid = bash.id();
     let before = mask_of(bash_pid);
     let config = format!(
-        "[[rule]]\nmatch = \"bash\"\nprefer = \"1\"\n\n[[rule]]\nmatch = \"sleep\"\nprefer = \"1\"\n\n{KHUGEPAGED_ON_1}"
+        "[[rule]]\nmatch = \"bash\"\nprefer = \"1\"\n\n[[rule]]\nmatch = \"sleep\"\nprefer = \"1\"\n\n{}",
+        movable_on_1()
     );
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     set_mask(pid, "0-1");
     let mut d = Daemon::start_with_config(&config, &[]);
-    d.wait_event(5 * SECOND, "khugepaged applied", |e| is(e, "applied", pid));
+    d.wait_event(5 * SECOND, "the movable kthread applied", |e| {
+        is(e, "applied", pid)
+    });
     std::thread::sleep(Duration::from_millis(2500)); // past one rescan
     assert_eq!(
         mask_of(bash_pid),
@@ -258,7 +280,7 @@ fn prefer_twice_needs_update_and_root() {
     };
     let pid = pid_of("oom_reaper");
     set_mask(pid, "0-1");
-    let d = Daemon::start_with_config(KHUGEPAGED_ON_1, &[]);
+    let d = Daemon::start_with_config(&movable_on_1(), &[]);
     let first = prefer(&d, &["oom_reaper", "0"]);
     assert!(
         first.status.success(),
@@ -321,11 +343,12 @@ fn status_and_verify_ask_the_running_daemon() {
     let Some(_masks) = setup("status_and_verify_ask_the_running_daemon") else {
         return;
     };
-    let khugepaged = pid_of("khugepaged");
+    let name = movable_kthread();
+    let movable = pid_of(name);
     let oom = pid_of("oom_reaper");
     set_mask(oom, "0-1");
-    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &[]);
-    wait_mask(khugepaged, "1", SECOND);
+    let mut d = Daemon::start_with_config(&movable_on_1(), &[]);
+    wait_mask(movable, "1", SECOND);
     let first = prefer(&d, &["oom*", "0"]);
     assert!(first.status.success(), "{first:?}");
     wait_mask(oom, "0", SECOND);
@@ -346,15 +369,10 @@ fn status_and_verify_ask_the_running_daemon() {
             .cloned()
             .unwrap_or_else(|| panic!("pid {pid} not in {s}"))
     };
-    let k = row(khugepaged);
+    let k = row(movable);
     assert_eq!(
         (&k["rule"], &k["applied"], &k["current"], &k["drift"]),
-        (
-            &"khugepaged".into(),
-            &"1".into(),
-            &"1".into(),
-            &false.into()
-        )
+        (&name.into(), &"1".into(), &"1".into(), &false.into())
     );
     let o = row(oom);
     assert_eq!(
@@ -396,17 +414,17 @@ fn status_and_verify_ask_the_running_daemon() {
     assert!(ok, "{err}");
     assert!(out.contains("no daemon is running"), "{out}");
 
-    // A daemon that only observes leaves khugepaged where it is: its live
-    // view says that is drift, and verify fails naming it.
-    set_mask(khugepaged, "0-1");
-    let d = Daemon::start_with_config(KHUGEPAGED_ON_1, &["--observe"]);
+    // A daemon that only observes leaves the movable kthread where it is:
+    // its live view says that is drift, and verify fails naming it.
+    set_mask(movable, "0-1");
+    let d = Daemon::start_with_config(&movable_on_1(), &["--observe"]);
     let (ok, out, err) = affinity(&d, &["verify"]);
     assert!(!ok, "verify must fail: {out}{err}");
     assert!(
-        out.contains("khugepaged") && out.contains("--observe") && out.contains("drift: 1 "),
+        out.contains(name) && out.contains("--observe") && out.contains("drift: 1 "),
         "{out}"
     );
-    assert_eq!(mask_of(khugepaged), "0-1");
+    assert_eq!(mask_of(movable), "0-1");
 }
 
 #[test]
@@ -415,11 +433,11 @@ fn apply_sets_the_policy_once_and_refuses_to_run_beside_a_daemon() {
     else {
         return;
     };
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     set_mask(pid, "0-1");
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, KHUGEPAGED_ON_1).unwrap();
+    std::fs::write(&rules, movable_on_1()).unwrap();
     let apply = |socket: &std::path::Path| {
         Command::new(affinity_bin())
             .arg("apply")
@@ -467,19 +485,24 @@ fn sighup_and_reload_apply_a_good_config_once_and_refuse_a_bad_one_whole() {
     else {
         return;
     };
-    let khugepaged = pid_of("khugepaged");
+    let movable = pid_of(movable_kthread());
     let oom = pid_of("oom_reaper");
-    set_mask(khugepaged, "0-1");
+    set_mask(movable, "0-1");
     set_mask(oom, "0-1");
-    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &[]);
-    wait_mask(khugepaged, "1", SECOND);
+    let mut d = Daemon::start_with_config(&movable_on_1(), &[]);
+    wait_mask(movable, "1", SECOND);
     let rules = d.dir().join("rules.toml");
 
-    // A bad file: its first rule would move khugepaged, its second is
-    // wrong. Nothing of it is applied, and the error has its position.
+    // A bad file: its first rule would move the movable kthread, its second
+    // is wrong. Nothing of it is applied, and the error has its position
+    // (line 7, column 10: the second rule's prefer value, whatever the
+    // first rule's name).
     std::fs::write(
         &rules,
-        "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0-x\"\n",
+        format!(
+            "{}\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0-x\"\n",
+            rule(movable_kthread(), "0")
+        ),
     )
     .unwrap();
     let seen = d.events().len();
@@ -497,16 +520,17 @@ fn sighup_and_reload_apply_a_good_config_once_and_refuse_a_bad_one_whole() {
     let (ok, _, err) = affinity(&d, &["reload"]);
     assert!(!ok && err.contains("running policy is unchanged"), "{err}");
     std::thread::sleep(SECOND / 2);
-    assert_eq!(
-        (mask_of(khugepaged), mask_of(oom)),
-        ("1".into(), "0-1".into())
-    );
+    assert_eq!((mask_of(movable), mask_of(oom)), ("1".into(), "0-1".into()));
 
     // A good one, through the control socket this time, with cpu1 going
     // away and back meanwhile: applied once, as a diff of two kthreads.
     std::fs::write(
         &rules,
-        "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0\"\n",
+        format!(
+            "{}\n{}",
+            rule(movable_kthread(), "0"),
+            rule("oom_reaper", "0")
+        ),
     )
     .unwrap();
     {
@@ -515,7 +539,7 @@ fn sighup_and_reload_apply_a_good_config_once_and_refuse_a_bad_one_whole() {
         assert!(ok, "{err}");
         assert!(out.contains("2 kthreads changed"), "{out}");
     }
-    wait_mask(khugepaged, "0", SECOND);
+    wait_mask(movable, "0", SECOND);
     wait_mask(oom, "0", SECOND);
     let reloads: Vec<_> = d
         .events_since(seen)
@@ -540,11 +564,13 @@ fn sigkill_and_restart_converge_to_the_same_masks() {
     let Some(_masks) = setup("sigkill_and_restart_converge_to_the_same_masks") else {
         return;
     };
-    let pid = pid_of("khugepaged");
-    let config = format!("{KHUGEPAGED_ON_1}\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0\"\n");
+    let pid = pid_of(movable_kthread());
+    let config = format!("{}\n{}", movable_on_1(), rule("oom_reaper", "0"));
     set_mask(pid, "0-1");
     let mut d = Daemon::start_with_config(&config, &[]);
-    d.wait_event(5 * SECOND, "khugepaged applied", |e| is(e, "applied", pid));
+    d.wait_event(5 * SECOND, "the movable kthread applied", |e| {
+        is(e, "applied", pid)
+    });
     std::thread::sleep(SECOND);
     let first = all_masks();
     let status = d.stop_with(libc::SIGKILL);
@@ -610,7 +636,7 @@ fn ctrl_c_exits_zero_and_detaches_every_program() {
     // Who moved a kthread: fexit where the kernel allows it, else (asked
     // for) both syscall tracepoints.
     if how == "fexit" {
-        want.push(short(p::SETAFFINITY_FEXIT));
+        want.extend(p::FEXITS.iter().map(|(n, _)| short(n)));
     } else {
         want.push(short(p::SETAFFINITY_ENTER));
         want.push(short(p::SETAFFINITY_EXIT));
@@ -665,22 +691,16 @@ fn attribute_loads_exactly_the_programs_it_names_or_refuses_to_start() {
     assert!(d.stop().success());
     // fexit: where the kernel refuses it, the daemon says so and exits 1
     // before it changes a mask.
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     set_mask(pid, "0-1");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("affinity.toml");
-    std::fs::write(
-        &config,
-        "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n",
-    )
-    .unwrap();
+    let on_0 = rule(movable_kthread(), "0");
+    std::fs::write(&config, &on_0).unwrap();
     if fexit_allowed() {
-        let mut d = Daemon::start_with_config(
-            "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n",
-            &["--attribute", "fexit"],
-        );
+        let mut d = Daemon::start_with_config(&on_0, &["--attribute", "fexit"]);
         let mut want = tracepoints.clone();
-        want.push(short(p::SETAFFINITY_FEXIT));
+        want.extend(p::FEXITS.iter().map(|(n, _)| short(n)));
         want.sort();
         assert_eq!(loaded(), want, "--attribute fexit");
         wait_mask(pid, "0", 2 * SECOND);
@@ -714,12 +734,14 @@ fn two_hundred_hotplug_cycles_end_consistent() {
     let Some(_masks) = setup("two_hundred_hotplug_cycles_end_consistent") else {
         return;
     };
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     let reaper = pid_of("oom_reaper");
-    let config = format!("{KHUGEPAGED_ON_1}\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0-1\"\n");
+    let config = format!("{}\n{}", movable_on_1(), rule("oom_reaper", "0-1"));
     set_mask(pid, "0-1");
     let mut d = Daemon::start_with_config(&config, &[]);
-    d.wait_event(5 * SECOND, "khugepaged applied", |e| is(e, "applied", pid));
+    d.wait_event(5 * SECOND, "the movable kthread applied", |e| {
+        is(e, "applied", pid)
+    });
     let cycles = repeats(200);
     for _ in 0..cycles {
         let _offline = CpuOffline::new(1);
@@ -761,10 +783,12 @@ fn metrics_endpoint_serves_prometheus_text() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     set_mask(pid, "0-1");
-    let mut d = Daemon::start_with_config(KHUGEPAGED_ON_1, &["--metrics", &addr.to_string()]);
-    d.wait_event(5 * SECOND, "khugepaged applied", |e| is(e, "applied", pid));
+    let mut d = Daemon::start_with_config(&movable_on_1(), &["--metrics", &addr.to_string()]);
+    d.wait_event(5 * SECOND, "the movable kthread applied", |e| {
+        is(e, "applied", pid)
+    });
     {
         let _offline = CpuOffline::new(1);
         wait_mask(pid, "0", SECOND);
@@ -864,7 +888,7 @@ fn doctor_checks_this_kernel_and_exits_by_what_the_default_policy_needs() {
         "{v:#}"
     );
     let fexit = fexit_allowed();
-    let attached = p::BTF_TRACEPOINTS.len() + usize::from(fexit);
+    let attached = p::BTF_TRACEPOINTS.len() + if fexit { p::FEXITS.len() } else { 0 };
     assert_eq!(of("programs")["status"], "ok", "{v:#}");
     assert_eq!(
         of("programs")["detail"],
@@ -930,13 +954,13 @@ fn restore_gives_the_masks_a_stopped_daemon_left_back_to_the_kernel() {
     // nohz_full is 2-3), HK_TYPE_DOMAIN from 7.0.
     let own = mask_of(pid_of("kthreadd"));
     let own = own.as_str();
-    let pid = pid_of("khugepaged");
+    let name = movable_kthread();
+    let pid = pid_of(name);
     let reaper = pid_of("oom_reaper");
     set_mask(pid, own);
     set_mask(reaper, own);
-    let config = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"0\"\n\n\
-                  [[rule]]\nmatch = \"oom_reaper\"\nprefer = \"0\"\n";
-    let mut d = Daemon::start_with_config(config, &[]);
+    let config = format!("{}\n{}", rule(name, "0"), rule("oom_reaper", "0"));
+    let mut d = Daemon::start_with_config(&config, &[]);
     wait_mask(pid, "0", 2 * SECOND);
     wait_mask(reaper, "0", 2 * SECOND);
     assert!(d.stop().success());
@@ -956,10 +980,7 @@ fn restore_gives_the_masks_a_stopped_daemon_left_back_to_the_kernel() {
             )
         })
         .collect();
-    assert!(
-        left.contains(&("khugepaged".into(), "0".into())),
-        "{record:#}"
-    );
+    assert!(left.contains(&(name.into(), "0".into())), "{record:#}");
     assert!(
         left.contains(&("oom_reaper".into(), "0".into())),
         "{record:#}"
@@ -993,7 +1014,7 @@ fn restore_gives_the_masks_a_stopped_daemon_left_back_to_the_kernel() {
             .cloned()
             .unwrap_or_else(|| panic!("{comm} in {v:#}"))
     };
-    let k = row(&v, "khugepaged");
+    let k = row(&v, name);
     assert_eq!(
         (&k["outcome"], &k["from"], &k["to"]),
         (&"set".into(), &"0".into(), &own.into()),
@@ -1022,7 +1043,7 @@ fn restore_gives_the_masks_a_stopped_daemon_left_back_to_the_kernel() {
     );
     assert_eq!(mask_of(reaper), "1");
     // Never beside a running daemon.
-    let d2 = Daemon::start_with_config(config, &[]);
+    let d2 = Daemon::start_with_config(&config, &[]);
     wait_mask(pid, "0", 2 * SECOND);
     let out = Command::new(affinity_bin())
         .args(["restore", "--all", "--socket"])
@@ -1042,14 +1063,14 @@ fn systemd_hears_ready_after_the_first_masks_and_stopping_at_the_end() {
         return;
     };
     use std::os::unix::net::UnixDatagram;
-    let pid = pid_of("khugepaged");
+    let pid = pid_of(movable_kthread());
     set_mask(pid, "0-1");
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify.sock");
     let systemd = UnixDatagram::bind(&notify).unwrap();
     systemd.set_read_timeout(Some(20 * SECOND)).unwrap();
     let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"1\"\n").unwrap();
+    std::fs::write(&rules, movable_on_1()).unwrap();
     let mut child = Command::new(affinity_bin())
         .args(["run", "--config"])
         .arg(&rules)
@@ -1069,7 +1090,7 @@ fn systemd_hears_ready_after_the_first_masks_and_stopping_at_the_end() {
         ready.starts_with("READY=1\nSTATUS=enforcing: ") && ready.contains(" kthreads managed, "),
         "{ready:?}"
     );
-    assert_eq!(mask, "1", "khugepaged set before READY=1");
+    assert_eq!(mask, "1", "{} set before READY=1", movable_kthread());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let n = systemd.recv(&mut buf).expect("STOPPING=1");

@@ -1,5 +1,5 @@
-//! `--rt-priority`: the event loop under SCHED_FIFO, every other thread of
-//! the daemon at normal priority. Run with one test thread.
+//! `--rt-priority`: the event loop under SCHED_FIFO (priority 1 by default
+//! when enforcing), every other thread of the daemon at normal priority. Run with one test thread.
 
 #![allow(
     clippy::unwrap_used,
@@ -35,38 +35,45 @@ fn threads(pid: u32) -> Vec<(u32, u32, u32)> {
     out
 }
 
+/// The daemon's threads as (is the main thread, policy, priority).
+fn started_with(args: &[&str]) -> Vec<(bool, u32, u32)> {
+    let mut d = Daemon::start(args);
+    let pid = d.pid();
+    let all = threads(pid)
+        .into_iter()
+        .map(|(tid, policy, prio)| (tid == pid, policy, prio))
+        .collect();
+    assert!(d.stop().success(), "the daemon exits 0 on SIGTERM");
+    all
+}
+
 #[test]
 fn rt_priority_puts_only_the_event_loop_under_sched_fifo() {
     let Some(_masks) = setup("rt_priority_puts_only_the_event_loop_under_sched_fifo") else {
         return;
     };
-    let mut d = Daemon::start(&["--rt-priority", "10"]);
-    let pid = d.pid();
-    let all = threads(pid);
     const SCHED_FIFO: u32 = 1;
-    assert!(
-        all.len() > 1,
-        "the daemon has more than its main thread: {all:?}"
-    );
-    for (tid, policy, prio) in &all {
-        if *tid == pid {
-            assert_eq!(
-                (*policy, *prio),
-                (SCHED_FIFO, 10),
-                "the event loop: {all:?}"
-            );
-        } else {
-            assert_eq!(
-                (*policy, *prio),
-                (0, 0),
-                "thread {tid} runs at normal priority: {all:?}"
-            );
+    for (args, main) in [
+        (&["--rt-priority", "10"][..], (SCHED_FIFO, 10)),
+        // The default when enforcing: the lowest real-time priority.
+        (&[][..], (SCHED_FIFO, 1)),
+        (&["--rt-priority", "0"][..], (0, 0)),
+        // Observing reacts to nothing: normal priority unless asked.
+        (&["--observe"][..], (0, 0)),
+    ] {
+        let all = started_with(args);
+        assert!(
+            all.len() > 1,
+            "{args:?}: more than the main thread: {all:?}"
+        );
+        for (is_main, policy, prio) in &all {
+            let want = if *is_main { main } else { (0, 0) };
+            assert_eq!((*policy, *prio), want, "{args:?}: {all:?}");
         }
     }
-    assert!(d.stop().success(), "the daemon exits 0 on SIGTERM");
 
     // Out of range: refused before anything starts, exit 2.
-    for bad in ["0", "100", "x"] {
+    for bad in ["100", "x"] {
         let out = Command::new(affinity_bin())
             .args(["run", "--rt-priority", bad])
             .output()

@@ -1,6 +1,6 @@
 //! Scenarios only a VM can show: run by `cargo xtask vm-test` in a guest with
-//! 4 vCPUs and `isolcpus=2,3 nohz_full=2,3`, on Debian's 6.1 and 6.12 kernels
-//! (which have no in-kernel preferred affinity).
+//! 4 vCPUs and `isolcpus=2,3 nohz_full=2,3`, on every VM kernel (5.10 to 7.x,
+//! PREEMPT_RT included).
 
 #![allow(
     clippy::unwrap_used,
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use affinity_tests::{
     CpuOffline, MasksGuard, all_cpus_online, daemon::Daemon, kernel_tests_can_run, kthreads,
-    mask_of, pid_of, placed_mask, set_mask, wait_for,
+    mask_of, movable_kthread, pid_of, placed_mask, rule, set_mask, wait_for,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -128,16 +128,21 @@ fn hotplug_keeps_registered_masks_on_online_housekeeping_cpus() {
     let Some(_masks) = in_vm("hotplug_keeps_registered_masks_on_online_housekeeping_cpus") else {
         return;
     };
-    let khugepaged = pid_of("khugepaged");
+    let movable = pid_of(movable_kthread());
     let reaper = pid_of("oom_reaper");
-    set_mask(khugepaged, "0-3");
+    set_mask(movable, "0-3");
     set_mask(reaper, "0-3");
-    // khugepaged prefers isolated CPUs only (never allowed: housekeeping wins),
+    // The movable kthread (khugepaged, or khungtaskd where there is none)
+    // prefers isolated CPUs only (never allowed: housekeeping wins),
     // oom_reaper prefers cpu1 and an isolated one.
-    let config = "[[rule]]\nmatch = \"khugepaged\"\nprefer = \"2-3\"\n\n[[rule]]\nmatch = \"oom_reaper\"\nprefer = \"1,3\"\n";
-    let mut d = Daemon::start_with_config(config, &[]);
+    let config = format!(
+        "{}\n{}",
+        rule(movable_kthread(), "2-3"),
+        rule("oom_reaper", "1,3")
+    );
+    let mut d = Daemon::start_with_config(&config, &[]);
     let check = |k: &str, r: &str, step: &str| {
-        for (pid, want) in [(khugepaged, k), (reaper, r)] {
+        for (pid, want) in [(movable, k), (reaper, r)] {
             if wait_for(5 * SECOND, || (placed_mask(pid) == want).then_some(())).is_none() {
                 panic!(
                     "{step}: pid {pid} mask {} (placed {}) expected {want}",
