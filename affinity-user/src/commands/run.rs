@@ -99,14 +99,20 @@ pub struct RunArgs {
     /// under back-to-back hotplug delayed control requests past 10 s.
     #[arg(long)]
     pub irqs: bool,
-    /// Run the event loop (hotplug records in, masks out) under SCHED_FIFO
-    /// at this priority (1-99), as stalld and rtla run their own threads:
-    /// a busy CPU then cannot delay the reaction to a hotplug step. Needs
-    /// CAP_SYS_NICE (kept for it under --observe too). Off by default; see
-    /// BENCHMARKS.md for what it buys.
-    #[arg(long, value_name = "PRIO", value_parser = clap::value_parser!(u8).range(1..=99))]
+    /// The event loop (hotplug records in, masks out) runs under SCHED_FIFO
+    /// at this priority (1-99), as stalld and rtla run their own threads, so
+    /// that a busy CPU cannot delay the reaction to a hotplug step; 0 runs it
+    /// at normal priority. Default: 1 when enforcing (the lowest real-time
+    /// priority: ahead of every normal task, behind every real-time one;
+    /// BENCHMARKS.md has what it buys), 0 under --observe. Needs
+    /// CAP_SYS_NICE; the default falls back to normal priority with a
+    /// warning where the kernel refuses it (RT group scheduling).
+    #[arg(long, value_name = "PRIO", value_parser = clap::value_parser!(u8).range(0..=99))]
     pub rt_priority: Option<u8>,
 }
+
+/// `--rt-priority` when enforcing and not given: see BENCHMARKS.md §3.
+const DEFAULT_RT_PRIORITY: u8 = 1;
 
 /// How long after its creation a new kthread is read from /proc: its
 /// creator binds, renames and re-affines it right after the rename we saw.
@@ -218,7 +224,7 @@ async fn prepare(args: &RunArgs) -> Result<Prepared> {
     // What it needs, not who it is: BPF and perf events for the programs
     // (--observe too), and CAP_SYS_NICE to set masks unless observing.
     let mut needed = caps::for_bpf(&machine.kernel, caps::memlock_unlimited());
-    if !args.observe || args.rt_priority.is_some() {
+    if !args.observe || args.rt_priority.is_some_and(|p| p > 0) {
         needed.push(Cap::SysNice);
     }
     caps::require_own(&args.roots.proc, "`affinity run`", &needed)?;
@@ -323,11 +329,19 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         );
     }
     observer.set_isolated(machine.topology.possible.and_not(&hk).words())?;
-    if let Some(prio) = args.rt_priority {
-        // This thread runs the event loop; threads started later (output,
-        // scans) reset to normal priority.
-        crate::kernel::sched::fifo_for_this_thread(prio)
-            .with_context(|| format!("--rt-priority {prio}: sched_setscheduler(SCHED_FIFO)"))?;
+    // This thread runs the event loop; threads started later (output,
+    // scans) reset to normal priority.
+    match (args.rt_priority, args.observe) {
+        (Some(0), _) | (None, true) => {}
+        (Some(prio), _) => crate::kernel::sched::fifo_for_this_thread(prio)
+            .with_context(|| format!("--rt-priority {prio}: sched_setscheduler(SCHED_FIFO)"))?,
+        (None, false) => {
+            if let Err(e) = crate::kernel::sched::fifo_for_this_thread(DEFAULT_RT_PRIORITY) {
+                eprintln!(
+                    "affinity: warning: the event loop runs at normal priority (SCHED_FIFO {DEFAULT_RT_PRIORITY} refused: {e}); a busy CPU can delay the reaction to hotplug"
+                );
+            }
+        }
     }
     // Loaded and attached: from here on the daemon updates maps (CAP_BPF)
     // and sets masks (CAP_SYS_NICE), nothing else. Before the output

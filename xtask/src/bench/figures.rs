@@ -142,7 +142,7 @@ pub fn hotplug_reaction(md: &mut String, s: &Setup, cycles: usize) -> Result<()>
     let _ = writeln!(
         md,
         "## 3. Hotplug reaction (target p99 ≤ 1 ms)\n\n{} offline/online cycles of cpu1, 50 ms between steps, per registry \
-         and with the daemon's event loop at normal priority or under `--rt-priority 50` (SCHED_FIFO). *From the event*: \
+         and with the daemon's event loop at normal priority (`--rt-priority 0`) or under SCHED_FIFO 1 (the default when enforcing). *From the event*: \
          from the kernel's timestamp of the cpuhp tracepoint (`bpf_ktime_get_ns`) to the last mask applied for that step \
          (`hotplug_handled.latency_us`). *After the operation*: from the moment the write to \
          `/sys/devices/system/cpu/cpu1/online` returned to the same point (`hotplug_handled.done_ns`, CLOCK_MONOTONIC; \
@@ -159,8 +159,8 @@ pub fn hotplug_reaction(md: &mut String, s: &Setup, cycles: usize) -> Result<()>
         ("all movable (default policy)".to_string(), None),
     ] {
         for (prio, extra) in [
-            ("normal", &[][..]),
-            ("FIFO 50", &["--rt-priority", "50"][..]),
+            ("normal (`--rt-priority 0`)", &["--rt-priority", "0"][..]),
+            ("FIFO 1 (the default)", &[][..]),
         ] {
             let d = Daemon::start(&s.bin, cfg, extra)?;
             std::thread::sleep(Duration::from_millis(500));
