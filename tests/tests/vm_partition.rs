@@ -159,11 +159,11 @@ fn an_isolated_partition_made_at_run_time_moves_managed_kthreads_off_and_back() 
     cgroup2_with_cpuset();
     if !Path::new(CGROUP).join("cpuset.cpus.isolated").exists() {
         let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-        eprintln!(
+        say(&format!(
             "NOT APPLICABLE {name}: kernel {} has no {CGROUP}/cpuset.cpus.isolated (added in 6.8), \
              so no partition is visible to the daemon",
             release.trim()
-        );
+        ));
         return;
     }
     let mut d = Daemon::start(&[]);

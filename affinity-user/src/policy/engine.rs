@@ -595,6 +595,7 @@ impl Engine {
                     .get(&pid)
                     .filter(|e| e.managed() && e.release.is_none())
                     .and_then(|e| self.release_mask(&e.comm, e.flags));
+                let online = self.topology.online.clone();
                 let Some(e) = self.entry_of(pid, start_time) else {
                     return actions;
                 };
@@ -632,7 +633,7 @@ impl Engine {
                     actions.push(Self::policy_while_refused(e));
                 } else {
                     if e.refused.take().is_some() {
-                        actions.push(Self::policy(e));
+                        actions.push(Self::policy(e, &online));
                     }
                 }
             }
@@ -814,7 +815,7 @@ impl Engine {
                 });
             } else {
                 entry.applied = self.applied(entry.preferred.as_ref());
-                actions.push(Self::policy(&entry));
+                actions.push(Self::policy(&entry, &self.topology.online));
             }
         }
         Self::sync(&mut entry, &self.topology.online, actions);
@@ -835,10 +836,22 @@ impl Engine {
         }
     }
 
-    fn policy(e: &Entry) -> Action {
+    /// What the programs judge a kthread's runs against: its applied mask;
+    /// for one the kernel manages and leaves in place across an offline
+    /// step, the mask it really has too. Its mask keeps the departing CPU
+    /// (the daemon does not narrow it), and until the teardown has
+    /// deactivated that CPU the scheduler may still put it there: the
+    /// kernel's business, not a violation. Once the CPU is gone it cannot
+    /// run there anyway.
+    fn policy(e: &Entry, online: &CpuSet) -> Action {
+        let applied = if e.kernel_managed && e.in_place(online) {
+            e.applied.or(&e.current)
+        } else {
+            e.applied.clone()
+        };
         Action::SetPolicy {
             pid: e.pid,
-            applied: e.applied.clone(),
+            applied,
             preferred: e.preferred.clone(),
         }
     }
@@ -922,7 +935,7 @@ impl Engine {
         if changed {
             // A new situation: a mask refused before may be taken now.
             e.refused = None;
-            actions.push(Self::policy(e));
+            actions.push(Self::policy(e, online));
         }
         Self::sync(e, online, actions);
     }

@@ -785,3 +785,31 @@ fn the_kernel_re_affining_a_kthread_it_manages_onto_the_policy_is_not_reported()
     );
     assert_eq!(sets(&actions), [(7, "0-3".into())]);
 }
+
+#[test]
+fn a_kthread_the_kernel_keeps_in_place_across_an_offline_step_is_judged_by_its_real_mask() {
+    let judged = |actions: &[Action]| -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetPolicy { applied, .. } => Some(applied.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let rules = || vec![rule("khugepaged", Preference::Housekeeping)];
+    // 7.x: the kernel leaves khugepaged's mask 0-3 while cpu3 goes; until
+    // the teardown deactivates cpu3 the scheduler may still put it there.
+    let mut e = Engine::new(topo("0-7"), set("0-3"), rules()).with_kernel("7.3.4-cloud-amd64");
+    e.handle(Event::KthreadNew(kt(7, "khugepaged", "0-3")));
+    let actions = e.handle(Event::CpuOfflineBegin { cpu: 3 });
+    assert_eq!(sets(&actions), []);
+    assert_eq!(judged(&actions), ["0-3"]);
+    assert_eq!(e.entry(7).unwrap().applied.to_string(), "0-2");
+    // Before 6.14 the daemon narrows it, and judges by what it set.
+    let mut e = Engine::new(topo("0-7"), set("0-3"), rules()).with_kernel("6.12.117");
+    e.handle(Event::KthreadNew(kt(7, "khugepaged", "0-3")));
+    let actions = e.handle(Event::CpuOfflineBegin { cpu: 3 });
+    assert_eq!(sets(&actions), [(7, "0-2".into())]);
+    assert_eq!(judged(&actions), ["0-2"]);
+}

@@ -50,7 +50,7 @@ use self::{
     profile::PROFILES,
 };
 
-/// The labels `--kernel all` boots, for the log: "5.10, 6.1, 6.12, 7".
+/// The labels `--kernel all` boots, for the log: "5.10, 6.1, 6.12, 7, 7-rt".
 pub fn all_labels() -> String {
     let labels: Vec<_> = KERNELS
         .iter()
