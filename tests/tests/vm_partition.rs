@@ -98,6 +98,23 @@ fn managed(d: &Daemon) -> (String, Vec<(u32, String)>) {
     (v["housekeeping"].as_str().unwrap().to_string(), rows)
 }
 
+/// No kthread's mask set twice since event `seen` (the kernel's own move
+/// and the daemon's must not fight); how many were set.
+fn set_at_most_once(d: &Daemon, seen: usize, what: &str) -> usize {
+    std::thread::sleep(Duration::from_millis(500));
+    let mut per_pid = std::collections::BTreeMap::<u64, usize>::new();
+    for e in d.events_since(seen) {
+        if e["type"] == "applied" {
+            *per_pid.entry(e["pid"].as_u64().unwrap()).or_default() += 1;
+        }
+    }
+    assert!(
+        per_pid.values().all(|&n| n == 1),
+        "{what}: a kthread set more than once (pid: times): {per_pid:?}"
+    );
+    per_pid.len()
+}
+
 /// Waits (2 s at most) until the daemon's housekeeping is `want`.
 fn housekeeping_becomes(d: &Daemon, want: &str) -> Duration {
     let start = Instant::now();
@@ -174,18 +191,22 @@ fn an_isolated_partition_made_at_run_time_moves_managed_kthreads_off_and_back() 
 
     // On 7.x the kernel moves the kthreads it manages itself, at once; the
     // daemon's housekeeping follows within its 1 s re-read either way.
+    let seen = d.events().len();
     let partition = Partition::isolate("1");
     let took = all_placed(&d, "0", Duration::from_secs(2));
     let hk = housekeeping_becomes(&d, "0");
+    let made = set_at_most_once(&d, seen, "the partition made");
     say(&format!(
-        "{name}: off cpu1 after {took:?}, housekeeping 0 after {hk:?}"
+        "{name}: off cpu1 after {took:?}, housekeeping 0 after {hk:?}, {made} masks set"
     ));
 
+    let seen = d.events().len();
     drop(partition);
     let took = all_placed(&d, "0-1", Duration::from_secs(2));
     let hk = housekeeping_becomes(&d, "0-1");
+    let removed = set_at_most_once(&d, seen, "the partition removed");
     say(&format!(
-        "{name}: back on cpu1 after {took:?}, housekeeping 0-1 after {hk:?}"
+        "{name}: back on cpu1 after {took:?}, housekeeping 0-1 after {hk:?}, {removed} masks set"
     ));
     assert!(d.stop().success(), "the daemon exits 0 on SIGTERM");
 }

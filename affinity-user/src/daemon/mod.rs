@@ -520,6 +520,24 @@ impl<K: Kernel, W: Write> Core<K, W> {
     }
 
     pub fn housekeeping_changed(&mut self, housekeeping: CpuSet, maps: &mut impl PolicyMaps) {
+        // An isolated partition made or removed: the kernel re-affines the
+        // kthreads it manages itself (7.0), usually before the daemon reads
+        // the new housekeeping. Their masks are read first, so that it does
+        // not set what the kernel already set, leaving a user mask that
+        // clips the kernel's next re-affine, which it would then fight.
+        let theirs: Vec<(u32, u64)> = self
+            .engine
+            .entries()
+            .filter(|e| e.kernel_managed && e.managed())
+            .map(|e| (e.pid, e.start_time))
+            .collect();
+        for (pid, start_time) in theirs {
+            if let Ok(Some(k)) = self.kernel.kthread(pid)
+                && k.start_time == start_time
+            {
+                self.engine.observed(pid, k.cpus_allowed);
+            }
+        }
         let actions = self.engine.handle(Event::HousekeepingChanged(housekeeping));
         self.execute(actions, maps);
     }

@@ -827,3 +827,62 @@ fn while_the_kernel_refuses_a_mask_runs_where_it_really_is_are_not_judged() {
     assert_eq!(c.kernel.sets.last().map(|(_, m)| m.as_str()), Some("1"));
     assert_eq!(maps.applied(38), Some("1"));
 }
+
+#[test]
+fn a_partition_the_kernel_already_followed_sets_no_mask() {
+    // 7.x: khugepaged and oom_reaper on housekeeping 0-3, the kernel's own.
+    let topology = Topology {
+        width: W,
+        possible: set("0-3"),
+        online: set("0-3"),
+        nodes: BTreeMap::from([(0, set("0-3"))]),
+    };
+    let rules = vec![Rule {
+        target: Target::Comm("*".into()),
+        prefer: Preference::Housekeeping,
+    }];
+    let engine = Engine::new(topology, set("0-3"), rules).with_kernel("7.3.4-cloud-amd64");
+    let tasks = [
+        kt(38, "khugepaged", 0, "0-3"),
+        kt(39, "oom_reaper", 0, "0-3"),
+    ];
+    let kernel = FakeKernel {
+        tasks: tasks.iter().map(|k| (k.pid, k.clone())).collect(),
+        ..Default::default()
+    };
+    let opts = Options {
+        observe: false,
+        restore_on_exit: false,
+    };
+    let mut c = Core::new(
+        engine,
+        kernel,
+        Reporter::new(Vec::new(), report::Format::Json, false),
+        opts,
+    );
+    let mut maps = FakeMaps::new();
+    c.start(&mut maps).unwrap();
+    assert!(c.kernel.sets.is_empty(), "{:?}", c.kernel.sets);
+    // An isolated partition takes cpu3: the kernel moves both itself before
+    // the daemon reads the new housekeeping.
+    for pid in [38, 39] {
+        c.kernel.tasks.get_mut(&pid).unwrap().cpus_allowed = set("0-2");
+    }
+    c.housekeeping_changed(set("0-2"), &mut maps);
+    assert!(
+        c.kernel.sets.is_empty(),
+        "nothing to set: {:?}",
+        c.kernel.sets
+    );
+    assert_eq!(maps.applied(38), Some("0-2"));
+    // And back.
+    for pid in [38, 39] {
+        c.kernel.tasks.get_mut(&pid).unwrap().cpus_allowed = set("0-3");
+    }
+    c.housekeeping_changed(set("0-3"), &mut maps);
+    assert!(
+        c.kernel.sets.is_empty(),
+        "nothing to set: {:?}",
+        c.kernel.sets
+    );
+}

@@ -1054,6 +1054,14 @@ impl Engine {
             })
     }
 
+    /// `pid`'s mask as just read from the kernel, taken as its current one
+    /// without judging it (the caller judges after what comes next).
+    pub fn observed(&mut self, pid: u32, mask: CpuSet) {
+        if let Some(e) = self.entries.get_mut(&pid) {
+            e.current = mask;
+        }
+    }
+
     /// The runtime registration that gives `pid` its preference, if any.
     pub fn registration_of(&self, pid: u32, comm: &str) -> Option<&Target> {
         self.runtime
