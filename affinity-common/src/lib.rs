@@ -163,6 +163,9 @@ pub enum EventKind {
     KthreadExit = 5,
     /// Someone called sched_setaffinity on a registered kthread.
     SetAffinity = 6,
+    /// The kernel re-affined a registered kthread (set_cpus_allowed_ptr);
+    /// the same record as [`EventKind::SetAffinity`].
+    Reaffine = 7,
 }
 
 impl EventKind {
@@ -174,6 +177,7 @@ impl EventKind {
             4 => Self::KthreadNew,
             5 => Self::KthreadExit,
             6 => Self::SetAffinity,
+            7 => Self::Reaffine,
             _ => return None,
         })
     }

@@ -67,7 +67,7 @@ pub fn sched_setaffinity_exit(ctx: FExitContext) -> i32 {
     }
     let pid: i32 = ctx.arg(0);
     if let Some(target) = registered_target(pid as i64, ctx.pid()) {
-        emit(target);
+        emit(target, EventKind::SetAffinity);
     }
     0
 }
@@ -89,17 +89,17 @@ pub fn set_cpus_allowed_ptr_exit(ctx: FExitContext) -> i32 {
     let task = Task(ctx.arg(0));
     let target = task.pid();
     if ALLOWED.get_ptr(target).is_some() {
-        emit(target);
+        emit(target, EventKind::Reaffine);
     }
     0
 }
 
 /// Reports a successful call by the current task on `target`.
-fn emit(target: u32) {
+fn emit(target: u32, kind: EventKind) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let event = SetAffinityEvent {
         header: Header {
-            kind: EventKind::SetAffinity as u32,
+            kind: kind as u32,
             // SAFETY: helpers without preconditions.
             cpu: unsafe { bpf_get_smp_processor_id() },
             // SAFETY: as above.
@@ -158,7 +158,7 @@ pub fn sys_exit_sched_setaffinity(ctx: TracePointContext) -> i32 {
     // SAFETY: as for the entry's offset.
     let ret = unsafe { ctx.read_at::<i64>(EXIT_RET_OFF) }.unwrap_or(-1);
     if ret == 0 {
-        emit(pending.target_pid);
+        emit(pending.target_pid, EventKind::SetAffinity);
     }
     0
 }

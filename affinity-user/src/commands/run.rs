@@ -466,6 +466,16 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
             res = r.observer.next_batch(&mut batch) => {
                 res.context("reading the eBPF ring buffers")?;
                 r.core.stats.records += batch.len() as u64;
+                // The kernel re-affining a managed kthread may follow an
+                // isolated partition made or removed: housekeeping is read
+                // first, so that the new masks are judged by the new
+                // housekeeping instead of the old being put back.
+                if batch
+                    .iter()
+                    .any(|e| matches!(e, Ok(WireEvent::SetAffinity { by_kernel: true, .. })))
+                {
+                    housekeeping_check(r, args)?;
+                }
                 coalesce(&mut batch);
                 // Masks are set as the records are handled: counted from here.
                 let refused = r.core.stats.refused;
@@ -477,17 +487,6 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                     match event {
                         Ok(event) => {
                             hotplug |= matches!(event, WireEvent::Hotplug { .. });
-                            // The kernel re-affining a managed kthread (a
-                            // kernel thread as the caller) may follow an
-                            // isolated partition made or removed: the
-                            // housekeeping is read first, so that the
-                            // daemon judges the new mask by the new
-                            // housekeeping instead of putting the old back.
-                            if let WireEvent::SetAffinity { caller_tgid, .. } = &event
-                                && is_kthread(&args.roots.proc, *caller_tgid)
-                            {
-                                housekeeping_check(r, args)?;
-                            }
                             if let Some(pid) = r.core.on_wire(event, &mut r.observer) {
                                 pending_new.push_back((Instant::now() + NEW_KTHREAD_DELAY, pid));
                             }
@@ -612,10 +611,6 @@ fn start_scan(
         let task = tokio::task::spawn_blocking(move || sysfs::scan_kthreads(&proc, width));
         *scan = Some((task, epoch));
     }
-}
-
-fn is_kthread(proc_root: &std::path::Path, pid: u32) -> bool {
-    matches!(sysfs::stat_of(proc_root, pid), Ok(Some((_, flags, _))) if flags & affinity_common::PF_KTHREAD != 0)
 }
 
 /// Re-reads the kernel's isolation settings (cpuset partitions change at

@@ -570,6 +570,7 @@ fn a_foreign_setaffinity_is_named_and_undone() {
             caller_tgid: 4242,
             caller_comm: "taskset".into(),
             ret: 0,
+            by_kernel: false,
         },
         &mut maps,
     );
@@ -654,6 +655,7 @@ fn coalesce_keeps_the_last_successful_setaffinity_per_target() {
             caller_tgid: caller_pid,
             caller_comm: String::new(),
             ret,
+            by_kernel: false,
         })
     };
     let exit = Ok(WireEvent::KthreadExit {

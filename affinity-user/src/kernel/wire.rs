@@ -78,6 +78,9 @@ pub enum WireEvent {
         caller_tgid: u32,
         caller_comm: String,
         ret: i32,
+        /// From the kernel's own re-affine (set_cpus_allowed_ptr), not a
+        /// sched_setaffinity() call; the caller is whoever ran it.
+        by_kernel: bool,
     },
 }
 
@@ -170,7 +173,7 @@ pub fn decode(bytes: &[u8]) -> Result<WireEvent, WireError> {
             ts_ns,
             task: task(&read(bytes, kind)?),
         },
-        EventKind::SetAffinity => {
+        EventKind::SetAffinity | EventKind::Reaffine => {
             let e: SetAffinityEvent = read(bytes, kind)?;
             WireEvent::SetAffinity {
                 ts_ns,
@@ -179,6 +182,7 @@ pub fn decode(bytes: &[u8]) -> Result<WireEvent, WireError> {
                 caller_tgid: e.caller_tgid,
                 caller_comm: comm_to_string(&e.caller_comm),
                 ret: e.ret,
+                by_kernel: kind == EventKind::Reaffine,
             }
         }
     })
