@@ -229,6 +229,32 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_reaffine_is_a_setaffinity_record_marked_by_kernel() {
+        for (kind, by_kernel) in [(EventKind::SetAffinity, false), (EventKind::Reaffine, true)] {
+            let e = SetAffinityEvent {
+                header: header(kind),
+                target_pid: 38,
+                caller_pid: 30,
+                caller_tgid: 30,
+                ret: 0,
+                caller_comm: *b"cpuhp/1\0\0\0\0\0\0\0\0\0",
+            };
+            assert_eq!(
+                decode(&bytes_of(&e)),
+                Ok(WireEvent::SetAffinity {
+                    ts_ns: 42,
+                    target_pid: 38,
+                    caller_pid: 30,
+                    caller_tgid: 30,
+                    caller_comm: "cpuhp/1".into(),
+                    ret: 0,
+                    by_kernel,
+                })
+            );
+        }
+    }
+
+    #[test]
     fn decodes_task_comm_without_nul() {
         let e = TaskEvent {
             header: header(EventKind::Violation),
