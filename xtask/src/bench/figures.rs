@@ -31,7 +31,7 @@ const TRIPS: u32 = 200_000;
 /// Section 1, hot-path overhead: context switches without and with the
 /// daemon, interleaved.
 pub fn hot_path(md: &mut String, s: &Setup, rounds: usize) -> Result<()> {
-    eprintln!("xtask: bench 1/6: context switches with and without the daemon");
+    eprintln!("xtask: bench 1/7: context switches with and without the daemon");
     let trips = TRIPS;
     ping_pong(trips / 10); // warm up
     let (mut ratios, mut without, mut with) = (Vec::new(), Vec::new(), Vec::new());
@@ -67,7 +67,7 @@ pub fn hot_path(md: &mut String, s: &Setup, rounds: usize) -> Result<()> {
 /// Section 2, per-program cost, from the kernel's BPF statistics.
 pub fn per_program(md: &mut String, s: &Setup) -> Result<()> {
     let trips = TRIPS;
-    eprintln!("xtask: bench 2/6: per-program run time");
+    eprintln!("xtask: bench 2/7: per-program run time");
     let per_prog = {
         let stats = BpfStats::enable()?;
         let d = Daemon::start(&s.bin, Some(&s.cfg50), &[])?;
@@ -136,7 +136,7 @@ fn kernel_program_names() -> Vec<String> {
 /// Section 3, hotplug reaction: cpuhp tracepoint to the last mask applied.
 pub fn hotplug_reaction(md: &mut String, s: &Setup, cycles: usize) -> Result<()> {
     eprintln!(
-        "xtask: bench 3/6: hotplug reaction, {} cycles × 2 registries × 2 priorities",
+        "xtask: bench 3/7: hotplug reaction, {} cycles × 2 registries × 2 priorities",
         cycles
     );
     let _ = writeln!(
@@ -239,7 +239,7 @@ fn monotonic_ns() -> u64 {
 
 /// Section 4, the violation window over 200 hotplug cycles.
 pub fn violation_window(md: &mut String, s: &Setup) -> Result<()> {
-    eprintln!("xtask: bench 4/6: violations over 200 hotplug cycles");
+    eprintln!("xtask: bench 4/7: violations over 200 hotplug cycles");
     let d = Daemon::start(&s.bin, Some(&s.cfg10), &[])?;
     for _ in 0..200 {
         set_cpu1(false)?;
@@ -265,7 +265,7 @@ pub fn violation_window(md: &mut String, s: &Setup) -> Result<()> {
 
 /// Section 5, idle cost: CPU time and peak RSS on the default policy.
 pub fn idle_cost(md: &mut String, s: &Setup, idle_secs: u64) -> Result<()> {
-    eprintln!("xtask: bench 5/6: idle cost over {} s", idle_secs);
+    eprintln!("xtask: bench 5/7: idle cost over {} s", idle_secs);
     let d = Daemon::start(&s.bin, None, &[])?;
     std::thread::sleep(Duration::from_secs(3));
     let t0 = cpu_ticks(d.pid())?;
@@ -291,7 +291,7 @@ pub fn idle_cost(md: &mut String, s: &Setup, idle_secs: u64) -> Result<()> {
 
 /// Section 6, scale: the engine's criterion benchmark and a ring-buffer burst.
 pub fn scale(md: &mut String, s: &Setup) -> Result<()> {
-    eprintln!("xtask: bench 6/6: engine at scale, ring-buffer burst");
+    eprintln!("xtask: bench 6/7: engine at scale, ring-buffer burst");
     let plan = output(
         build::cargo(&[
             "bench",
@@ -333,7 +333,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     percentile(v, 0.5)
 }

@@ -7,11 +7,13 @@
 //! - [`daemon`]: the daemon under measurement and its JSON events.
 //! - [`load`]: context switches, hotplug of cpu1, the kernel's BPF statistics.
 //! - [`procfs`]: kthreads, CPU time and RSS from /proc.
-//! - [`figures`]: the six measurements, each writing its section.
+//! - [`figures`]: the six measurements of affinity, each writing its section.
+//! - [`peers`]: section 7, tuned and tuna beside affinity.
 
 mod daemon;
 mod figures;
 mod load;
+mod peers;
 mod procfs;
 
 use std::{fmt::Write as _, fs, process::Command};
@@ -39,6 +41,12 @@ pub struct BenchArgs {
     /// Seconds of idle measurement.
     #[arg(long, default_value_t = 60)]
     pub idle_secs: u64,
+    /// Seconds of idle measurement per peer tool (section 7).
+    #[arg(long, default_value_t = 20)]
+    pub peer_idle_secs: u64,
+    /// A/B rounds per peer tool for the context-switch ratio.
+    #[arg(long, default_value_t = 3)]
+    pub peer_rounds: usize,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -81,6 +89,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     figures::violation_window(&mut md, &setup)?;
     figures::idle_cost(&mut md, &setup, args.idle_secs)?;
     figures::scale(&mut md, &setup)?;
+    peers::peers(&mut md, &setup, args.peer_rounds, args.peer_idle_secs)?;
 
     md.push('\n');
     md.push_str(FINDINGS);
