@@ -223,14 +223,20 @@ impl Kthreads {
         // narrows the mask the daemon sets. The daemon says so (`refused`:
         // "the kernel set ... instead") and tries again every 50 ms: those
         // kthreads must be right within 1.5 s, before a 2 s rescan would.
+        // Narrowed ("the kernel set ... instead") or, when the mask holds
+        // only the new CPU, refused outright (EINVAL): both the cpuset's
+        // lag. A daemon under SCHED_FIFO (the default) sets the masks soon
+        // enough after the step to meet the refusal as often as the
+        // narrowing.
         let narrowed: Vec<u32> = d
             .events()
             .iter()
             .filter(|e| {
                 e["type"] == "refused"
-                    && e["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with("the kernel set "))
+                    && e["message"].as_str().is_some_and(|m| {
+                        m.starts_with("the kernel set ")
+                            || m.ends_with("Invalid argument (os error 22)")
+                    })
             })
             .filter_map(|e| e["pid"].as_u64().map(|p| p as u32))
             .collect();
