@@ -240,6 +240,7 @@ impl<K: Kernel, W: Write> Core<K, W> {
                 target_pid,
                 caller_tgid,
                 caller_comm,
+                by_kernel,
                 ..
             } => {
                 // The programs report successful calls only; the mask is
@@ -252,6 +253,14 @@ impl<K: Kernel, W: Write> Core<K, W> {
                     .entry(target_pid)
                     .is_none_or(|e| e.start_time != k.start_time)
                 {
+                    return None;
+                }
+                // The kernel moving a kthread onto a CPU the daemon has not
+                // heard come online yet (kcompactd at CPUHP_AP_ONLINE_DYN,
+                // before the step's record): the kernel is ahead, not wrong.
+                // Taken as is; the hotplug record that follows judges it.
+                if by_kernel && !k.cpus_allowed.and_not(self.engine.online()).is_empty() {
+                    self.engine.observed(target_pid, k.cpus_allowed);
                     return None;
                 }
                 self.engine.handle(Event::AffinityChanged {

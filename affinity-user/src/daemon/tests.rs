@@ -888,3 +888,35 @@ fn a_partition_the_kernel_already_followed_sets_no_mask() {
         c.kernel.sets
     );
 }
+
+#[test]
+fn the_kernel_moving_a_kthread_onto_a_cpu_not_yet_heard_online_is_not_fought() {
+    let (mut c, mut maps) = khugepaged_on("0-1");
+    c.on_wire(hotplug(3, HotplugPhase::OfflineBegin, 1), &mut maps);
+    c.on_wire(hotplug(3, HotplugPhase::OfflineDone, 1), &mut maps);
+    let before = c.kernel.sets.len();
+    // cpu3 coming up: the kernel re-affines khugepaged onto it at a step
+    // before the one whose record says the CPU is active.
+    c.kernel.tasks.get_mut(&38).unwrap().cpus_allowed = set("3");
+    let reaffine = |by_kernel| WireEvent::SetAffinity {
+        ts_ns: 0,
+        target_pid: 38,
+        caller_pid: 30,
+        caller_tgid: 30,
+        caller_comm: "cpuhp/3".into(),
+        ret: 0,
+        by_kernel,
+    };
+    c.on_wire(reaffine(true), &mut maps);
+    assert_eq!(
+        c.kernel.sets.len(),
+        before,
+        "not put back: {:?}",
+        c.kernel.sets
+    );
+    assert!(of_type(&reports(&mut c), "affinity_changed").is_empty());
+    // A move by a sched_setaffinity() caller is undone.
+    c.kernel.tasks.get_mut(&38).unwrap().cpus_allowed = set("2");
+    c.on_wire(reaffine(false), &mut maps);
+    assert_eq!(c.kernel.sets.len(), before + 1, "{:?}", c.kernel.sets);
+}
