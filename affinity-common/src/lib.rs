@@ -45,6 +45,11 @@ pub mod maps {
     pub const SETAFFINITY: &str = "SETAFFINITY";
     /// pid → last time a violation of it was reported (rate limit).
     pub const LAST_REPORT: &str = "LAST_REPORT";
+    /// per-CPU [`super::NoiseKey`] → [`super::NoiseStat`]: time spent on
+    /// watched (non-housekeeping) CPUs by kthreads, hard IRQs and softirqs.
+    pub const NOISE: &str = "NOISE";
+    /// per-CPU [`super::NoiseState`]: the run, handler or softirq open now.
+    pub const NOISE_STATE: &str = "NOISE_STATE";
 }
 
 /// Names of the programs, which are also the names of what they attach to.
@@ -62,6 +67,10 @@ pub mod programs {
     pub const REAFFINE_FEXIT: &str = "set_cpus_allowed_ptr_exit";
     pub const SETAFFINITY_ENTER: &str = "sys_enter_sched_setaffinity";
     pub const SETAFFINITY_EXIT: &str = "sys_exit_sched_setaffinity";
+    pub const IRQ_HANDLER_ENTRY: &str = "irq_handler_entry";
+    pub const IRQ_HANDLER_EXIT: &str = "irq_handler_exit";
+    pub const SOFTIRQ_ENTRY: &str = "softirq_entry";
+    pub const SOFTIRQ_EXIT: &str = "softirq_exit";
 
     /// (program, tracepoint category, tracepoint name) for every tp_btf program.
     pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
@@ -73,6 +82,18 @@ pub mod programs {
         (SCHED_PROCESS_FORK, "sched_process_fork"),
         (TASK_RENAME, "task_rename"),
         (SCHED_PROCESS_EXIT, "sched_process_exit"),
+        (IRQ_HANDLER_ENTRY, "irq_handler_entry"),
+        (IRQ_HANDLER_EXIT, "irq_handler_exit"),
+        (SOFTIRQ_ENTRY, "softirq_entry"),
+        (SOFTIRQ_EXIT, "softirq_exit"),
+    ];
+    /// The hard IRQ and softirq programs of the noise report, which
+    /// `--noise-interval 0` leaves unattached.
+    pub const NOISE: &[&str] = &[
+        IRQ_HANDLER_ENTRY,
+        IRQ_HANDLER_EXIT,
+        SOFTIRQ_ENTRY,
+        SOFTIRQ_EXIT,
     ];
     /// (program, kernel function) for the fexit programs.
     pub const FEXITS: &[(&str, &str)] = &[
@@ -96,6 +117,10 @@ pub mod programs {
         SCHED_PROCESS_FORK,
         TASK_RENAME,
         SCHED_PROCESS_EXIT,
+        IRQ_HANDLER_ENTRY,
+        IRQ_HANDLER_EXIT,
+        SOFTIRQ_ENTRY,
+        SOFTIRQ_EXIT,
         SETAFFINITY_FEXIT,
         REAFFINE_FEXIT,
         SETAFFINITY_ENTER,
@@ -331,6 +356,75 @@ pub struct Running {
     pub since_ns: u64,
 }
 
+/// What took time on a watched CPU, the key of [`maps::NOISE`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NoiseKind {
+    /// A kthread's run (id: its pid), less the handlers that interrupted it.
+    Kthread = 1,
+    /// A hard IRQ handler (id: the IRQ number).
+    HardIrq = 2,
+    /// A softirq (id: the vector, see [`SOFTIRQ_NAMES`]), less the hard IRQs
+    /// that interrupted it.
+    SoftIrq = 3,
+}
+
+impl NoiseKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Kthread,
+            2 => Self::HardIrq,
+            3 => Self::SoftIrq,
+            _ => return None,
+        })
+    }
+}
+
+/// The kernel's `softirq_to_name`, indexed by vector (stable since 2.6.34).
+pub const SOFTIRQ_NAMES: [&str; 10] = [
+    "HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU",
+];
+
+/// Entries of [`maps::NOISE`] (an LRU: a kthread that is gone makes room).
+pub const NOISE_ENTRIES: u32 = 4096;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NoiseKey {
+    /// A [`NoiseKind`].
+    pub kind: u32,
+    pub id: u32,
+}
+
+/// Per CPU: how often and how long, since the daemon started.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoiseStat {
+    pub count: u64,
+    pub total_ns: u64,
+}
+
+/// The value type of [`maps::NOISE_STATE`], one per CPU. `hard_ns` and
+/// `soft_ns` only grow: a softirq or a kthread run subtracts what they grew
+/// by while it was open, so time nested in it is counted once, for the
+/// handler that took it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoiseState {
+    pub hard_start: u64,
+    pub hard_ns: u64,
+    pub soft_start: u64,
+    /// `hard_ns` when the open softirq started.
+    pub soft_mark: u64,
+    pub soft_ns: u64,
+    pub run_start: u64,
+    /// `hard_ns + soft_ns` when the open kthread run started.
+    pub run_mark: u64,
+    /// The kthread whose run is open; 0: none.
+    pub run_pid: u32,
+    pub _pad: u32,
+}
+
 /// Pending sched_setaffinity, keyed by the caller's tid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,4 +443,8 @@ mod pod {
     unsafe impl aya::Pod for Policy {}
     // SAFETY: as above.
     unsafe impl aya::Pod for HotplugView {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NoiseKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NoiseStat {}
 }

@@ -1,12 +1,12 @@
 //! Maps and load-time globals shared by the programs.
 
 use affinity_common::{
-    COUNTERS_LEN, Counter, CpuMask, HotplugView, MASK_WORDS, MAX_CPUS, PendingSetAffinity, Policy,
-    Running,
+    COUNTERS_LEN, Counter, CpuMask, HotplugView, MASK_WORDS, MAX_CPUS, NOISE_ENTRIES, NoiseKey,
+    NoiseStat, NoiseState, PendingSetAffinity, Policy, Running,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 
 /// BPF_F_NO_PREALLOC: entries are 1 KiB; only registered kthreads use them.
@@ -43,6 +43,13 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_L
 
 #[map(name = "LAST_REPORT")]
 pub static LAST_REPORT: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+#[map(name = "NOISE")]
+pub static NOISE: LruPerCpuHashMap<NoiseKey, NoiseStat> =
+    LruPerCpuHashMap::with_max_entries(NOISE_ENTRIES, 0);
+
+#[map(name = "NOISE_STATE")]
+pub static NOISE_STATE: PerCpuArray<NoiseState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SETAFFINITY")]
 pub static SETAFFINITY: HashMap<u32, PendingSetAffinity> = HashMap::with_max_entries(1024, 0);

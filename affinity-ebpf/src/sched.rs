@@ -32,6 +32,7 @@ use crate::{
         globals::{self, REPORT_INTERVAL_NS},
         intersects,
     },
+    noise,
     task::Task,
 };
 
@@ -41,9 +42,11 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let prev = Task(ctx.arg(1));
     if prev.flags() & PF_KTHREAD != 0 {
         switched_out(prev);
+        noise::run_ends(prev.pid());
     }
     let next = Task(ctx.arg(2));
     check(next, None, EventKind::Violation);
+    noise::run_starts(next);
     0
 }
 

@@ -47,6 +47,7 @@ fn load(logs: Logs) -> Observer {
         init_pidns: affinity::kernel::bpf::init_pidns("/proc".as_ref()).unwrap(),
         hotplug_ring_bytes: None,
         attribution: affinity::kernel::bpf::Attribution::Off,
+        noise: true,
     };
     Observer::load(EMBEDDED_OBJECT, &cfg, logs)
         .unwrap_or_else(|e| panic!("loading the eBPF object: {e:#}"))

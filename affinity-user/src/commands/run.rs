@@ -34,6 +34,7 @@ use crate::{
         control::{self, ControlCall, ControlServer, Request, Response},
         irq::Steering,
         left, metrics,
+        noise::NoiseNames,
         output::{LineQueue, QUEUE_LINES},
         report::{ColorChoice, Format, Report, Reporter},
     },
@@ -109,6 +110,12 @@ pub struct RunArgs {
     /// warning where the kernel refuses it (RT group scheduling).
     #[arg(long, value_name = "PRIO", value_parser = clap::value_parser!(u8).range(0..=99))]
     pub rt_priority: Option<u8>,
+    /// Every this many seconds, a `noise` record per non-housekeeping CPU:
+    /// what took time there (kthread runs, hard IRQs, softirqs), by source.
+    /// 0 turns noise observation off: the hard IRQ and softirq programs are
+    /// not attached.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub noise_interval: u64,
 }
 
 /// `--rt-priority` when enforcing and not given: see BENCHMARKS.md §3.
@@ -308,6 +315,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     let obs_cfg = ObserverConfig {
         hotplug_ring_bytes: args.hotplug_ring_bytes,
         attribution: args.attribute,
+        noise: args.noise_interval > 0,
         ..ObserverConfig::new(
             layout,
             width,
@@ -437,6 +445,9 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
     let mut isolation = timer(ISOLATION_EVERY);
     let mut summary = timer(SUMMARY_EVERY);
     let mut counters = timer(COUNTERS_EVERY);
+    let noise_every = Duration::from_secs(args.noise_interval.max(1));
+    let mut noise = timer(noise_every);
+    let mut noise_since = Instant::now();
     let mut pending_new: VecDeque<(Instant, u32)> = VecDeque::new();
     let mut batch = Vec::new();
     let mut last_summary = r.core.stats.clone();
@@ -572,6 +583,11 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                 r.core.stats.lines_dropped = r.core.reporter.out_mut().dropped();
                 seen_counters = now;
             }
+            _ = noise.tick(), if args.noise_interval > 0 => {
+                let now = Instant::now();
+                noise_tick(r, args, now.duration_since(noise_since))?;
+                noise_since = now;
+            }
             _ = summary.tick() => {
                 refresh_violation_counters(r)?;
                 if r.core.stats != last_summary {
@@ -582,6 +598,52 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
             }
         }
         publish_metrics(r, &mut last_metrics, args.metrics_by_comm);
+    }
+}
+
+/// The noise programs' totals, read and turned into one record per watched
+/// CPU for the interval that just ended.
+fn noise_tick(r: &mut Running, args: &RunArgs, elapsed: Duration) -> Result<()> {
+    let samples = r
+        .observer
+        .noise()
+        .context("reading the noise totals from the eBPF map")?;
+    let core = &mut r.core;
+    let watched = core.engine.online().and_not(core.engine.housekeeping());
+    let names = NoiseNamer {
+        engine: &core.engine,
+        roots: &args.roots,
+    };
+    let out = core.noise.interval(
+        &samples,
+        &watched,
+        elapsed.as_millis() as u64,
+        &names,
+        &mut core.stats.noise_ns,
+    );
+    for n in out {
+        core.reporter.report(&Report::Noise(n));
+    }
+    Ok(())
+}
+
+/// Names of what made noise: a kthread's comm from the registry, else
+/// from /proc (a per-CPU kthread the engine does not keep); an IRQ's
+/// actions from /sys/kernel/irq.
+struct NoiseNamer<'a> {
+    engine: &'a Engine,
+    roots: &'a super::Roots,
+}
+
+impl NoiseNames for NoiseNamer<'_> {
+    fn comm(&self, pid: u32) -> Option<String> {
+        match self.engine.entry(pid) {
+            Some(e) => Some(e.comm.clone()),
+            None => sysfs::read_stat(&self.roots.proc, pid).map(|(comm, ..)| comm),
+        }
+    }
+    fn irq_actions(&self, irq: u32) -> Option<String> {
+        sysfs::irq_actions(&self.roots.sys, irq)
     }
 }
 
@@ -730,6 +792,7 @@ fn publish_metrics(r: &Running, last: &mut Option<Stats>, by_comm: bool) {
         registered: r.core.managed_count(),
         pinned: r.core.pinned_count(),
         reaction: &s.reaction,
+        noise: &s.noise_ns,
     });
     let _ = tx.send(Arc::new(body));
     *last = Some(s.clone());

@@ -18,7 +18,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::plan::{PlanAction, PlanRow, WhatIf, align, load, plan};
-use crate::daemon::control::{self, LiveKthread, LiveRegistration, LiveView, Request};
+use crate::daemon::{
+    control::{self, LiveKthread, LiveRegistration, LiveView, Request},
+    noise::CpuNoise,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -115,6 +118,8 @@ struct Status {
     kthreads: Vec<StatusRow>,
     /// `affinity prefer` registrations (daemon view only).
     registrations: Vec<LiveRegistration>,
+    /// The daemon's last noise interval per watched CPU (daemon view only).
+    noise: Vec<CpuNoise>,
     /// Why a running daemon was not asked, when it was not.
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
@@ -195,6 +200,7 @@ fn from_daemon(v: LiveView) -> Status {
         drift: kthreads.iter().filter(|r| r.drift).count(),
         kthreads,
         registrations: v.registrations,
+        noise: v.noise,
         note: None,
     }
 }
@@ -228,6 +234,7 @@ fn local(args: &StatusArgs, daemon: bool, note: Option<String>) -> Result<Status
         drift: kthreads.iter().filter(|r| r.drift).count(),
         kthreads,
         registrations: Vec::new(),
+        noise: Vec::new(),
         note,
     })
 }
@@ -331,6 +338,12 @@ fn print_status(s: &Status, only_drift: bool) {
     if !s.registrations.is_empty() && !only_drift {
         println!("runtime registrations (affinity prefer), tried first to last:");
         print_registrations(&s.registrations);
+    }
+    if !s.noise.is_empty() && !only_drift {
+        println!("noise on the non-housekeeping CPUs, last interval:");
+        for n in &s.noise {
+            println!("  {}", n.human());
+        }
     }
 }
 

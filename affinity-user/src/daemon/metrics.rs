@@ -25,7 +25,7 @@
 
 use std::{collections::BTreeMap, fmt::Write, io, sync::Arc, time::Duration};
 
-use super::Histogram;
+use super::{Histogram, noise::SourceKind};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -76,6 +76,8 @@ pub struct MetricsView<'a> {
     pub registered: usize,
     pub pinned: usize,
     pub reaction: &'a Histogram,
+    /// Nanoseconds of noise per (watched CPU, source kind) since start.
+    pub noise: &'a BTreeMap<(u32, SourceKind), u64>,
 }
 
 const VIOLATIONS_HELP: &str = "Runs of a kthread outside its allowed CPUs reported to the daemon (rate-limited ones are in affinity_suppressed_total; reported and rate-limited together in affinity_violations_seen_total)";
@@ -191,6 +193,20 @@ pub fn render(view: &MetricsView<'_>) -> String {
         h.sum_ns as f64 / 1e9,
         h.count
     );
+    // Labels stay bounded: the CPUs ever watched times three kinds.
+    let name = "affinity_isolated_noise_seconds_total";
+    let _ = writeln!(
+        body,
+        "# HELP {name} Time taken on non-housekeeping CPUs by kthread runs, hard IRQ handlers and softirqs (time nested in another is counted once, for the inner one).\n# TYPE {name} counter"
+    );
+    for ((cpu, kind), ns) in view.noise {
+        let _ = writeln!(
+            body,
+            "{name}{{cpu=\"{cpu}\",source_kind=\"{}\"}} {}",
+            kind.name(),
+            *ns as f64 / 1e9
+        );
+    }
     body
 }
 
@@ -430,7 +446,19 @@ mod tests {
             registered: 10,
             pinned: 11,
             reaction: reaction(),
+            noise: noise(),
         }
+    }
+
+    fn noise() -> &'static BTreeMap<(u32, SourceKind), u64> {
+        static NOISE: std::sync::OnceLock<BTreeMap<(u32, SourceKind), u64>> =
+            std::sync::OnceLock::new();
+        NOISE.get_or_init(|| {
+            BTreeMap::from([
+                ((3, SourceKind::Hardirq), 4_500),
+                ((3, SourceKind::Softirq), 250_000_000),
+            ])
+        })
     }
 
     #[test]
@@ -492,6 +520,10 @@ affinity_hotplug_reaction_seconds_bucket{le=\"1\"} 3
 affinity_hotplug_reaction_seconds_bucket{le=\"+Inf\"} 4
 affinity_hotplug_reaction_seconds_sum 2.0031
 affinity_hotplug_reaction_seconds_count 4
+# HELP affinity_isolated_noise_seconds_total Time taken on non-housekeeping CPUs by kthread runs, hard IRQ handlers and softirqs (time nested in another is counted once, for the inner one).
+# TYPE affinity_isolated_noise_seconds_total counter
+affinity_isolated_noise_seconds_total{cpu=\"3\",source_kind=\"hardirq\"} 0.0000045
+affinity_isolated_noise_seconds_total{cpu=\"3\",source_kind=\"softirq\"} 0.25
 "
         );
     }
@@ -543,9 +575,31 @@ affinity_hotplug_reaction_seconds_count 4
             }
             other => panic!("not a histogram: {other:?}"),
         }
+        let noise: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "affinity_isolated_noise_seconds_total")
+            .map(|s| {
+                let Value::Counter(v) = s.value else {
+                    panic!("not a counter: {s:?}")
+                };
+                (
+                    s.labels.get("cpu").unwrap().to_string(),
+                    s.labels.get("source_kind").unwrap().to_string(),
+                    v,
+                )
+            })
+            .collect();
+        assert_eq!(
+            noise,
+            [
+                ("3".into(), "hardirq".into(), 0.0000045),
+                ("3".into(), "softirq".into(), 0.25)
+            ]
+        );
         assert_eq!(
             scrape.docs.len(),
-            13,
+            14,
             "a HELP line per metric: {:?}",
             scrape.docs
         );

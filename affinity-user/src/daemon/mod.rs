@@ -15,6 +15,7 @@ pub mod irq;
 pub mod kernel;
 pub mod left;
 pub mod metrics;
+pub mod noise;
 pub mod output;
 pub mod report;
 mod stats;
@@ -116,6 +117,8 @@ pub struct Core<K: Kernel, W: Write> {
     pub kernel: K,
     pub reporter: Reporter<W>,
     pub stats: Stats,
+    /// Noise on the watched CPUs, fed by `commands::run` every interval.
+    pub noise: noise::NoiseTracker,
     opts: Options,
     /// The last hotplug step acknowledged to the programs.
     acked: u64,
@@ -135,6 +138,7 @@ impl<K: Kernel, W: Write> Core<K, W> {
             kernel,
             reporter,
             stats: Stats::default(),
+            noise: noise::NoiseTracker::default(),
             opts,
             acked: 0,
             disagreement: None,
@@ -590,7 +594,9 @@ impl<K: Kernel, W: Write> Core<K, W> {
 
     /// The live registry for `affinity status`.
     pub fn view(&self) -> control::LiveView {
-        control::LiveView::of(&self.engine, self.opts.observe)
+        let mut view = control::LiveView::of(&self.engine, self.opts.observe);
+        view.noise = self.noise.last.clone();
+        view
     }
 
     fn error(&mut self, message: String) {

@@ -158,6 +158,8 @@ pub enum Report {
     },
     /// IRQs, the default IRQ affinity, the workqueue cpumask: the record
     /// carries its own `type` (`irq_set`, `workqueue_set`…).
+    /// One watched CPU's interval: what took time there, by source.
+    Noise(super::noise::CpuNoise),
     #[serde(untagged)]
     Steer(SteerReport),
 }
@@ -533,6 +535,7 @@ fn human(r: &Report, color: bool) -> String {
             let (code, text) = s.human();
             (steer_kind.as_str(), code, text)
         }
+        Report::Noise(n) => ("noise", "2", n.human()),
     };
     format!(
         "{} {} {text}",

@@ -26,6 +26,8 @@ pub struct Stats {
     pub lines_dropped: u64,
     /// Hotplug reaction: from the kernel's event to the last mask in place.
     pub reaction: Histogram,
+    /// Noise on the watched CPUs: nanoseconds per (CPU, source kind).
+    pub noise_ns: BTreeMap<(u32, super::noise::SourceKind), u64>,
 }
 
 /// Upper bounds of the reaction histogram's buckets, in seconds: the

@@ -6,11 +6,12 @@
 use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
 
 use affinity_common::{
-    COUNTERS_LEN, Counter, CpuMask, HotplugView, MASK_WORDS, Policy, globals, maps, programs,
+    COUNTERS_LEN, Counter, CpuMask, HotplugView, MASK_WORDS, NoiseKey, NoiseStat, Policy, globals,
+    maps, programs,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, FExit, TracePoint},
 };
 use aya_log::EbpfLogger;
@@ -44,6 +45,8 @@ pub enum ObserverError {
     Map { map: &'static str, detail: String },
     #[error("reading kernel BTF for tp_btf programs: {0}")]
     KernelBtf(#[source] aya::BtfError),
+    #[error("eBPF map NOISE: {0}")]
+    Noise(#[from] wire::WireError),
     #[error("waiting for eBPF events: {0}")]
     Io(#[from] std::io::Error),
     #[error("--attribute {asked}: {why}")]
@@ -94,6 +97,8 @@ pub struct ObserverConfig {
     /// Size of the hotplug ring instead of the object's 64 KiB (a power of
     /// two, at least a page): the tests shrink it to force drops.
     pub hotplug_ring_bytes: Option<u32>,
+    /// Attach the hard IRQ and softirq programs of the noise report.
+    pub noise: bool,
 }
 
 impl ObserverConfig {
@@ -110,6 +115,7 @@ impl ObserverConfig {
             init_pidns,
             attribution: Attribution::Auto,
             hotplug_ring_bytes: None,
+            noise: true,
         }
     }
 }
@@ -161,6 +167,7 @@ pub struct Observer {
     ack: Array<MapData, u64>,
     isolated: Array<MapData, CpuMask>,
     counters: PerCpuArray<MapData, u64>,
+    noise: PerCpuHashMap<MapData, NoiseKey, NoiseStat>,
     /// Optional programs that could not be attached on this kernel, and why.
     pub unavailable: Vec<(&'static str, String)>,
     // Last: held only so that the programs and links stay attached until
@@ -235,6 +242,9 @@ impl Observer {
 
         let btf = Btf::from_sys_fs().map_err(ObserverError::KernelBtf)?;
         for &(program, tracepoint) in programs::BTF_TRACEPOINTS {
+            if !cfg.noise && programs::NOISE.contains(&program) {
+                continue;
+            }
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)
                 .ok_or(ObserverError::Map {
@@ -296,6 +306,8 @@ impl Observer {
             Array::try_from(take(&mut ebpf, maps::ISOLATED)?).map_err(map_err(maps::ISOLATED))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)
             .map_err(map_err(maps::COUNTERS))?;
+        let noise =
+            PerCpuHashMap::try_from(take(&mut ebpf, maps::NOISE)?).map_err(map_err(maps::NOISE))?;
         Ok(Observer {
             hotplug: register(hotplug)?,
             events: register(events)?,
@@ -305,6 +317,7 @@ impl Observer {
             ack,
             isolated,
             counters,
+            noise,
             unavailable,
             _ebpf: ebpf,
         })
@@ -413,6 +426,27 @@ impl Observer {
         self.isolated
             .set(0, to_mask(words), 0)
             .map_err(map_err(maps::ISOLATED))
+    }
+
+    /// Every (cpu, source) total the noise programs have summed so far,
+    /// checked (see [`wire::noise_sample`]); entries with nothing counted
+    /// on a CPU are left out.
+    pub fn noise(&self) -> Result<Vec<wire::NoiseSample>, ObserverError> {
+        let mut out = Vec::new();
+        for entry in self.noise.iter() {
+            let (key, per_cpu) = match entry {
+                Ok(e) => e,
+                // An LRU entry evicted between the key walk and the lookup.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(maps::NOISE)(e)),
+            };
+            for (cpu, stat) in per_cpu.iter().enumerate() {
+                if stat.count != 0 {
+                    out.push(wire::noise_sample(cpu as u32, key, *stat)?);
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn counters(&self) -> Result<Counters, ObserverError> {

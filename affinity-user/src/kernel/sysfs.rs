@@ -184,6 +184,13 @@ pub fn read_kthreads(proc_root: &Path, width: u32) -> Vec<Kthread> {
 }
 
 /// The online CPUs as the kernel shows them now.
+/// An IRQ's action names (`/sys/kernel/irq/N/actions`, CONFIG_SPARSE_IRQ),
+/// or None where the kernel has no such file or the IRQ is gone.
+pub fn irq_actions(sys_root: &Path, irq: u32) -> Option<String> {
+    let s = fs::read_to_string(sys_root.join(format!("kernel/irq/{irq}/actions"))).ok()?;
+    Some(s.trim().to_string())
+}
+
 pub fn online_cpus(sys_root: &Path, width: u32) -> Result<CpuSet> {
     let path = sys_root.join("devices/system/cpu/online");
     CpuSet::parse(&read_trimmed(&path)?, width)

@@ -7,7 +7,8 @@
 use std::mem::size_of;
 
 use affinity_common::{
-    EventKind, Header, HotplugEvent, SetAffinityEvent, TASK_COMM_LEN, TaskEvent, phase,
+    EventKind, Header, HotplugEvent, NoiseKey, NoiseKind, NoiseStat, SOFTIRQ_NAMES,
+    SetAffinityEvent, TASK_COMM_LEN, TaskEvent, phase,
 };
 use thiserror::Error;
 
@@ -25,6 +26,62 @@ pub enum WireError {
     },
     #[error("hotplug record has unknown phase {0}")]
     Phase(u32),
+    #[error("noise entry has unknown source kind {0}")]
+    NoiseKind(u32),
+    #[error("noise entry names softirq vector {0}, beyond the kernel's {max}", max = SOFTIRQ_NAMES.len())]
+    SoftIrqVector(u32),
+}
+
+/// One CPU's total for one source, from the NOISE map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoiseSample {
+    pub cpu: u32,
+    pub source: NoiseSource,
+    pub count: u64,
+    pub total_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NoiseSource {
+    Kthread {
+        pid: u32,
+    },
+    HardIrq {
+        irq: u32,
+    },
+    /// An index into [`SOFTIRQ_NAMES`].
+    SoftIrq {
+        vector: u32,
+    },
+}
+
+impl NoiseSource {
+    pub fn kind(self) -> NoiseKind {
+        match self {
+            NoiseSource::Kthread { .. } => NoiseKind::Kthread,
+            NoiseSource::HardIrq { .. } => NoiseKind::HardIrq,
+            NoiseSource::SoftIrq { .. } => NoiseKind::SoftIrq,
+        }
+    }
+}
+
+/// A NOISE entry, checked: a kind the programs do not write, or a softirq
+/// vector the kernel does not have, is an error rather than a guess.
+pub fn noise_sample(cpu: u32, key: NoiseKey, stat: NoiseStat) -> Result<NoiseSample, WireError> {
+    let source = match NoiseKind::from_u32(key.kind).ok_or(WireError::NoiseKind(key.kind))? {
+        NoiseKind::Kthread => NoiseSource::Kthread { pid: key.id },
+        NoiseKind::HardIrq => NoiseSource::HardIrq { irq: key.id },
+        NoiseKind::SoftIrq if (key.id as usize) < SOFTIRQ_NAMES.len() => {
+            NoiseSource::SoftIrq { vector: key.id }
+        }
+        NoiseKind::SoftIrq => return Err(WireError::SoftIrqVector(key.id)),
+    };
+    Ok(NoiseSample {
+        cpu,
+        source,
+        count: stat.count,
+        total_ns: stat.total_ns,
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +248,40 @@ pub fn decode(bytes: &[u8]) -> Result<WireEvent, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn noise_entries_are_checked() {
+        let stat = NoiseStat {
+            count: 3,
+            total_ns: 9_000,
+        };
+        let key = |kind, id| NoiseKey { kind, id };
+        assert_eq!(
+            noise_sample(2, key(2, 24), stat),
+            Ok(NoiseSample {
+                cpu: 2,
+                source: NoiseSource::HardIrq { irq: 24 },
+                count: 3,
+                total_ns: 9_000
+            })
+        );
+        assert_eq!(
+            noise_sample(1, key(1, 77), stat).map(|s| s.source),
+            Ok(NoiseSource::Kthread { pid: 77 })
+        );
+        assert_eq!(
+            noise_sample(1, key(3, 9), stat).map(|s| s.source),
+            Ok(NoiseSource::SoftIrq { vector: 9 })
+        );
+        assert_eq!(
+            noise_sample(1, key(3, 10), stat),
+            Err(WireError::SoftIrqVector(10))
+        );
+        assert_eq!(
+            noise_sample(1, key(0, 1), stat),
+            Err(WireError::NoiseKind(0))
+        );
+    }
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a repr(C) value for a test fixture.

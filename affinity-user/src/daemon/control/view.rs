@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{Engine, cli_form};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LiveView {
     pub kernel: String,
     pub online: String,
@@ -17,6 +17,10 @@ pub struct LiveView {
     pub kthreads: Vec<LiveKthread>,
     /// Tried in this order, before the rules file's rules.
     pub registrations: Vec<LiveRegistration>,
+    /// The last noise interval of every watched CPU (absent from older
+    /// daemons, empty before the first interval or with no CPU watched).
+    #[serde(default)]
+    pub noise: Vec<crate::daemon::noise::CpuNoise>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +105,7 @@ impl LiveView {
             observe,
             kthreads,
             registrations,
+            noise: Vec::new(),
         }
     }
 }
