@@ -8,23 +8,25 @@
 //! without either (see [`NoiseState`]), so a softirq that ksoftirqd runs is
 //! the softirq's, not ksoftirqd's.
 
-use affinity_common::{NoiseKey, NoiseKind, NoiseStat, NoiseState, PF_KTHREAD};
+use affinity_common::{NoiseKey, NoiseKind, NoiseStat, NoiseState};
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 
-use crate::{
-    maps::{ISOLATED, NOISE, NOISE_STATE},
-    task::Task,
-};
+use crate::maps::{ISOLATED, NOISE, NOISE_STATE};
 
 /// This CPU's state, if this CPU is watched.
 #[inline(always)]
 fn watched() -> Option<&'static mut NoiseState> {
     // SAFETY: helper without preconditions.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
+    watched_on(unsafe { bpf_get_smp_processor_id() })
+}
+
+/// The state of `cpu`, this CPU, if it is watched.
+#[inline(always)]
+fn watched_on(cpu: u32) -> Option<&'static mut NoiseState> {
     if !ISOLATED.get(0)?.contains(cpu) {
         return None;
     }
@@ -125,30 +127,24 @@ pub fn softirq_exit(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// From sched_switch: a kthread (not the idle task) starts running here.
+/// From sched_switch: kthread `pid` (not the idle task) starts running on
+/// `cpu`, this CPU.
 #[inline(always)]
-pub fn run_starts(next: Task) {
-    if next.flags() & PF_KTHREAD == 0 {
-        return;
-    }
-    let pid = next.pid();
-    if pid == 0 {
-        return;
-    }
-    if let Some(s) = watched() {
+pub fn run_starts(pid: u32, cpu: u32) {
+    if let Some(s) = watched_on(cpu) {
         s.run_pid = pid;
         s.run_start = now();
         s.run_mark = s.hard_ns + s.soft_ns;
     }
 }
 
-/// From sched_switch: kthread `pid` leaves this CPU.
+/// From sched_switch: kthread `pid` (not the idle task) leaves this CPU.
 #[inline(always)]
 pub fn run_ends(pid: u32) {
     let Some(s) = state() else {
         return;
     };
-    if pid == 0 || s.run_pid != pid {
+    if s.run_pid != pid {
         return;
     }
     let nested = (s.hard_ns + s.soft_ns).wrapping_sub(s.run_mark);

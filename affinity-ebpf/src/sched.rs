@@ -41,12 +41,24 @@ use crate::{
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let prev = Task(ctx.arg(1));
     if prev.flags() & PF_KTHREAD != 0 {
-        switched_out(prev);
-        noise::run_ends(prev.pid());
+        let pid = prev.pid();
+        // The idle tasks (pid 0) are never judged nor counted as noise.
+        if pid != 0 {
+            switched_out(prev, pid);
+            noise::run_ends(pid);
+        }
     }
     let next = Task(ctx.arg(2));
-    check(next, None, EventKind::Violation);
-    noise::run_starts(next);
+    let flags = next.flags();
+    if flags & PF_KTHREAD != 0 {
+        let pid = next.pid();
+        if pid != 0 {
+            // SAFETY: helper without preconditions.
+            let cpu = unsafe { bpf_get_smp_processor_id() };
+            judge(next, flags, pid, cpu, EventKind::Violation);
+            noise::run_starts(pid, cpu);
+        }
+    }
     0
 }
 
@@ -54,19 +66,22 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_migrate_task")]
 pub fn sched_migrate_task(ctx: BtfTracePointContext) -> i32 {
     let task = Task(ctx.arg(0));
-    let dest: u32 = ctx.arg(1);
-    check(task, Some(dest), EventKind::Migrate);
+    let flags = task.flags();
+    if flags & PF_KTHREAD == 0 {
+        return 0;
+    }
+    let pid = task.pid();
+    // The idle tasks: PF_KTHREAD and, before 5.13 or so, movable.
+    if pid != 0 {
+        judge(task, flags, pid, ctx.arg(1), EventKind::Migrate);
+    }
     0
 }
 
 /// A kthread leaves this CPU: if its run here was a violation, report it
 /// now that its length is known.
 #[inline(always)]
-fn switched_out(prev: Task) {
-    let pid = prev.pid();
-    if pid == 0 {
-        return;
-    }
+fn switched_out(prev: Task, pid: u32) {
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(slot) = RUNNING.get_ptr_mut(cpu) else {
@@ -85,21 +100,11 @@ fn switched_out(prev: Task) {
     emit(prev, prev.flags(), EventKind::Violation, cpu, now, run_ns);
 }
 
-/// `cpu`: where the task is going; None for "this CPU", read only once the
-/// task is known to be a kthread (the common case must stay cheap).
+/// A kthread (`flags`, `pid` ≠ 0, read once by the caller: the common case,
+/// not a kthread, costs the one load of the flags) runs or is going to
+/// run on `cpu`.
 #[inline(always)]
-fn check(task: Task, cpu: Option<u32>, kind: EventKind) {
-    let flags = task.flags();
-    if flags & PF_KTHREAD == 0 {
-        return;
-    }
-    let pid = task.pid();
-    // The idle tasks (pid 0): PF_KTHREAD and, before 5.13 or so, movable.
-    if pid == 0 {
-        return;
-    }
-    // SAFETY: helper without preconditions.
-    let cpu = cpu.unwrap_or_else(|| unsafe { bpf_get_smp_processor_id() });
+fn judge(task: Task, flags: u32, pid: u32, cpu: u32, kind: EventKind) {
     // SAFETY: the value is only read, and userspace replaces values whole.
     let policy = unsafe { ALLOWED.get(pid) };
     match policy {

@@ -290,6 +290,7 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
         hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
     };
     let mut running = start(&args, prepared, signals)?;
+    give_back_start_up_memory();
     let result = event_loop(&mut running, &args).await;
     shutdown(running, result)
 }
@@ -430,6 +431,17 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         metrics,
         masks_file: left::path_for(&args.socket),
     })
+}
+
+/// Start-up parses the kernel's BTF (several MB, twice: the layout and the
+/// tp_btf attach) and reads every kthread; glibc keeps the freed heap
+/// mapped unless asked. What the daemon holds from here on is small.
+fn give_back_start_up_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages; no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn timer(every: Duration) -> Interval {

@@ -198,6 +198,11 @@ impl Observer {
         let words_used = cfg.width.div_ceil(64).clamp(1, MASK_WORDS as u32);
         let (ns_dev, ns_ino) = cfg.init_pidns;
         let mut loader = EbpfLoader::new();
+        // The loader parses the kernel's BTF for CO-RE relocations, which
+        // Rust eBPF does not emit. Dropped now rather than held through the
+        // load beside the parse the tp_btf attach below needs: two parsed
+        // vmlinux BTFs at once were most of the daemon's peak RSS.
+        loader.btf(None);
         if let Some(bytes) = cfg.hotplug_ring_bytes {
             loader.map_max_entries(maps::HOTPLUG_EVENTS, bytes);
         }
