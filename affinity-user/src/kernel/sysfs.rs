@@ -148,17 +148,13 @@ pub struct Scan {
 }
 
 /// Every kthread, by pid. Kthreads are single-threaded, so the top level of
-/// /proc lists them all. An unreadable /proc is an error, not "no kthreads".
+/// /proc lists them all; every one but kthreadd (pid 2) is a child of
+/// kthreadd, so where the kernel lists children (CONFIG_PROC_CHILDREN) only
+/// those are read, not every process on the machine. An unreadable /proc
+/// is an error, not "no kthreads".
 pub fn scan_kthreads(proc_root: &Path, width: u32) -> std::io::Result<Scan> {
     let mut scan = Scan::default();
-    for entry in fs::read_dir(proc_root)? {
-        let Some(pid) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in candidates(proc_root)? {
         match kthread_of(proc_root, pid, width) {
             Ok(Some(k)) => scan.kthreads.push(k),
             Ok(None) => {}
@@ -176,6 +172,31 @@ pub fn scan_kthreads(proc_root: &Path, width: u32) -> std::io::Result<Scan> {
     Ok(scan)
 }
 
+/// The pids that may be kthreads: kthreadd and its children, else every
+/// pid in /proc.
+fn candidates(proc_root: &Path) -> std::io::Result<Vec<u32>> {
+    if let Ok(children) = fs::read_to_string(proc_root.join("2/task/2/children")) {
+        let mut pids = vec![2];
+        pids.extend(
+            children
+                .split_ascii_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+        return Ok(pids);
+    }
+    let mut pids = Vec::new();
+    for entry in fs::read_dir(proc_root)? {
+        if let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
 /// Every kthread that can be read now, by pid (empty if /proc cannot be).
 pub fn read_kthreads(proc_root: &Path, width: u32) -> Vec<Kthread> {
     scan_kthreads(proc_root, width)
@@ -183,7 +204,6 @@ pub fn read_kthreads(proc_root: &Path, width: u32) -> Vec<Kthread> {
         .unwrap_or_default()
 }
 
-/// The online CPUs as the kernel shows them now.
 /// An IRQ's action names (`/sys/kernel/irq/N/actions`, CONFIG_SPARSE_IRQ),
 /// or None where the kernel has no such file or the IRQ is gone.
 pub fn irq_actions(sys_root: &Path, irq: u32) -> Option<String> {
@@ -191,6 +211,7 @@ pub fn irq_actions(sys_root: &Path, irq: u32) -> Option<String> {
     Some(s.trim().to_string())
 }
 
+/// The online CPUs as the kernel shows them now.
 pub fn online_cpus(sys_root: &Path, width: u32) -> Result<CpuSet> {
     let path = sys_root.join("devices/system/cpu/online");
     CpuSet::parse(&read_trimmed(&path)?, width)
@@ -484,6 +505,44 @@ mod tests {
             Some(("kworker/u8:0 (x)".into(), 69238880, 12345))
         );
         assert_eq!(parse_stat("38 (khugepaged) S 2 0"), None);
+    }
+
+    fn fake_task(proc: &Path, pid: u32, comm: &str, flags: u32) {
+        fs::create_dir_all(proc.join(pid.to_string())).unwrap();
+        fs::write(
+            proc.join(format!("{pid}/stat")),
+            format!("{pid} ({comm}) S 0 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 7 0"),
+        )
+        .unwrap();
+        fs::write(
+            proc.join(format!("{pid}/status")),
+            "Name:\tx\nCpus_allowed_list:\t0-1\n",
+        )
+        .unwrap();
+    }
+
+    /// kthreadd's children are the kthreads: a process elsewhere in /proc
+    /// is not read at all where the kernel lists them.
+    #[test]
+    fn the_rescan_reads_kthreadd_and_its_children_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path();
+        fake_task(proc, 2, "kthreadd", PF_KTHREAD);
+        fake_task(proc, 10, "kswapd0", PF_KTHREAD);
+        // A kthread-looking entry that is no child of kthreadd: unreadable
+        // garbage would make it "unreadable" if it were read.
+        fs::create_dir_all(proc.join("11")).unwrap();
+        fs::write(proc.join("11/stat"), "garbage").unwrap();
+        fs::create_dir_all(proc.join("2/task/2")).unwrap();
+        fs::write(proc.join("2/task/2/children"), "10 ").unwrap();
+        let scan = scan_kthreads(proc, 2).unwrap();
+        let pids: Vec<u32> = scan.kthreads.iter().map(|k| k.pid).collect();
+        assert_eq!((pids, scan.unreadable), (vec![2, 10], vec![]));
+        // Without the children file: every pid, so 11 is read and fails.
+        fs::remove_file(proc.join("2/task/2/children")).unwrap();
+        let scan = scan_kthreads(proc, 2).unwrap();
+        let pids: Vec<u32> = scan.kthreads.iter().map(|k| k.pid).collect();
+        assert_eq!((pids, scan.unreadable), (vec![2, 10], vec![11]));
     }
 
     /// A fake /sys and /proc: the roots are parameters for this.
