@@ -10,8 +10,9 @@
 //! For each: the ping-pong ratio against nothing running (interleaved),
 //! its CPU time while idle, the movable kthreads it left allowed on cpu1,
 //! and how long after a new kthread appears (the journal thread of an ext4
-//! image mounted through a loop device) it is off cpu1. Every kthread's
-//! mask is put back after each tool.
+//! image mounted through a loop device) it is off cpu1, and how long after
+//! someone else widens a kthread it moved back onto cpu1 it undoes that.
+//! Every kthread's mask is put back after each tool.
 
 use std::{
     fmt::Write as _,
@@ -177,6 +178,38 @@ fn on_cpu1() -> usize {
         .count()
 }
 
+/// Someone widens a kthread the tool moved off cpu1 back onto it (as a
+/// script resetting masks would): how long until it is off cpu1 again
+/// (None: not within `within`). Err when the tool left no kthread off cpu1.
+fn foreign_change_undone(within: Duration) -> Result<Option<Duration>> {
+    let pid = movable()
+        .into_iter()
+        .find(|p| cpus_allowed(*p).is_some_and(|m| !has_cpu1(&m)))
+        .context("no movable kthread is off cpu1 to move back onto it")?;
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity only touch it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(1, &mut set);
+        libc::sched_setaffinity(pid as i32, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        bail!(
+            "sched_setaffinity({pid}, 0-1): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if cpus_allowed(pid).is_some_and(|m| !has_cpu1(&m)) {
+            return Ok(Some(start.elapsed()));
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    Ok(None)
+}
+
 /// An ext4 image on a tmpfs of its own, mounted through a loop device:
 /// the kernel starts its journal kthread, `jbd2/loopN-8`.
 struct Ext4 {
@@ -290,6 +323,8 @@ struct Row {
     idle_pct: Option<f64>,
     left_on_cpu1: usize,
     new_kthread: Result<Option<Duration>>,
+    /// A mask someone else changed, until it is off cpu1 again.
+    put_back: Result<Option<Duration>>,
     note: Option<String>,
 }
 
@@ -332,6 +367,7 @@ pub fn peers(md: &mut String, s: &Setup, rounds: usize, idle_secs: u64) -> Resul
             idle_pct: None,
             left_on_cpu1: 0,
             new_kthread: Ok(None),
+            put_back: Ok(None),
             note: None,
         };
         if peer == Peer::Tuned
@@ -370,6 +406,7 @@ pub fn peers(md: &mut String, s: &Setup, rounds: usize, idle_secs: u64) -> Resul
         }
         row.left_on_cpu1 = on_cpu1();
         row.new_kthread = ext4.new_kthread_off_cpu1(Duration::from_secs(5));
+        row.put_back = foreign_change_undone(Duration::from_secs(5));
         r.stop()?;
         rows.push(row);
     }
@@ -388,8 +425,9 @@ pub fn peers(md: &mut String, s: &Setup, rounds: usize, idle_secs: u64) -> Resul
          section 1, {rounds} rounds interleaved with nothing running. Idle: the tool's own CPU time over {idle_secs} s after \
          3 s to settle (tuna has exited by then). Left on cpu1: movable kthreads (IRQ threads aside) still allowed on cpu1 \
          once it settled, of {baseline} before. New kthread: from the `mount -o loop` of an ext4 image returning until its \
-         new journal kthread (`jbd2/loopN-8`) is off cpu1, polled every 0.5 ms for 5 s.\n\n\
-         | tool | ping-pong ratio (median, min–max) | idle CPU | left on cpu1 | new kthread off cpu1 |\n|---|---|---|---|---|"
+         new journal kthread (`jbd2/loopN-8`) is off cpu1, polled every 0.5 ms for 5 s. Put back: a kthread the tool moved \
+         off cpu1 is set to 0-1 by someone else (`sched_setaffinity`), until it is off cpu1 again, polled the same way.\n\n\
+         | tool | ping-pong ratio (median, min–max) | idle CPU | left on cpu1 | new kthread off cpu1 | someone's change put back |\n|---|---|---|---|---|---|"
     );
     for r in &rows {
         let ratio = r.ratio.map_or("–".into(), |(m, lo, hi)| {
@@ -398,16 +436,18 @@ pub fn peers(md: &mut String, s: &Setup, rounds: usize, idle_secs: u64) -> Resul
         let idle = r
             .idle_pct
             .map_or("– (not running)".into(), |p| format!("{p:.3} %"));
-        let new = match &r.new_kthread {
+        let within = |m: &Result<Option<Duration>>| match m {
             Ok(Some(d)) => format!("{:.1} ms", d.as_secs_f64() * 1000.0),
             Ok(None) => "not within 5 s".into(),
             Err(e) => format!("not measured: {e:#}"),
         };
         let _ = writeln!(
             md,
-            "| {} | {ratio} | {idle} | {} | {new} |",
+            "| {} | {ratio} | {idle} | {} | {} | {} |",
             r.peer.name(),
-            r.left_on_cpu1
+            r.left_on_cpu1,
+            within(&r.new_kthread),
+            within(&r.put_back)
         );
     }
     md.push('\n');
