@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{
     daemon::Daemon,
     load::{BpfStats, ping_pong, set_cpu1},
-    procfs::{cpu_ticks, kthread_comms, registered, vm_hwm_kib},
+    procfs::{cpu_ticks, kthread_comms, registered, status_kib},
 };
 use crate::{bootstrap::output, build};
 
@@ -273,7 +273,8 @@ pub fn idle_cost(md: &mut String, s: &Setup, idle_secs: u64) -> Result<()> {
     std::thread::sleep(Duration::from_secs(idle_secs));
     let ticks = cpu_ticks(d.pid())? - t0;
     let wall = start.elapsed().as_secs_f64();
-    let hwm = vm_hwm_kib(d.pid())?;
+    let mb = |field: &str| status_kib(d.pid(), field).map(|k| k as f64 / 1024.0);
+    let (hwm, rss, anon, file) = (mb("VmHWM")?, mb("VmRSS")?, mb("RssAnon")?, mb("RssFile")?);
     d.stop()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -281,10 +282,11 @@ pub fn idle_cost(md: &mut String, s: &Setup, idle_secs: u64) -> Result<()> {
     let _ = writeln!(
         md,
         "## 5. Idle cost (targets < 0.1 % of one CPU, < 30 MB)\n\nThe daemon on the default policy, no hotplug, {wall:.0} s: \
-         **{cpu_s:.2} CPU seconds = {:.3} % of one CPU** (resolution {:.2} s), **peak RSS {:.1} MB** (VmHWM).\n",
+         **{cpu_s:.2} CPU seconds = {:.3} % of one CPU** (resolution {:.2} s), **peak RSS {hwm:.1} MB** (VmHWM, set \
+         while loading), **{rss:.1} MB resident at the end** ({anon:.1} MB anonymous, {file:.1} MB file-backed: the \
+         binary's pages).\n",
         100.0 * cpu_s / wall,
         1.0 / hz,
-        hwm as f64 / 1024.0
     );
     Ok(())
 }

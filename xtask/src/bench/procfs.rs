@@ -58,11 +58,12 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }
 
-pub fn vm_hwm_kib(pid: u32) -> Result<u64> {
+/// A `kB` field of /proc/PID/status: `VmHWM`, `VmRSS`, `RssAnon`…
+pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
