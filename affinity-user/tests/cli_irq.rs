@@ -62,6 +62,34 @@ fn check_accepts_irq_rules_and_names_the_line_of_a_bad_one() {
     );
 }
 
+#[test]
+fn check_counts_workqueue_rules_and_names_the_line_of_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    let good = "[[workqueue]]\nmatch = \"writeback\"\nprefer = \"0-1\"\n";
+    std::fs::write(&path, good).unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = affinity(&["check", "--snapshot", &numa64(), "--json", p]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&v["workqueue_rules"], &v["irq_rules"]),
+        (&1.into(), &0.into()),
+        "{v}"
+    );
+    std::fs::write(
+        &path,
+        format!("{good}\n[[workqueue]]\nmatch = \"blkcg*\"\nprefer = \"node:9\"\n"),
+    )
+    .unwrap();
+    let (code, _, err) = affinity(&["check", "--snapshot", &numa64(), p]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(":7:11: rule for blkcg*: node 9 does not exist on this machine"),
+        "{err}"
+    );
+}
+
 /// The config is read before root, the control socket or BPF: a bad one
 /// stops `run` with nothing changed, as root or not.
 #[test]

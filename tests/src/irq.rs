@@ -1,5 +1,6 @@
-//! IRQ masks, the default IRQ affinity and the workqueue cpumask, read
-//! and put back for the kernel tests (through the daemon's own reader).
+//! IRQ masks, the default IRQ affinity and the workqueue cpumasks (global
+//! and each WQ_SYSFS workqueue's), read and put back for the kernel tests
+//! (through the daemon's own reader).
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -36,6 +37,9 @@ pub fn all_masks() -> BTreeMap<MaskFile, String> {
     }
     if let Some(w) = scan.workqueue {
         out.insert(MaskFile::Workqueue, w.to_string());
+    }
+    for (name, mask) in scan.workqueues {
+        out.insert(MaskFile::NamedWorkqueue(name), mask.to_string());
     }
     out
 }

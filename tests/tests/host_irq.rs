@@ -14,7 +14,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use affinity::policy::{CpuSet, MaskFile};
+use affinity::policy::{CpuSet, MaskFile, WqName};
 use affinity_tests::{
     CpuOffline,
     daemon::Daemon,
@@ -245,5 +245,50 @@ fn sighup_applies_new_irq_rules_as_a_diff() {
         all_masks(),
         before,
         "--restore-on-exit puts every mask back"
+    );
+}
+
+#[test]
+fn a_workqueue_rule_sets_writeback_and_restore_puts_it_back() {
+    let Some(_masks) = setup("a_workqueue_rule_sets_writeback_and_restore_puts_it_back") else {
+        return;
+    };
+    let writeback = MaskFile::NamedWorkqueue(WqName::new("writeback").unwrap());
+    let before = all_masks();
+    assert!(
+        before.contains_key(&writeback),
+        "no /sys/devices/virtual/workqueue/writeback/cpumask: {before:?}"
+    );
+    assert_ne!(
+        before[&writeback], "0",
+        "the test needs writeback not on 0 alone"
+    );
+    // writeback prefers CPUs 0-1; cpu1 isolated leaves P∩H∩O = 0. A rule
+    // naming no workqueue is a warning, not an error.
+    let rules = "[[workqueue]]\nmatch = \"writeback\"\nprefer = \"0-1\"\n\n[[workqueue]]\nmatch = \"no_such_wq\"\nprefer = \"0\"\n";
+    let mut d =
+        Daemon::start_with_config(rules, &["--irqs", "--isolate", "1", "--restore-on-exit"]);
+    let set = d.wait_event(5 * SECOND, "writeback's cpumask set", |e| {
+        e["type"] == "workqueue_set" && e["workqueue"] == "writeback"
+    });
+    assert_eq!(
+        (set["mask"].as_str(), set["effective"].as_str()),
+        (Some("0"), Some("0")),
+        "{set}"
+    );
+    assert_eq!(all_masks()[&writeback], "0");
+    // Past a rescan: not written again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let sets = d
+        .events()
+        .iter()
+        .filter(|e| e["workqueue"] == "writeback")
+        .count();
+    assert_eq!(sets, 1, "{:#?}", d.events());
+    assert!(d.stop().success());
+    assert_eq!(
+        all_masks(),
+        before,
+        "--restore-on-exit puts writeback's cpumask back exactly, and every other mask"
     );
 }

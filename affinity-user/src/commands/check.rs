@@ -66,6 +66,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
             valid: errors.is_empty(),
             rules: config.map(|c| c.rules.len()),
             irq_rules: config.map(|c| c.irq.len()),
+            workqueue_rules: config.map(|c| c.workqueue.len()),
             errors,
             warnings: &warns,
         })?;
@@ -111,6 +112,7 @@ struct Report<'a> {
     /// Only for a valid file.
     rules: Option<usize>,
     irq_rules: Option<usize>,
+    workqueue_rules: Option<usize>,
     errors: Vec<ConfigError>,
     warnings: &'a [Warning],
 }

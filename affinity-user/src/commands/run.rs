@@ -365,6 +365,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
             machine.topology.clone(),
             hk.clone(),
             config.irq.clone(),
+            config.workqueue.clone(),
             IrqFs::new(&args.roots.proc, &args.roots.sys, width),
             &opts,
         )
@@ -387,10 +388,10 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     // A hotplug between reading the machine and attaching the programs.
     core.converge(&mut observer, false);
     if let Some(steer) = &mut steer {
-        steer.start(&config.irq, &mut core);
-    } else if !config.irq.is_empty() {
+        steer.start(&config.irq, &config.workqueue, &mut core);
+    } else if !config.irq.is_empty() || !config.workqueue.is_empty() {
         eprintln!(
-            "affinity: warning: the rules file has [[irq]] rules, which apply only with --irqs"
+            "affinity: warning: the rules file has [[irq]] or [[workqueue]] rules, which apply only with --irqs"
         );
     }
 
@@ -674,18 +675,19 @@ fn reload(r: &mut Running, args: &RunArgs) -> Result<String, String> {
     };
     let changed = r.core.replace_rules(config.rules.clone(), &mut r.observer);
     let mut irqs_changed = 0;
-    if config.irq != r.config.irq {
+    if config.irq != r.config.irq || config.workqueue != r.config.workqueue {
         match &mut r.steer {
             Some(steer) => {
                 irqs_changed = steer.replace_rules(
                     config.irq.clone(),
+                    config.workqueue.clone(),
                     &mut r.core.reporter,
                     &mut r.core.stats,
                 );
             }
             None => r.core.reporter.report(&Report::Error {
                 message: format!(
-                    "reload: {shown}'s [[irq]] rules changed, but IRQs are steered only with --irqs"
+                    "reload: {shown}'s [[irq]] or [[workqueue]] rules changed, but they are applied only with --irqs"
                 ),
             }),
         }

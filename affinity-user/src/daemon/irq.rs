@@ -16,7 +16,7 @@ use crate::{
     kernel::irq::{IrqFs, WriteError},
     policy::{
         CpuSet, IrqRule, MaskFile, SteerAction, SteerEngine, SteerEvent, SteerNote, SteerScan,
-        Topology, WriteRefusal, unmatched_rules,
+        Topology, WorkqueueRule, WriteRefusal, unmatched_rules, unmatched_workqueue_rules,
     },
 };
 
@@ -55,11 +55,13 @@ impl<S: SteerKernel> Steering<S> {
         topology: Topology,
         housekeeping: CpuSet,
         rules: Vec<IrqRule>,
+        wq_rules: Vec<WorkqueueRule>,
         kernel: S,
         opts: &super::Options,
     ) -> Self {
         Steering {
-            engine: SteerEngine::new(topology.clone(), housekeeping.clone(), rules),
+            engine: SteerEngine::new(topology.clone(), housekeeping.clone(), rules)
+                .with_workqueue_rules(wq_rules),
             kernel,
             observe: opts.observe,
             restore_on_exit: opts.restore_on_exit,
@@ -70,13 +72,16 @@ impl<S: SteerKernel> Steering<S> {
 
     /// The first scan and its writes, after the kthreads' (so start-up
     /// reports come in the same order every time); a rule that matches no
-    /// IRQ is a warning on stderr, since its device may come later.
-    pub fn start<K: Kernel, W: Write>(&mut self, rules: &[IrqRule], core: &mut Core<K, W>) {
-        for rule in self.first_scan(rules, &mut core.reporter, &mut core.stats) {
-            eprintln!(
-                "affinity: warning: the [[irq]] rule at line {} ({}) matches no IRQ now; it applies to matching IRQs that appear later",
-                rule.line, rule.target
-            );
+    /// IRQ or workqueue is a warning on stderr, since its device (or
+    /// module) may come later.
+    pub fn start<K: Kernel, W: Write>(
+        &mut self,
+        rules: &[IrqRule],
+        wq_rules: &[WorkqueueRule],
+        core: &mut Core<K, W>,
+    ) {
+        for warning in self.first_scan(rules, wq_rules, &mut core.reporter, &mut core.stats) {
+            eprintln!("affinity: warning: {warning}");
         }
     }
 
@@ -90,19 +95,33 @@ impl<S: SteerKernel> Steering<S> {
         );
     }
 
-    /// The first scan and its writes; returns the rules that match no IRQ.
+    /// The first scan and its writes; returns a warning for each rule that
+    /// matches no IRQ or workqueue.
     fn first_scan<W: Write>(
         &mut self,
         rules: &[IrqRule],
+        wq_rules: &[WorkqueueRule],
         reporter: &mut Reporter<W>,
         stats: &mut Stats,
-    ) -> Vec<IrqRule> {
+    ) -> Vec<String> {
         match self.kernel.scan() {
             Ok(scan) => {
-                let unmatched = unmatched_rules(rules, &scan.irqs)
-                    .into_iter()
-                    .cloned()
-                    .collect();
+                let names: Vec<String> =
+                    scan.workqueues.iter().map(|(n, _)| n.to_string()).collect();
+                let irq = unmatched_rules(rules, &scan.irqs).into_iter().map(|r| {
+                    format!(
+                        "the [[irq]] rule at line {} ({}) matches no IRQ now; it applies to matching IRQs that appear later",
+                        r.line, r.target
+                    )
+                });
+                let wq = unmatched_workqueue_rules(wq_rules, &names).into_iter().map(|r| {
+                    format!(
+                        "the [[workqueue]] rule at line {} ({}) matches no workqueue with a cpumask in /sys/devices/virtual/workqueue now; it applies to matching ones that appear later",
+                        r.line,
+                        r.target.as_str()
+                    )
+                });
+                let unmatched = irq.chain(wq).collect();
                 let actions = self.engine.handle(SteerEvent::Scan(scan));
                 self.execute(actions, reporter, stats);
                 unmatched
@@ -144,15 +163,16 @@ impl<S: SteerKernel> Steering<S> {
         }
     }
 
-    /// A reload's `[[irq]]` rules, applied as a diff; returns how many IRQs
-    /// changed rule or mask.
+    /// A reload's `[[irq]]` and `[[workqueue]]` rules, applied as a diff;
+    /// returns how many IRQs and workqueues changed rule or mask.
     pub fn replace_rules<W: Write>(
         &mut self,
         rules: Vec<IrqRule>,
+        wq_rules: Vec<WorkqueueRule>,
         reporter: &mut Reporter<W>,
         stats: &mut Stats,
     ) -> usize {
-        let (actions, changed) = self.engine.replace_rules(rules);
+        let (actions, changed) = self.engine.replace_rules(rules, wq_rules);
         self.execute(actions, reporter, stats);
         changed
     }

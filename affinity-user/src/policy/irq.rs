@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{CpuSet, IrqRule, Preference, Topology};
+use super::{CpuSet, IrqRule, Preference, Topology, WorkqueueRule};
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +40,76 @@ pub enum MaskFile {
     Irq(u32),
     /// `/sys/devices/virtual/workqueue/cpumask`.
     Workqueue,
+    /// `/sys/devices/virtual/workqueue/<name>/cpumask` of a `WQ_SYSFS`
+    /// workqueue a `[[workqueue]]` rule names; after the global mask, which
+    /// the kernel ANDs it with.
+    NamedWorkqueue(WqName),
+}
+
+/// A workqueue's name, inline so that [`MaskFile`] stays `Copy`: the
+/// kernel bounds it (`WQ_NAME_LEN`, 32 bytes with the NUL on 6.x, 24
+/// before), so 64 bytes hold every name any kernel has.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WqName {
+    len: u8,
+    bytes: [u8; WqName::MAX],
+}
+
+impl WqName {
+    pub const MAX: usize = 64;
+
+    /// None when `name` is longer than any kernel makes one.
+    pub fn new(name: &str) -> Option<WqName> {
+        let len = u8::try_from(name.len())
+            .ok()
+            .filter(|l| *l as usize <= Self::MAX)?;
+        let mut bytes = [0; Self::MAX];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(WqName { len, bytes })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Built from a &str and cut nowhere else.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+/// By name, as `ls` lists them (the derived order would put length first).
+impl Ord for WqName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for WqName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Debug for WqName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for WqName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the workers of a workqueue whose own cpumask is `own` may run,
+/// given the global unbound cpumask: the kernel ANDs the two and, when
+/// nothing is left, uses the global mask instead
+/// (`wqattrs_actualize_cpumask()`; the file still reads `own`).
+pub fn workqueue_effective(own: &CpuSet, global: &CpuSet) -> CpuSet {
+    let both = own.and(global);
+    if both.is_empty() {
+        global.clone()
+    } else {
+        both
+    }
 }
 
 /// Why the kernel would not take a mask.
@@ -127,6 +197,8 @@ pub struct SteerScan {
     /// None: the file is not there (or could not be read).
     pub default_affinity: Option<CpuSet>,
     pub workqueue: Option<CpuSet>,
+    /// The `WQ_SYSFS` workqueues with a cpumask (unbound ones), by name.
+    pub workqueues: Vec<(WqName, CpuSet)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,6 +281,10 @@ pub struct SteerEngine {
     topology: Topology,
     housekeeping: CpuSet,
     rules: Vec<IrqRule>,
+    wq_rules: Vec<WorkqueueRule>,
+    /// The named workqueues of the last scan: a reload's new rules may
+    /// name one that no rule named before.
+    workqueues: Vec<(WqName, CpuSet)>,
     entries: BTreeMap<MaskFile, SteerEntry>,
 }
 
@@ -218,8 +294,31 @@ impl SteerEngine {
             topology,
             housekeeping,
             rules,
+            wq_rules: Vec::new(),
+            workqueues: Vec::new(),
             entries: BTreeMap::new(),
         }
+    }
+
+    /// `[[workqueue]]` rules: only the workqueues they name are steered
+    /// (the global mask already covers the rest).
+    pub fn with_workqueue_rules(mut self, rules: Vec<WorkqueueRule>) -> SteerEngine {
+        self.wq_rules = rules;
+        self
+    }
+
+    fn wq_rule(&self, name: &WqName) -> Option<&WorkqueueRule> {
+        self.wq_rules
+            .iter()
+            .find(|r| r.target.matches(name.as_str()))
+    }
+
+    /// Where the kernel runs a named workqueue's workers with `own` as its
+    /// cpumask, given the global mask as last seen.
+    fn wq_effective(&self, own: &CpuSet) -> Option<CpuSet> {
+        self.entries
+            .get(&MaskFile::Workqueue)
+            .map(|g| workqueue_effective(own, &g.current))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &SteerEntry> {
@@ -275,6 +374,10 @@ impl SteerEngine {
                 current,
                 effective,
             } => {
+                let effective = match file {
+                    MaskFile::NamedWorkqueue(_) => self.wq_effective(&current),
+                    _ => effective,
+                };
                 let Some(e) = self.entries.get_mut(&file) else {
                     return actions;
                 };
@@ -355,8 +458,35 @@ impl SteerEngine {
             .map(|i| i.number)
             .chain(scan.unreadable.iter().copied())
             .collect();
-        self.entries
-            .retain(|f, _| !matches!(f, MaskFile::Irq(n) if !present.contains(n)));
+        let named: std::collections::HashSet<WqName> =
+            scan.workqueues.iter().map(|(n, _)| *n).collect();
+        self.entries.retain(|f, _| match f {
+            MaskFile::Irq(n) => present.contains(n),
+            MaskFile::NamedWorkqueue(n) => named.contains(n),
+            MaskFile::IrqDefault | MaskFile::Workqueue => true,
+        });
+        // Only the workqueues a rule names are steered; the kernel runs
+        // their workers on their own mask ∩ the global one.
+        let global = scan.workqueue.clone();
+        let workqueues: Vec<_> = scan
+            .workqueues
+            .iter()
+            .filter(|(n, _)| {
+                self.entries.contains_key(&MaskFile::NamedWorkqueue(*n))
+                    || self.wq_rule(n).is_some()
+            })
+            .map(|(n, m)| {
+                let effective = global.as_ref().map(|g| workqueue_effective(m, g));
+                (
+                    MaskFile::NamedWorkqueue(*n),
+                    Some(m.clone()),
+                    effective,
+                    Vec::new(),
+                    None,
+                )
+            })
+            .collect();
+        self.workqueues = scan.workqueues;
         let singles = [
             (MaskFile::IrqDefault, scan.default_affinity),
             (MaskFile::Workqueue, scan.workqueue),
@@ -373,7 +503,8 @@ impl SteerEngine {
         let all = singles
             .into_iter()
             .map(|(f, m)| (f, m, None, Vec::new(), None))
-            .chain(irqs);
+            .chain(irqs)
+            .chain(workqueues);
         for (file, mask, effective, names, node) in all {
             let Some(mask) = mask else { continue };
             if let Some(e) = self.entries.get_mut(&file) {
@@ -392,27 +523,7 @@ impl SteerEngine {
                 }
                 continue;
             }
-            let mut e = SteerEntry {
-                file,
-                actions: names,
-                node,
-                rule: None,
-                preference: None,
-                original: mask.clone(),
-                desired: mask.clone(),
-                current: mask,
-                effective,
-                state: SteerState::Pending,
-                written: false,
-                requested: None,
-                accepted: None,
-                reported: None,
-            };
-            if e.in_place() && e.delivered() {
-                e.state = SteerState::Steered;
-            }
-            self.entries.insert(file, e);
-            self.classify(file);
+            self.add(file, mask, effective, names, node);
         }
         let files: Vec<MaskFile> = self.entries.keys().copied().collect();
         for f in files {
@@ -422,19 +533,56 @@ impl SteerEngine {
         }
     }
 
+    /// A mask seen for the first time: its original is what it is now.
+    fn add(
+        &mut self,
+        file: MaskFile,
+        mask: CpuSet,
+        effective: Option<CpuSet>,
+        names: Vec<String>,
+        node: Option<u32>,
+    ) {
+        let mut e = SteerEntry {
+            file,
+            actions: names,
+            node,
+            rule: None,
+            preference: None,
+            original: mask.clone(),
+            desired: mask.clone(),
+            current: mask,
+            effective,
+            state: SteerState::Pending,
+            written: false,
+            requested: None,
+            accepted: None,
+            reported: None,
+        };
+        if e.in_place() && e.delivered() {
+            e.state = SteerState::Steered;
+        }
+        self.entries.insert(file, e);
+        self.classify(file);
+    }
+
     /// Finds `file`'s rule and its desired mask from it.
     fn classify(&mut self, file: MaskFile) {
         let Some(e) = self.entries.get(&file) else {
             return;
         };
-        let rule = match file {
-            MaskFile::Irq(n) => self.rules.iter().find(|r| r.target.matches(n, &e.actions)),
-            _ => None,
+        let (rule, preference) = match file {
+            MaskFile::Irq(n) => self
+                .rules
+                .iter()
+                .find(|r| r.target.matches(n, &e.actions))
+                .map(|r| (r.target.to_string(), r.prefer.clone()))
+                .unzip(),
+            MaskFile::NamedWorkqueue(n) => self
+                .wq_rule(&n)
+                .map(|r| (r.target.as_str().to_string(), r.prefer.clone()))
+                .unzip(),
+            MaskFile::IrqDefault | MaskFile::Workqueue => (None, None),
         };
-        let (rule, preference) = (
-            rule.map(|r| r.target.to_string()),
-            rule.map(|r| r.prefer.clone()),
-        );
         let preferred = self.preferred(preference.as_ref(), e.node);
         let desired = placement(
             preferred.as_ref(),
@@ -465,19 +613,63 @@ impl SteerEngine {
     /// New `[[irq]]` rules (a reload), applied as a diff: only IRQs whose
     /// rule or desired mask changes are written. Returns the actions and
     /// how many IRQs changed rule or mask.
-    pub fn replace_rules(&mut self, rules: Vec<IrqRule>) -> (Vec<SteerAction>, usize) {
+    pub fn replace_rules(
+        &mut self,
+        rules: Vec<IrqRule>,
+        wq_rules: Vec<WorkqueueRule>,
+    ) -> (Vec<SteerAction>, usize) {
         self.rules = rules;
+        self.wq_rules = wq_rules;
         let before: BTreeMap<MaskFile, (Option<String>, CpuSet)> = self
             .entries
             .iter()
             .map(|(f, e)| (*f, (e.rule.clone(), e.desired.clone())))
             .collect();
+        let mut actions = Vec::new();
+        let mut changed = 0;
+        // A workqueue no rule names any more is handed back and forgotten
+        // (the outcome of that write finds no entry and is dropped).
+        let released: Vec<MaskFile> = self
+            .entries
+            .keys()
+            .filter(|f| matches!(f, MaskFile::NamedWorkqueue(n) if self.wq_rule(n).is_none()))
+            .copied()
+            .collect();
+        for f in released {
+            if let Some(e) = self.entries.remove(&f) {
+                changed += 1;
+                if e.written && e.current != e.original {
+                    actions.push(SteerAction::Write {
+                        file: f,
+                        actions: Vec::new(),
+                        mask: e.original,
+                    });
+                }
+            }
+        }
+        let adopt: Vec<(WqName, CpuSet)> = self
+            .workqueues
+            .iter()
+            .filter(|(n, _)| {
+                !self.entries.contains_key(&MaskFile::NamedWorkqueue(*n))
+                    && self.wq_rule(n).is_some()
+            })
+            .cloned()
+            .collect();
+        for (n, mask) in adopt {
+            let effective = self.wq_effective(&mask);
+            self.add(
+                MaskFile::NamedWorkqueue(n),
+                mask,
+                effective,
+                Vec::new(),
+                None,
+            );
+        }
         let files: Vec<MaskFile> = self.entries.keys().copied().collect();
         for f in &files {
             self.classify(*f);
         }
-        let mut actions = Vec::new();
-        let mut changed = 0;
         for f in files {
             let Some(e) = self.entries.get_mut(&f) else {
                 continue;

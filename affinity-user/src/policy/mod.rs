@@ -12,7 +12,8 @@ mod tests;
 
 pub use config::{
     Config, ConfigError, ConfigErrors, DEFAULT_TOML, HousekeepingSpec, IrqRule, IrqTarget,
-    IsolationSources, Preference, PreferenceError, Rule, Target,
+    IsolationSources, Preference, PreferenceError, Rule, Target, WorkqueueRule,
+    unmatched_workqueue_rules,
 };
 pub use cpuset::{CpuListError, CpuSet, MAX_CPUS};
 pub use engine::{
@@ -20,7 +21,7 @@ pub use engine::{
 };
 pub use irq::{
     IrqInfo, MaskFile, SteerAction, SteerEngine, SteerEntry, SteerEvent, SteerNote, SteerScan,
-    SteerState, WriteRefusal, placement, unmatched_rules,
+    SteerState, WqName, WriteRefusal, placement, unmatched_rules, workqueue_effective,
 };
 pub use kthread::{
     KernelIsolation, Kthread, PF_KTHREAD, PF_NO_SETAFFINITY, kernel_default,

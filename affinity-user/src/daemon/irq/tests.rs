@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::{
     daemon::{Options, report::Format},
-    policy::{IrqInfo, IrqTarget, Preference},
+    policy::{IrqInfo, IrqTarget, Preference, WorkqueueRule},
 };
 
 fn s(list: &str) -> CpuSet {
@@ -55,6 +55,14 @@ impl SteerKernel for FakeFiles {
             unreadable: vec![],
             default_affinity: Some(self.masks[&MaskFile::IrqDefault].clone()),
             workqueue: Some(self.masks[&MaskFile::Workqueue].clone()),
+            workqueues: self
+                .masks
+                .iter()
+                .filter_map(|(f, m)| match f {
+                    MaskFile::NamedWorkqueue(n) => Some((*n, m.clone())),
+                    _ => None,
+                })
+                .collect(),
         })
     }
 
@@ -87,7 +95,14 @@ fn steering(observe: bool) -> (Steering<FakeFiles>, Reporter<Vec<u8>>, Stats) {
         restore_on_exit: true,
     };
     (
-        Steering::new(topo("0-1"), s("0"), rules(), FakeFiles::new(), &opts),
+        Steering::new(
+            topo("0-1"),
+            s("0"),
+            rules(),
+            vec![],
+            FakeFiles::new(),
+            &opts,
+        ),
         Reporter::new(Vec::new(), Format::Json, false),
         Stats::default(),
     )
@@ -110,7 +125,7 @@ fn records(reporter: &mut Reporter<Vec<u8>>) -> Vec<Value> {
 fn start_steers_reports_and_restore_puts_every_original_back() {
     let (mut st, mut rep, mut stats) = steering(false);
     let rules = rules();
-    let unmatched = st.first_scan(&rules, &mut rep, &mut stats);
+    let unmatched = st.first_scan(&rules, &[], &mut rep, &mut stats);
     assert!(unmatched.is_empty(), "nvme* matches irq 36");
     assert_eq!(
         records(&mut rep),
@@ -143,7 +158,7 @@ fn start_steers_reports_and_restore_puts_every_original_back() {
 fn observe_writes_nothing_and_says_what_it_would_once() {
     let (mut st, mut rep, mut stats) = steering(true);
     let rules = rules();
-    st.first_scan(&rules, &mut rep, &mut stats);
+    st.first_scan(&rules, &[], &mut rep, &mut stats);
     assert_eq!(
         records(&mut rep),
         [
@@ -163,7 +178,7 @@ fn observe_writes_nothing_and_says_what_it_would_once() {
 fn hotplug_and_housekeeping_changes_are_followed() {
     let (mut st, mut rep, mut stats) = steering(false);
     let rules = rules();
-    st.first_scan(&rules, &mut rep, &mut stats);
+    st.first_scan(&rules, &[], &mut rep, &mut stats);
     st.kernel.writes.clear();
     // Housekeeping grows to 0-1, then cpu1 goes offline.
     st.sync(&topo("0-1"), &s("0-1"), &mut rep, &mut stats);
@@ -188,4 +203,44 @@ fn rules() -> Vec<IrqRule> {
         prefer: Preference::Housekeeping,
         line: 3,
     }]
+}
+
+#[test]
+fn a_named_workqueue_is_steered_reported_by_name_and_restored() {
+    let writeback = MaskFile::NamedWorkqueue(crate::policy::WqName::new("writeback").unwrap());
+    let (mut st, mut rep, mut stats) = steering(false);
+    st.kernel.masks.insert(writeback, s("0-1"));
+    let wq_rules = [
+        WorkqueueRule {
+            target: "writeback".into(),
+            prefer: Preference::Cpus(s("0")),
+            line: 7,
+        },
+        WorkqueueRule {
+            target: "nosuch*".into(),
+            prefer: Preference::Housekeeping,
+            line: 11,
+        },
+    ];
+    st.engine =
+        SteerEngine::new(topo("0-1"), s("0"), rules()).with_workqueue_rules(wq_rules.to_vec());
+    let warnings = st.first_scan(&rules(), &wq_rules, &mut rep, &mut stats);
+    assert_eq!(
+        warnings,
+        [
+            "the [[workqueue]] rule at line 11 (nosuch*) matches no workqueue with a cpumask in /sys/devices/virtual/workqueue now; it applies to matching ones that appear later"
+        ]
+    );
+    let r = records(&mut rep);
+    assert_eq!(
+        r.last().unwrap(),
+        &json!({"type": "workqueue_set", "workqueue": "writeback", "mask": "0", "effective": "0"})
+    );
+    assert_eq!(st.kernel.masks[&writeback], s("0"));
+    assert_eq!(st.restore(), 4);
+    assert_eq!(st.kernel.masks[&writeback], s("0-1"));
+    assert_eq!(
+        st.kernel.writes.last().unwrap(),
+        &(writeback, "0-1".to_string())
+    );
 }
