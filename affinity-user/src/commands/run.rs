@@ -47,7 +47,7 @@ use crate::{
     kernel::procfs::ProcKernel,
     kernel::sysfs::{self, Machine, Scan},
     kernel::wire::WireEvent,
-    policy::{Config, CpuSet, Engine, Preference, Target},
+    policy::{Config, CpuSet, Engine, IrqbalancePolicy, Preference, Target},
 };
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +99,11 @@ pub struct RunArgs {
     /// under back-to-back hotplug delayed control requests past 10 s.
     #[arg(long)]
     pub irqs: bool,
+    /// With --irqs: steer IRQ affinity even while an irqbalance runs (by
+    /// default it is left to irqbalance, and the CPUs to ban in its
+    /// configuration are reported once).
+    #[arg(long, requires = "irqs")]
+    pub irqs_over_irqbalance: bool,
     /// The event loop (hotplug records in, masks out) runs under SCHED_FIFO
     /// at this priority (1-99), as stalld and rtla run their own threads, so
     /// that a busy CPU cannot delay the reaction to a hotplug step; 0 runs it
@@ -361,14 +366,20 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         .with_kernel(&machine.kernel)
         .with_boot_isolation(&machine.isolated, &machine.nohz_full);
     let mut steer = args.irqs.then(|| {
-        Steering::new(
+        let mut steer = Steering::new(
             machine.topology.clone(),
             hk.clone(),
             config.irq.clone(),
             config.workqueue.clone(),
             IrqFs::new(&args.roots.proc, &args.roots.sys, width),
             &opts,
-        )
+        );
+        if args.irqs_over_irqbalance {
+            steer
+                .engine
+                .set_irqbalance_policy(IrqbalancePolicy::Override);
+        }
+        steer
     });
     let kernel = ProcKernel::new(&args.roots.proc, &args.roots.sys, width);
     let out =
@@ -551,9 +562,10 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
             }
             _ = isolation.tick() => housekeeping_check(r, args)?,
             _ = rescan.tick() => {
-                // IRQs follow every hotplug step (above), housekeeping change and new IRQ.
+                // IRQs follow every hotplug step (above), housekeeping change and new IRQ;
+                // an irqbalance that appears or goes away is seen here.
                 if let Some(steer) = &mut r.steer {
-                    steer.follow(&mut r.core);
+                    steer.rescan(&mut r.core);
                 }
                 start_scan(&mut scan, args, width, r.core.epoch());
             }

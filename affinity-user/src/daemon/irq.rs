@@ -10,13 +10,14 @@ use std::{collections::VecDeque, io::Write};
 use super::{
     Core, Stats,
     kernel::Kernel,
-    report::{Report, Reporter, SteerKind, SteerReport},
+    report::{Balancer, Report, Reporter, SteerKind, SteerReport},
 };
 use crate::{
     kernel::irq::{IrqFs, WriteError},
     policy::{
-        CpuSet, IrqRule, MaskFile, SteerAction, SteerEngine, SteerEvent, SteerNote, SteerScan,
-        Topology, WorkqueueRule, WriteRefusal, unmatched_rules, unmatched_workqueue_rules,
+        CpuSet, IrqRule, IrqbalanceNote, MaskFile, SteerAction, SteerEngine, SteerEvent, SteerNote,
+        SteerScan, Topology, WorkqueueRule, WriteRefusal, unmatched_rules,
+        unmatched_workqueue_rules,
     },
 };
 
@@ -26,6 +27,8 @@ pub trait SteerKernel {
     fn write(&mut self, file: MaskFile, mask: &CpuSet) -> Result<(), WriteError>;
     /// The mask and, for an IRQ, its effective affinity, read back now.
     fn read_back(&self, file: MaskFile) -> std::io::Result<(CpuSet, Option<CpuSet>)>;
+    /// The pid of a running irqbalance, if one runs.
+    fn irqbalance(&self) -> Option<u32>;
 }
 
 impl SteerKernel for IrqFs {
@@ -37,6 +40,9 @@ impl SteerKernel for IrqFs {
     }
     fn read_back(&self, file: MaskFile) -> std::io::Result<(CpuSet, Option<CpuSet>)> {
         IrqFs::read_back(self, file)
+    }
+    fn irqbalance(&self) -> Option<u32> {
+        IrqFs::irqbalance(self)
     }
 }
 
@@ -85,6 +91,20 @@ impl<S: SteerKernel> Steering<S> {
         }
     }
 
+    /// The periodic rescan: whether irqbalance runs (not looked for after
+    /// every hotplug step, which reads every /proc/PID/comm), then
+    /// [`follow`](Self::follow).
+    pub fn rescan<K: Kernel, W: Write>(&mut self, core: &mut Core<K, W>) {
+        self.look_for_irqbalance(&mut core.reporter, &mut core.stats);
+        self.follow(core);
+    }
+
+    fn look_for_irqbalance<W: Write>(&mut self, reporter: &mut Reporter<W>, stats: &mut Stats) {
+        let pid = self.kernel.irqbalance();
+        let actions = self.engine.handle(SteerEvent::Irqbalance(pid));
+        self.execute(actions, reporter, stats);
+    }
+
     /// [`sync`](Self::sync) with the kthread engine's view.
     pub fn follow<K: Kernel, W: Write>(&mut self, core: &mut Core<K, W>) {
         self.sync(
@@ -104,6 +124,8 @@ impl<S: SteerKernel> Steering<S> {
         reporter: &mut Reporter<W>,
         stats: &mut Stats,
     ) -> Vec<String> {
+        // Before any write: an irqbalance running already has the IRQs.
+        self.look_for_irqbalance(reporter, stats);
         match self.kernel.scan() {
             Ok(scan) => {
                 let names: Vec<String> =
@@ -228,6 +250,7 @@ impl<S: SteerKernel> Steering<S> {
                     }
                     reporter.report(&steer_report(file, actions, kind_of(note)));
                 }
+                SteerAction::Irqbalance(note) => reporter.report(&irqbalance_report(note)),
             }
         }
     }
@@ -270,6 +293,25 @@ fn steer_report(file: MaskFile, actions: Vec<String>, kind: SteerKind) -> Report
         actions,
         kind,
     })
+}
+
+fn irqbalance_report(note: IrqbalanceNote) -> Report {
+    match note {
+        IrqbalanceNote::Conflict {
+            pid,
+            winner,
+            banned,
+        } => Report::IrqConflict {
+            with: Balancer::Irqbalance,
+            pid,
+            winner,
+            banned_cpus: banned.to_string(),
+        },
+        IrqbalanceNote::Gone { pid } => Report::IrqConflictEnded {
+            with: Balancer::Irqbalance,
+            pid,
+        },
+    }
 }
 
 fn kind_of(note: SteerNote) -> SteerKind {

@@ -7,6 +7,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::policy::IrqOwner;
+
 mod steer;
 pub use steer::{SteerKind, SteerReport};
 
@@ -112,6 +114,20 @@ pub enum Report {
         pid: u32,
         comm: String,
     },
+    /// Another IRQ balancer runs (`with`, pid `pid`): `winner` sets IRQ
+    /// affinity; `banned_cpus` (the non-housekeeping CPUs) is what to tell
+    /// it to avoid. Said when it appears, restarts or the list changes.
+    IrqConflict {
+        with: Balancer,
+        pid: u32,
+        winner: IrqOwner,
+        banned_cpus: String,
+    },
+    /// That balancer is gone: the daemon steers IRQs again.
+    IrqConflictEnded {
+        with: Balancer,
+        pid: u32,
+    },
     Exited {
         pid: u32,
         comm: String,
@@ -166,6 +182,13 @@ pub enum Report {
     /// carries its own `type` (`irq_set`, `workqueue_set`…).
     #[serde(untagged)]
     Steer(SteerReport),
+}
+
+/// The IRQ balancers the daemon knows to live beside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balancer {
+    Irqbalance,
 }
 
 pub struct Reporter<W: Write> {
@@ -493,6 +516,41 @@ fn human(r: &Report, color: bool) -> String {
                 "{} follows the workqueue cpumask (/sys/devices/virtual/workqueue/cpumask), its own mask is left alone",
                 task(pid, comm)
             ),
+        ),
+        Report::IrqConflict {
+            with: Balancer::Irqbalance,
+            pid,
+            winner,
+            banned_cpus,
+        } => {
+            let ban = if banned_cpus.is_empty() {
+                "no CPU is outside housekeeping, so there is nothing to ban".to_string()
+            } else {
+                format!(
+                    "to keep IRQs off CPUs {banned_cpus}, set IRQBALANCE_BANNED_CPULIST={banned_cpus} in /etc/default/irqbalance (irqbalance before 1.8: IRQBALANCE_BANNED_CPUS=<hex mask>) and restart it"
+                )
+            };
+            let who = match winner {
+                IrqOwner::Irqbalance => {
+                    "IRQ affinity is left to it (--irqs-over-irqbalance: steer anyway)"
+                }
+                IrqOwner::Affinity => {
+                    "--irqs-over-irqbalance: affinity steers IRQs anyway and puts back what irqbalance moves"
+                }
+            };
+            (
+                "irq_conflict",
+                "1;33",
+                format!("irqbalance (pid {pid}) is running: {who}; {ban}"),
+            )
+        }
+        Report::IrqConflictEnded {
+            with: Balancer::Irqbalance,
+            pid,
+        } => (
+            "irq_conflict_ended",
+            "33",
+            format!("irqbalance (pid {pid}) is gone: affinity steers IRQs again"),
         ),
         Report::Exited { pid, comm } => ("exited", "2", task(pid, comm)),
         Report::Drops { count } => (

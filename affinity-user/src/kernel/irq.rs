@@ -250,6 +250,20 @@ impl IrqFs {
         Ok(scan)
     }
 
+    /// The lowest pid of the processes whose comm is `irqbalance`, read
+    /// under this tree's /proc (every process: only thread-group leaders
+    /// are listed there). A process that exits meanwhile is just not found.
+    pub fn irqbalance(&self) -> Option<u32> {
+        fs::read_dir(&self.proc_root)
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                fs::read_to_string(self.proc_root.join(format!("{pid}/comm")))
+                    .is_ok_and(|c| c.trim_end_matches('\n') == "irqbalance")
+            })
+            .min()
+    }
+
     /// Writes `mask` in the file's own format (a cpulist for an IRQ, a hex
     /// mask for the others), in one write(2) as the kernel wants it.
     pub fn write(&self, file: MaskFile, mask: &CpuSet) -> Result<(), WriteError> {
@@ -454,6 +468,31 @@ mod tests {
             "{e}"
         );
         assert!(!dir.path().join("proc/irq/99").exists());
+    }
+
+    #[test]
+    fn irqbalance_is_found_by_its_comm_under_the_proc_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        for (pid, comm) in [
+            ("1", "systemd\n"),
+            ("700", "irqbalance\n"),
+            ("90", "irqbalancer\n"),
+        ] {
+            fs::create_dir_all(proc.join(pid)).unwrap();
+            fs::write(proc.join(pid).join("comm"), comm).unwrap();
+        }
+        // Not a process: a file, and a directory without a comm.
+        fs::create_dir_all(proc.join("irq")).unwrap();
+        fs::create_dir_all(proc.join("55")).unwrap();
+        let irqfs = IrqFs::new(&proc, dir.path().join("sys"), 2);
+        assert_eq!(irqfs.irqbalance(), Some(700));
+        fs::create_dir_all(proc.join("650")).unwrap();
+        fs::write(proc.join("650/comm"), "irqbalance\n").unwrap();
+        assert_eq!(irqfs.irqbalance(), Some(650), "the lowest pid");
+        fs::remove_dir_all(proc.join("700")).unwrap();
+        fs::remove_dir_all(proc.join("650")).unwrap();
+        assert_eq!(irqfs.irqbalance(), None);
     }
 
     #[test]

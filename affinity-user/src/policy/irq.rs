@@ -12,8 +12,13 @@ use std::collections::BTreeMap;
 
 use super::{CpuSet, IrqRule, Preference, Topology, WorkqueueRule};
 
+mod irqbalance;
 #[cfg(test)]
 mod tests;
+mod wq;
+
+pub use irqbalance::{IrqOwner, IrqbalanceNote, IrqbalancePolicy, IrqbalanceWatch};
+pub use wq::{WqName, workqueue_effective};
 
 /// One IRQ as the kernel shows it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,72 +49,6 @@ pub enum MaskFile {
     /// workqueue a `[[workqueue]]` rule names; after the global mask, which
     /// the kernel ANDs it with.
     NamedWorkqueue(WqName),
-}
-
-/// A workqueue's name, inline so that [`MaskFile`] stays `Copy`: the
-/// kernel bounds it (`WQ_NAME_LEN`, 32 bytes with the NUL on 6.x, 24
-/// before), so 64 bytes hold every name any kernel has.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct WqName {
-    len: u8,
-    bytes: [u8; WqName::MAX],
-}
-
-impl WqName {
-    pub const MAX: usize = 64;
-
-    /// None when `name` is longer than any kernel makes one.
-    pub fn new(name: &str) -> Option<WqName> {
-        let len = u8::try_from(name.len())
-            .ok()
-            .filter(|l| *l as usize <= Self::MAX)?;
-        let mut bytes = [0; Self::MAX];
-        bytes[..name.len()].copy_from_slice(name.as_bytes());
-        Some(WqName { len, bytes })
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Built from a &str and cut nowhere else.
-        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
-    }
-}
-
-/// By name, as `ls` lists them (the derived order would put length first).
-impl Ord for WqName {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
-    }
-}
-
-impl PartialOrd for WqName {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl std::fmt::Debug for WqName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.as_str())
-    }
-}
-
-impl std::fmt::Display for WqName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where the workers of a workqueue whose own cpumask is `own` may run,
-/// given the global unbound cpumask: the kernel ANDs the two and, when
-/// nothing is left, uses the global mask instead
-/// (`wqattrs_actualize_cpumask()`; the file still reads `own`).
-pub fn workqueue_effective(own: &CpuSet, global: &CpuSet) -> CpuSet {
-    let both = own.and(global);
-    if both.is_empty() {
-        global.clone()
-    } else {
-        both
-    }
 }
 
 /// Why the kernel would not take a mask.
@@ -205,6 +144,9 @@ pub struct SteerScan {
 pub enum SteerEvent {
     /// The state read now (start-up, every rescan, after a hotplug step).
     Scan(SteerScan),
+    /// Whether an irqbalance runs (its pid), looked for at start-up
+    /// (before the first scan) and on every rescan.
+    Irqbalance(Option<u32>),
     /// The online CPUs or the nodes changed.
     Topology(Topology),
     Housekeeping(CpuSet),
@@ -256,6 +198,8 @@ pub enum SteerAction {
         actions: Vec<String>,
         note: SteerNote,
     },
+    /// About irqbalance, not about one file.
+    Irqbalance(IrqbalanceNote),
 }
 
 /// P∩H∩O, else H∩O, else O: the kthread policy, for masks that are not
@@ -286,6 +230,7 @@ pub struct SteerEngine {
     /// name one that no rule named before.
     workqueues: Vec<(WqName, CpuSet)>,
     entries: BTreeMap<MaskFile, SteerEntry>,
+    irqbalance: IrqbalanceWatch,
 }
 
 impl SteerEngine {
@@ -297,6 +242,42 @@ impl SteerEngine {
             wq_rules: Vec::new(),
             workqueues: Vec::new(),
             entries: BTreeMap::new(),
+            irqbalance: IrqbalanceWatch::default(),
+        }
+    }
+
+    /// What to do about IRQ affinity while an irqbalance runs (before the
+    /// first event: what was seen of irqbalance is forgotten).
+    pub fn set_irqbalance_policy(&mut self, policy: IrqbalancePolicy) {
+        self.irqbalance = IrqbalanceWatch::new(policy);
+    }
+
+    /// Whether IRQ affinity is left to a running irqbalance now.
+    pub fn yielding_to_irqbalance(&self) -> bool {
+        self.irqbalance.yielding()
+    }
+
+    /// The CPUs irqbalance should not put IRQs on: every one outside
+    /// housekeeping.
+    fn banned(&self) -> CpuSet {
+        self.topology.possible.and_not(&self.housekeeping)
+    }
+
+    /// Tells the watch what is known now; when IRQ affinity changes hands
+    /// back, every IRQ not in place is written.
+    fn irqbalance_seen(&mut self, pid: Option<u32>, actions: &mut Vec<SteerAction>) {
+        let banned = self.banned();
+        let Some(note) = self.irqbalance.observe(pid, &banned) else {
+            return;
+        };
+        actions.push(SteerAction::Irqbalance(note));
+        self.sync_all(actions);
+    }
+
+    fn sync_all(&mut self, actions: &mut Vec<SteerAction>) {
+        let yielding = self.irqbalance.yielding();
+        for e in self.entries.values_mut() {
+            sync(e, yielding, actions);
         }
     }
 
@@ -330,9 +311,13 @@ impl SteerEngine {
     }
 
     /// What to write to put every mask the daemon changed back as it was.
+    /// While irqbalance has the IRQs they are its own: writing them back
+    /// would be one more round of the tug of war.
     pub fn restore(&self) -> Vec<(MaskFile, CpuSet)> {
+        let yielding = self.irqbalance.yielding();
         self.entries
             .values()
+            .filter(|e| !(yielding && matches!(e.file, MaskFile::Irq(_))))
             .filter(|e| e.written && e.current != e.original)
             .map(|e| (e.file, e.original.clone()))
             .collect()
@@ -367,7 +352,12 @@ impl SteerEngine {
             SteerEvent::Housekeeping(h) => {
                 self.housekeeping = h;
                 self.recompute_all(&mut actions);
+                // The CPUs to tell irqbalance to avoid are others now.
+                if let Some(pid) = self.irqbalance.pid() {
+                    self.irqbalance_seen(Some(pid), &mut actions);
+                }
             }
+            SteerEvent::Irqbalance(pid) => self.irqbalance_seen(pid, &mut actions),
             SteerEvent::Written {
                 file,
                 requested,
@@ -525,12 +515,7 @@ impl SteerEngine {
             }
             self.add(file, mask, effective, names, node);
         }
-        let files: Vec<MaskFile> = self.entries.keys().copied().collect();
-        for f in files {
-            if let Some(e) = self.entries.get_mut(&f) {
-                sync(e, actions);
-            }
-        }
+        self.sync_all(actions);
     }
 
     /// A mask seen for the first time: its original is what it is now.
@@ -670,6 +655,7 @@ impl SteerEngine {
         for f in &files {
             self.classify(*f);
         }
+        let yielding = self.irqbalance.yielding();
         for f in files {
             let Some(e) = self.entries.get_mut(&f) else {
                 continue;
@@ -677,12 +663,13 @@ impl SteerEngine {
             if before.get(&f) != Some(&(e.rule.clone(), e.desired.clone())) {
                 changed += 1;
             }
-            sync(e, &mut actions);
+            sync(e, yielding, &mut actions);
         }
         (actions, changed)
     }
 
     fn recompute_all(&mut self, actions: &mut Vec<SteerAction>) {
+        let yielding = self.irqbalance.yielding();
         let files: Vec<MaskFile> = self.entries.keys().copied().collect();
         for f in files {
             let Some(desired) = self.entries.get(&f).map(|e| self.desired(e)) else {
@@ -698,7 +685,7 @@ impl SteerEngine {
                     e.state = SteerState::Pending;
                 }
             }
-            sync(e, actions);
+            sync(e, yielding, actions);
         }
     }
 }
@@ -713,7 +700,11 @@ fn report(e: &SteerEntry, note: SteerNote) -> SteerAction {
 
 /// Asks for the desired mask where the kernel does not have it, unless it
 /// was asked for already, the kernel manages it, or refused it.
-fn sync(e: &mut SteerEntry, actions: &mut Vec<SteerAction>) {
+/// `yielding`: IRQ affinity is irqbalance's now, so no IRQ is written.
+fn sync(e: &mut SteerEntry, yielding: bool, actions: &mut Vec<SteerAction>) {
+    if yielding && matches!(e.file, MaskFile::Irq(_)) {
+        return;
+    }
     if e.state == SteerState::KernelManaged || e.in_place() {
         if e.requested.as_ref() != Some(&e.desired) {
             e.requested = None;

@@ -20,8 +20,9 @@ pub use engine::{
     Action, Engine, Entry, Event, Refusal, Registration, RegistryError, State, Topology, cli_form,
 };
 pub use irq::{
-    IrqInfo, MaskFile, SteerAction, SteerEngine, SteerEntry, SteerEvent, SteerNote, SteerScan,
-    SteerState, WqName, WriteRefusal, placement, unmatched_rules, workqueue_effective,
+    IrqInfo, IrqOwner, IrqbalanceNote, IrqbalancePolicy, IrqbalanceWatch, MaskFile, SteerAction,
+    SteerEngine, SteerEntry, SteerEvent, SteerNote, SteerScan, SteerState, WqName, WriteRefusal,
+    placement, unmatched_rules, workqueue_effective,
 };
 pub use kthread::{
     KernelIsolation, Kthread, PF_KTHREAD, PF_NO_SETAFFINITY, kernel_default,

@@ -18,6 +18,8 @@ struct FakeFiles {
     masks: BTreeMap<MaskFile, CpuSet>,
     managed: BTreeSet<u32>,
     writes: Vec<(MaskFile, String)>,
+    /// The pid of a running irqbalance.
+    irqbalance: Option<u32>,
 }
 
 impl FakeFiles {
@@ -31,6 +33,7 @@ impl FakeFiles {
             ]),
             managed: BTreeSet::from([36]),
             writes: Vec::new(),
+            irqbalance: None,
         }
     }
 }
@@ -76,6 +79,10 @@ impl SteerKernel for FakeFiles {
         self.writes.push((file, mask.to_string()));
         self.masks.insert(file, mask.clone());
         Ok(())
+    }
+
+    fn irqbalance(&self) -> Option<u32> {
+        self.irqbalance
     }
 
     fn read_back(&self, file: MaskFile) -> std::io::Result<(CpuSet, Option<CpuSet>)> {
@@ -242,5 +249,44 @@ fn a_named_workqueue_is_steered_reported_by_name_and_restored() {
     assert_eq!(
         st.kernel.writes.last().unwrap(),
         &(writeback, "0-1".to_string())
+    );
+}
+
+#[test]
+fn beside_irqbalance_no_irq_is_written_until_it_goes() {
+    let (mut st, mut rep, mut stats) = steering(false);
+    st.kernel.irqbalance = Some(4242);
+    st.first_scan(&rules(), &[], &mut rep, &mut stats);
+    assert_eq!(
+        records(&mut rep),
+        [
+            json!({"type": "irq_conflict", "with": "irqbalance", "pid": 4242, "winner": "irqbalance", "banned_cpus": "1"}),
+            json!({"type": "irq_default_set", "mask": "0"}),
+            json!({"type": "workqueue_set", "mask": "0"}),
+        ]
+    );
+    // Rescans with it still there: nothing said, no IRQ written.
+    for _ in 0..3 {
+        st.look_for_irqbalance(&mut rep, &mut stats);
+        st.sync(&topo("0-1"), &s("0"), &mut rep, &mut stats);
+    }
+    assert_eq!(records(&mut rep), Vec::<Value>::new());
+    assert!(
+        !st.kernel
+            .writes
+            .iter()
+            .any(|(f, _)| matches!(f, MaskFile::Irq(_))),
+        "{:?}",
+        st.kernel.writes
+    );
+    st.kernel.irqbalance = None;
+    st.look_for_irqbalance(&mut rep, &mut stats);
+    assert_eq!(
+        records(&mut rep),
+        [
+            json!({"type": "irq_conflict_ended", "with": "irqbalance", "pid": 4242}),
+            json!({"type": "irq_set", "irq": 24, "actions": ["ACPI:Ged"], "mask": "0", "effective": "0"}),
+            json!({"type": "irq_kernel_managed", "irq": 36, "actions": ["nvme0q0"]}),
+        ]
     );
 }

@@ -232,3 +232,44 @@ fn unbound_workqueue_workers_are_reported_as_following_the_workqueue_mask() {
         ]
     );
 }
+
+#[test]
+fn irqbalance_conflicts_say_who_wins_and_what_to_ban() {
+    use crate::policy::IrqOwner;
+    let yielding = Report::IrqConflict {
+        with: Balancer::Irqbalance,
+        pid: 812,
+        winner: IrqOwner::Irqbalance,
+        banned_cpus: "2-3".into(),
+    };
+    assert_eq!(
+        json(&yielding),
+        serde_json::json!({"type": "irq_conflict", "with": "irqbalance", "pid": 812, "winner": "irqbalance", "banned_cpus": "2-3"})
+    );
+    let ended = Report::IrqConflictEnded {
+        with: Balancer::Irqbalance,
+        pid: 812,
+    };
+    assert_eq!(
+        json(&ended),
+        serde_json::json!({"type": "irq_conflict_ended", "with": "irqbalance", "pid": 812})
+    );
+    let overriding = Report::IrqConflict {
+        with: Balancer::Irqbalance,
+        pid: 812,
+        winner: IrqOwner::Affinity,
+        banned_cpus: String::new(),
+    };
+    let text: Vec<String> = [yielding, overriding, ended]
+        .iter()
+        .map(|r| human(r, false)[13..].to_string())
+        .collect();
+    assert_eq!(
+        text,
+        [
+            "irq_conflict irqbalance (pid 812) is running: IRQ affinity is left to it (--irqs-over-irqbalance: steer anyway); to keep IRQs off CPUs 2-3, set IRQBALANCE_BANNED_CPULIST=2-3 in /etc/default/irqbalance (irqbalance before 1.8: IRQBALANCE_BANNED_CPUS=<hex mask>) and restart it",
+            "irq_conflict irqbalance (pid 812) is running: --irqs-over-irqbalance: affinity steers IRQs anyway and puts back what irqbalance moves; no CPU is outside housekeeping, so there is nothing to ban",
+            "irq_conflict_ended irqbalance (pid 812) is gone: affinity steers IRQs again",
+        ]
+    );
+}

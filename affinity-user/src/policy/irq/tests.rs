@@ -719,3 +719,5 @@ fn a_workqueue_name_holds_what_any_kernel_makes_one() {
         "by name, not length"
     );
 }
+
+mod irqbalance;
