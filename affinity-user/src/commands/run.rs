@@ -641,6 +641,7 @@ fn housekeeping_check(r: &mut Running, args: &RunArgs) -> Result<()> {
         nohz_full: iso.nohz_full,
         cpuset_isolated: iso.cpuset_isolated,
         kthreads: Vec::new(),
+        steering: crate::policy::SteerScan::default(),
         ..r.machine.clone()
     };
     let hk = r.housekeeping.of(&m, &r.config);

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::plan::{PlanAction, PlanRow, WhatIf, align, load, plan};
+use super::plan::{PlanAction, PlanRow, SteerRow, WhatIf, align, load, plan, steer_table};
 use crate::daemon::control::{self, LiveKthread, LiveRegistration, LiveView, Request};
 
 #[derive(Debug, clap::Args)]
@@ -118,6 +118,11 @@ struct Status {
     /// Why a running daemon was not asked, when it was not.
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
+    /// The IRQs, default IRQ affinity and workqueue cpumasks and what `run
+    /// --irqs` puts them on (local view only; not counted as drift, which
+    /// is the kthreads').
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    steering: Vec<SteerRow>,
 }
 
 /// Whether a daemon listens on `socket`: Ok(true) it answers, Ok(false)
@@ -196,6 +201,7 @@ fn from_daemon(v: LiveView) -> Status {
         kthreads,
         registrations: v.registrations,
         note: None,
+        steering: Vec::new(),
     }
 }
 
@@ -208,6 +214,7 @@ fn local(args: &StatusArgs, daemon: bool, note: Option<String>) -> Result<Status
         &args.roots.proc,
     )?;
     let p = plan(&machine, &config, &WhatIf::default());
+    let steering = p.steering;
     let kthreads: Vec<_> = p
         .kthreads
         .into_iter()
@@ -229,6 +236,7 @@ fn local(args: &StatusArgs, daemon: bool, note: Option<String>) -> Result<Status
         kthreads,
         registrations: Vec::new(),
         note,
+        steering,
     })
 }
 
@@ -331,6 +339,9 @@ fn print_status(s: &Status, only_drift: bool) {
     if !s.registrations.is_empty() && !only_drift {
         println!("runtime registrations (affinity prefer), tried first to last:");
         print_registrations(&s.registrations);
+    }
+    if !s.steering.is_empty() && !only_drift {
+        print!("{}", steer_table(&s.steering));
     }
 }
 
