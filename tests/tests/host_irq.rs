@@ -329,6 +329,34 @@ fn a_workqueue_rule_sets_writeback_and_restore_puts_it_back() {
     );
 }
 
+#[test]
+fn observe_writes_no_workqueue_cpumask_a_rule_names() {
+    let Some(_masks) = setup("observe_writes_no_workqueue_cpumask_a_rule_names") else {
+        return;
+    };
+    let before = all_masks();
+    let want = affinity::policy::placement(Some(&set("0-1")), &housekeeping(&[1]), &online());
+    let rules = "[[workqueue]]\nmatch = \"writeback\"\nprefer = \"0-1\"\n";
+    let mut d = Daemon::start_with_config(rules, &["--irqs", "--observe", "--isolate", "1"]);
+    let would = d.wait_event(5 * SECOND, "writeback's workqueue_would_set", |e| {
+        e["workqueue"] == "writeback"
+    });
+    assert_eq!(
+        (would["type"].as_str(), would["mask"].as_str()),
+        (Some("workqueue_would_set"), Some(want.to_string().as_str())),
+        "{would}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(all_masks(), before, "--observe changed a mask");
+    let about: Vec<_> = d
+        .events()
+        .into_iter()
+        .filter(|e| e["workqueue"] == "writeback")
+        .collect();
+    assert_eq!(about.len(), 1, "said once: {about:#?}");
+    assert!(d.stop().success());
+}
+
 /// A process whose comm is `irqbalance` (a copy of sleep by that name:
 /// `exec -a` would change argv[0], not the comm), killed when dropped.
 struct FakeIrqbalance {
