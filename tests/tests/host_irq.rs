@@ -313,6 +313,31 @@ fn a_workqueue_rule_sets_writeback_and_restore_puts_it_back() {
         "{:?}",
         d.stderr()
     );
+    // `affinity status` asks the daemon: the steering rows, in place.
+    let out = std::process::Command::new(affinity_tests::daemon::affinity_bin())
+        .args(["status", "--json", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["source"], "daemon", "{v:#}");
+    let rows = v["steering"].as_array().expect("steering rows");
+    let writeback_row = rows
+        .iter()
+        .find(|r| r["workqueue"] == "writeback")
+        .expect("a writeback row");
+    assert_eq!(
+        writeback_row,
+        &serde_json::json!({"file": "workqueue", "workqueue": "writeback", "rule": "writeback",
+            "applied": want, "current": want, "effective": effective, "state": "steered"})
+    );
+    assert!(
+        rows.iter().any(|r| r["file"] == "workqueue"
+            && r.get("workqueue").is_none()
+            && r["applied"] == placed(&[1]).to_string()),
+        "{rows:#?}"
+    );
     // Past a rescan: not written again.
     std::thread::sleep(Duration::from_millis(2500));
     let sets = d

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::{
+    daemon::control::SteerFile,
     input::BadInput,
     kernel::sysfs::{self, Machine},
     policy::{
@@ -106,15 +107,6 @@ pub struct Plan {
     pub steering: Vec<SteerRow>,
 }
 
-/// The file a steering row is about, by the word its live records use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SteerFile {
-    Irq,
-    IrqDefault,
-    Workqueue,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SteerRow {
     pub file: SteerFile,
@@ -135,13 +127,8 @@ pub struct SteerRow {
 impl SteerRow {
     /// As the live report names it.
     fn what(&self) -> String {
-        match (self.file, self.irq, &self.workqueue) {
-            (SteerFile::Irq, Some(n), _) if self.actions.is_empty() => format!("irq {n}"),
-            (SteerFile::Irq, Some(n), _) => format!("irq {n} ({})", self.actions.join(", ")),
-            (SteerFile::IrqDefault, ..) => "default IRQ affinity".into(),
-            (SteerFile::Workqueue, _, Some(name)) => format!("workqueue {name} cpumask"),
-            _ => "workqueue cpumask".into(),
-        }
+        self.file
+            .what(self.irq, &self.actions, self.workqueue.as_deref())
     }
 }
 
@@ -162,12 +149,7 @@ fn steering(machine: &Machine, config: &Config, topology: Topology, hk: CpuSet) 
     engine
         .entries()
         .map(|e| {
-            let (file, irq, workqueue) = match e.file {
-                MaskFile::Irq(n) => (SteerFile::Irq, Some(n), None),
-                MaskFile::IrqDefault => (SteerFile::IrqDefault, None, None),
-                MaskFile::Workqueue => (SteerFile::Workqueue, None, None),
-                MaskFile::NamedWorkqueue(n) => (SteerFile::Workqueue, None, Some(n.to_string())),
-            };
+            let (file, irq, workqueue) = SteerFile::of(e.file);
             SteerRow {
                 file,
                 irq,

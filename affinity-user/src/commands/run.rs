@@ -532,7 +532,12 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                         Err(message) => Response::refusal(message),
                     }
                 } else {
-                    handle_request(&mut r.core, &call, width, &mut r.observer)
+                    let mut response = handle_request(&mut r.core, &call, width, &mut r.observer);
+                    // The steering engine is beside the core, not in it.
+                    if let (Some(view), Some(steer)) = (&mut response.view, &r.steer) {
+                        view.steering = control::LiveSteer::all(&steer.engine);
+                    }
+                    response
                 };
                 // The client may have given up: nothing to do then.
                 let _ = call.reply.send(response);

@@ -18,7 +18,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::plan::{PlanAction, PlanRow, SteerRow, WhatIf, align, load, plan, steer_table};
-use crate::daemon::control::{self, LiveKthread, LiveRegistration, LiveView, Request};
+use crate::daemon::control::{self, LiveKthread, LiveRegistration, LiveSteer, LiveView, Request};
+use crate::policy::SteerState;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -118,11 +119,57 @@ struct Status {
     /// Why a running daemon was not asked, when it was not.
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
-    /// The IRQs, default IRQ affinity and workqueue cpumasks and what `run
-    /// --irqs` puts them on (local view only; not counted as drift, which
-    /// is the kthreads').
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    steering: Vec<SteerRow>,
+    /// The IRQs, default IRQ affinity and workqueue cpumasks: what `run
+    /// --irqs` puts them on (local), or what the daemon keeps them on and
+    /// their state (a daemon run with --irqs). Not counted as drift, which
+    /// is the kthreads'.
+    #[serde(skip_serializing_if = "Steering::is_empty")]
+    steering: Steering,
+}
+
+/// The steering rows of either view, serialised as a list.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Steering {
+    Local(Vec<SteerRow>),
+    Daemon(Vec<LiveSteer>),
+}
+
+impl Steering {
+    fn is_empty(&self) -> bool {
+        match self {
+            Steering::Local(rows) => rows.is_empty(),
+            Steering::Daemon(rows) => rows.is_empty(),
+        }
+    }
+}
+
+/// The daemon's steering, changes (anything not in place) first.
+fn live_steer_table(rows: &[LiveSteer]) -> String {
+    let mut table = vec![
+        [
+            "MASK (--irqs)",
+            "RULE",
+            "APPLIED",
+            "CURRENT",
+            "EFFECTIVE",
+            "STATE",
+        ]
+        .map(String::from),
+    ];
+    let mut sorted: Vec<&LiveSteer> = rows.iter().collect();
+    sorted.sort_by_key(|r| r.state == SteerState::Steered);
+    for r in sorted {
+        table.push([
+            r.file.what(r.irq, &r.actions, r.workqueue.as_deref()),
+            r.rule.clone().unwrap_or_else(|| "-".into()),
+            r.applied.clone(),
+            r.current.clone(),
+            r.effective.clone().unwrap_or_else(|| "-".into()),
+            r.state.as_str().into(),
+        ]);
+    }
+    align(&table)
 }
 
 /// Whether a daemon listens on `socket`: Ok(true) it answers, Ok(false)
@@ -201,7 +248,7 @@ fn from_daemon(v: LiveView) -> Status {
         kthreads,
         registrations: v.registrations,
         note: None,
-        steering: Vec::new(),
+        steering: Steering::Daemon(v.steering),
     }
 }
 
@@ -236,7 +283,7 @@ fn local(args: &StatusArgs, daemon: bool, note: Option<String>) -> Result<Status
         kthreads,
         registrations: Vec::new(),
         note,
-        steering,
+        steering: Steering::Local(steering),
     })
 }
 
@@ -340,8 +387,12 @@ fn print_status(s: &Status, only_drift: bool) {
         println!("runtime registrations (affinity prefer), tried first to last:");
         print_registrations(&s.registrations);
     }
-    if !s.steering.is_empty() && !only_drift {
-        print!("{}", steer_table(&s.steering));
+    if !only_drift {
+        match &s.steering {
+            Steering::Local(rows) if !rows.is_empty() => print!("{}", steer_table(rows)),
+            Steering::Daemon(rows) if !rows.is_empty() => print!("{}", live_steer_table(rows)),
+            _ => {}
+        }
     }
 }
 

@@ -63,7 +63,7 @@ pub enum WriteRefusal {
     Other(i32),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SteerState {
     /// A write was asked for and not answered (or, observing, never is).
@@ -78,6 +78,19 @@ pub enum SteerState {
     /// The kernel refused the desired mask: reported once, tried again when
     /// the desired mask changes.
     Refused,
+}
+
+impl SteerState {
+    /// The word on the wire and in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SteerState::Pending => "pending",
+            SteerState::Steered => "steered",
+            SteerState::Mismatch => "mismatch",
+            SteerState::KernelManaged => "kernel_managed",
+            SteerState::Refused => "refused",
+        }
+    }
 }
 
 /// One mask the engine keeps in place: an IRQ, the default IRQ affinity or
