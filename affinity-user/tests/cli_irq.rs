@@ -167,3 +167,39 @@ fn plan_shows_what_run_irqs_would_do_to_irqs_and_workqueues() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v.get("steering").is_none(), "an old snapshot: {v}");
 }
+
+#[test]
+fn check_warns_of_irq_and_workqueue_rules_matching_nothing_on_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap.json");
+    std::fs::write(
+        &snap,
+        r#"{"kernel": "6.18.0", "possible": "0-3", "online": "0-3", "isolated": "",
+            "nohz_full": "", "cpuset_isolated": "", "nodes": {"0": "0-3"}, "kthreads": [],
+            "steering": {"irqs": [{"irq": 36, "actions": ["nvme0q1"], "affinity": "0-3"}],
+                "workqueue": "0-3", "workqueues": {"writeback": "0-3"}}}"#,
+    )
+    .unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[workqueue]]\nmatch = \"nosuch_wq\"\nprefer = \"0\"\n\n[[irq]]\nmatch = \"nvme*\"\nprefer = \"0\"\n\n[[irq]]\nmatch = \"eth*\"\nprefer = \"0\"\n\n[[workqueue]]\nmatch = \"writeback\"\nprefer = \"0\"\n",
+    )
+    .unwrap();
+    let (s, r) = (snap.to_str().unwrap(), rules.to_str().unwrap());
+    let (code, out, err) = affinity(&["check", "--snapshot", s, "--json", r]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["warnings"],
+        serde_json::json!([
+            {"line": 2, "message": "[[workqueue]] rule for nosuch_wq: matches no workqueue with a cpumask on this machine (it applies to matching ones that appear later)"},
+            {"line": 10, "message": "[[irq]] rule for eth*: matches no IRQ on this machine (it applies to matching IRQs that appear later)"},
+        ])
+    );
+    // An old snapshot knows no IRQs: nothing to say about them.
+    let (code, out, _) = affinity(&["check", "--snapshot", &numa64(), "--json", r]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+}
