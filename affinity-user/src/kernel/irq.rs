@@ -120,6 +120,20 @@ pub fn parse_interrupts(text: &str) -> BTreeMap<u32, Vec<String>> {
     out
 }
 
+/// The lowest pid of the processes whose comm is `irqbalance`, read under
+/// `proc_root` (every process: only thread-group leaders are listed there).
+/// A process that exits meanwhile is just not found.
+pub fn find_irqbalance(proc_root: &Path) -> Option<u32> {
+    fs::read_dir(proc_root)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(proc_root.join(format!("{pid}/comm")))
+                .is_ok_and(|c| c.trim_end_matches('\n') == "irqbalance")
+        })
+        .min()
+}
+
 impl IrqFs {
     pub fn new(proc_root: impl Into<PathBuf>, sys_root: impl Into<PathBuf>, width: u32) -> Self {
         IrqFs {
@@ -250,18 +264,9 @@ impl IrqFs {
         Ok(scan)
     }
 
-    /// The lowest pid of the processes whose comm is `irqbalance`, read
-    /// under this tree's /proc (every process: only thread-group leaders
-    /// are listed there). A process that exits meanwhile is just not found.
+    /// A running irqbalance under this tree's /proc: [`find_irqbalance`].
     pub fn irqbalance(&self) -> Option<u32> {
-        fs::read_dir(&self.proc_root)
-            .ok()?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                fs::read_to_string(self.proc_root.join(format!("{pid}/comm")))
-                    .is_ok_and(|c| c.trim_end_matches('\n') == "irqbalance")
-            })
-            .min()
+        find_irqbalance(&self.proc_root)
     }
 
     /// Writes `mask` in the file's own format (a cpulist for an IRQ, a hex

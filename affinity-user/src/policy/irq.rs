@@ -608,9 +608,10 @@ impl SteerEngine {
         }
     }
 
-    /// New `[[irq]]` rules (a reload), applied as a diff: only IRQs whose
-    /// rule or desired mask changes are written. Returns the actions and
-    /// how many IRQs changed rule or mask.
+    /// New `[[irq]]` and `[[workqueue]]` rules (a reload), applied as a
+    /// diff: only masks whose rule or desired mask changes are written; a
+    /// workqueue newly named is adopted, one no longer named handed back.
+    /// Returns the actions and how many masks changed rule or mask.
     pub fn replace_rules(
         &mut self,
         rules: Vec<IrqRule>,
