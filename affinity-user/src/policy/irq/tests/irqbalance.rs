@@ -116,3 +116,27 @@ fn over_irqbalance_the_daemon_steers_and_says_once_that_it_wins() {
     assert_eq!(e.handle(SteerEvent::Irqbalance(Some(PID))), []);
     assert_eq!(e.handle(at("0-1", "2-3")), [write(SERIAL, "ttyS0", "0-1")]);
 }
+
+#[test]
+fn irqs_written_before_irqbalance_came_are_not_restored_while_it_runs() {
+    // settled(): every mask written, irq 4 and nvme0q1 from 0-3 to 0-1.
+    let mut e = settled();
+    let irqs = |e: &SteerEngine| -> Vec<MaskFile> {
+        e.restore()
+            .into_iter()
+            .map(|(f, _)| f)
+            .filter(|f| matches!(f, MaskFile::Irq(_)))
+            .collect()
+    };
+    assert_eq!(irqs(&e), [SERIAL, NVME]);
+    e.handle(SteerEvent::Irqbalance(Some(PID)));
+    // They are irqbalance's now: putting them back is one more round.
+    assert_eq!(irqs(&e), []);
+    assert_eq!(
+        e.restore(),
+        [(DEFAULT, s("0-3")), (WQ, s("0-3"))],
+        "the files irqbalance does not write still are"
+    );
+    e.handle(SteerEvent::Irqbalance(None));
+    assert_eq!(irqs(&e), [SERIAL, NVME]);
+}
