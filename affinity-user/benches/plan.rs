@@ -64,6 +64,7 @@ fn machine() -> Machine {
         nohz_full: CpuSet::empty(CPUS),
         cpuset_isolated: CpuSet::empty(CPUS),
         kthreads,
+        steering: Default::default(),
     }
 }
 

@@ -723,11 +723,26 @@ fn snapshot_is_json_by_default_and_summarises_with_format_human() {
     );
     // Two reads of /proc: kworkers come and go between them, so the count
     // is not compared.
-    let last = lines.last().unwrap();
+    let kthreads = lines
+        .iter()
+        .find(|l| l.starts_with("kthreads "))
+        .unwrap_or_else(|| panic!("no kthreads line: {out}"));
     assert!(
-        last.starts_with("kthreads          ")
-            && last.ends_with(" pinned by the kernel)")
-            && last.contains(" movable, "),
+        kthreads.starts_with("kthreads          ")
+            && kthreads.ends_with(" pinned by the kernel)")
+            && kthreads.contains(" movable, "),
+        "{out}"
+    );
+    // Then the steering the snapshot recorded, as many IRQs as in its JSON.
+    let irqs = v["steering"]["irqs"].as_array().map_or(0, Vec::len);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("irqs              {irqs} (default affinity "))),
+        "{irqs} IRQs: {out}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("workqueue cpumask ")),
         "{out}"
     );
 }

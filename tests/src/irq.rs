@@ -1,5 +1,6 @@
-//! IRQ masks, the default IRQ affinity and the workqueue cpumask, read
-//! and put back for the kernel tests (through the daemon's own reader).
+//! IRQ masks, the default IRQ affinity and the workqueue cpumasks (global
+//! and each WQ_SYSFS workqueue's), read and put back for the kernel tests
+//! (through the daemon's own reader).
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -16,6 +17,45 @@ pub fn width() -> u32 {
         .expect("parsing the possible CPUs")
         .last()
         .map_or(1, |l| l + 1)
+}
+
+/// A cpulist file; a missing one (no nohz_full, no cgroup partitions) or
+/// `(null)` (nohz_full on a kernel without CONFIG_NO_HZ_FULL) is empty.
+fn cpus(path: &str) -> CpuSet {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = text.trim();
+    if text == "(null)" {
+        return CpuSet::empty(width());
+    }
+    CpuSet::parse(text, width()).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The online CPUs now.
+pub fn online() -> CpuSet {
+    cpus("/sys/devices/system/cpu/online")
+}
+
+/// The daemon's `auto` housekeeping on this machine (every possible CPU
+/// but isolcpus, nohz_full and isolated cgroup partitions), less
+/// `isolate` (`--isolate`): 0-1 on this host, 0-1 in the vm-test guests
+/// (isolcpus=2,3); with `--isolate 1`, 0 on both.
+pub fn housekeeping(isolate: &[u32]) -> CpuSet {
+    let mut extra = CpuSet::empty(width());
+    for cpu in isolate {
+        extra.insert(*cpu);
+    }
+    affinity::policy::housekeeping_from(
+        &cpus("/sys/devices/system/cpu/possible"),
+        &cpus("/sys/devices/system/cpu/isolated"),
+        &cpus("/sys/devices/system/cpu/nohz_full"),
+        &cpus("/sys/fs/cgroup/cpuset.cpus.isolated"),
+    )
+    .and_not(&extra)
+}
+
+/// Every possible CPU outside `housekeeping`.
+pub fn outside(housekeeping: &CpuSet) -> CpuSet {
+    cpus("/sys/devices/system/cpu/possible").and_not(housekeeping)
 }
 
 pub fn irq_fs() -> IrqFs {
@@ -36,6 +76,9 @@ pub fn all_masks() -> BTreeMap<MaskFile, String> {
     }
     if let Some(w) = scan.workqueue {
         out.insert(MaskFile::Workqueue, w.to_string());
+    }
+    for (name, mask) in scan.workqueues {
+        out.insert(MaskFile::NamedWorkqueue(name), mask.to_string());
     }
     out
 }

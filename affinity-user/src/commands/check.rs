@@ -8,7 +8,10 @@ use serde::Serialize;
 use crate::{
     input::{BadInput, EXIT_BAD_INPUT},
     kernel::sysfs,
-    policy::{Config, ConfigError, HousekeepingSpec, Kthread, MAX_CPUS, Target, Topology},
+    policy::{
+        Config, ConfigError, HousekeepingSpec, Kthread, MAX_CPUS, SteerScan, Target, Topology,
+        unmatched_rules, unmatched_workqueue_rules,
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +69,7 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
             valid: errors.is_empty(),
             rules: config.map(|c| c.rules.len()),
             irq_rules: config.map(|c| c.irq.len()),
+            workqueue_rules: config.map(|c| c.workqueue.len()),
             errors,
             warnings: &warns,
         })?;
@@ -111,6 +115,7 @@ struct Report<'a> {
     /// Only for a valid file.
     rules: Option<usize>,
     irq_rules: Option<usize>,
+    workqueue_rules: Option<usize>,
     errors: Vec<ConfigError>,
     warnings: &'a [Warning],
 }
@@ -211,6 +216,34 @@ pub fn warnings(config: &Config, text: &str, machine: Option<&sysfs::Machine>) -
             warn("never applies: earlier rules take every kthread it matches".into());
         }
     }
+    // As `run --irqs` warns at start-up, where the machine's IRQs and
+    // workqueues are known (a snapshot from before they were recorded: not).
+    if let Some(scan) = machine
+        .map(|m| &m.steering)
+        .filter(|s| **s != SteerScan::default())
+    {
+        for r in unmatched_rules(&config.irq, &scan.irqs) {
+            out.push(Warning {
+                line: r.line,
+                message: format!(
+                    "[[irq]] rule for {}: matches no IRQ on this machine (it applies to matching IRQs that appear later)",
+                    r.target
+                ),
+            });
+        }
+        let names: Vec<String> = scan.workqueues.iter().map(|(n, _)| n.to_string()).collect();
+        for r in unmatched_workqueue_rules(&config.workqueue, &names) {
+            out.push(Warning {
+                line: r.line,
+                message: format!(
+                    "[[workqueue]] rule for {}: matches no workqueue with a cpumask on this machine (it applies to matching ones that appear later)",
+                    r.target.as_str()
+                ),
+            });
+        }
+    }
+    // In the file's order, whichever table each came from.
+    out.sort_by_key(|w| w.line);
     out
 }
 

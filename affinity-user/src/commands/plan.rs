@@ -12,9 +12,13 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::{
+    daemon::control::SteerFile,
     input::BadInput,
     kernel::sysfs::{self, Machine},
-    policy::{Action, Config, CpuSet, Engine, Event},
+    policy::{
+        Action, Config, CpuSet, Engine, Event, MaskFile, SteerAction, SteerEngine, SteerEvent,
+        Topology,
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +101,71 @@ pub struct Plan {
     pub online: String,
     pub housekeeping: String,
     pub kthreads: Vec<PlanRow>,
+    /// What `run --irqs` would do to the IRQs, the default IRQ affinity and
+    /// the workqueue cpumasks (none known: absent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steering: Vec<SteerRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SteerRow {
+    pub file: SteerFile,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub irq: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
+    /// A named workqueue's name (none: the global workqueue cpumask).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workqueue: Option<String>,
+    pub rule: Option<String>,
+    pub applied: String,
+    pub current: String,
+    /// `set` or `keep`.
+    pub action: PlanAction,
+}
+
+impl SteerRow {
+    /// As the live report names it.
+    fn what(&self) -> String {
+        self.file
+            .what(self.irq, &self.actions, self.workqueue.as_deref())
+    }
+}
+
+/// What the steering engine asks for on `machine`'s masks, as `run --irqs`
+/// would at start-up (the kernel's answers, such as a managed IRQ's
+/// refusal, cannot be known here).
+fn steering(machine: &Machine, config: &Config, topology: Topology, hk: CpuSet) -> Vec<SteerRow> {
+    let mut engine = SteerEngine::new(topology, hk, config.irq.clone())
+        .with_workqueue_rules(config.workqueue.clone());
+    let writes: HashSet<MaskFile> = engine
+        .handle(SteerEvent::Scan(machine.steering.clone()))
+        .into_iter()
+        .filter_map(|a| match a {
+            SteerAction::Write { file, .. } => Some(file),
+            _ => None,
+        })
+        .collect();
+    engine
+        .entries()
+        .map(|e| {
+            let (file, irq, workqueue) = SteerFile::of(e.file);
+            SteerRow {
+                file,
+                irq,
+                actions: e.actions.clone(),
+                workqueue,
+                rule: e.rule.clone(),
+                applied: e.desired.to_string(),
+                current: e.current.to_string(),
+                action: if writes.contains(&e.file) {
+                    PlanAction::Set
+                } else {
+                    PlanAction::Keep
+                },
+            }
+        })
+        .collect()
 }
 
 /// Hypothetical changes applied before planning.
@@ -131,6 +200,7 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
     }
     let hk = housekeeping_of(machine, config, what_if);
     let online = topology.online.to_string();
+    let steering = steering(machine, config, topology.clone(), hk.clone());
     let mut engine = Engine::new(topology, hk.clone(), config.rules.clone())
         .with_kernel(&machine.kernel)
         .with_boot_isolation(&machine.isolated, &machine.nohz_full);
@@ -193,6 +263,7 @@ pub fn plan(machine: &Machine, config: &Config, what_if: &WhatIf) -> Plan {
         online,
         housekeeping: hk.to_string(),
         kthreads,
+        steering,
     }
 }
 
@@ -325,6 +396,37 @@ pub fn table(plan: &Plan) -> String {
         out,
         "{changes} of {} kthreads would change",
         plan.kthreads.len()
+    );
+    if !plan.steering.is_empty() {
+        out.push_str(&steer_table(&plan.steering));
+    }
+    out
+}
+
+/// The masks `run --irqs` keeps, changes first, then in file order.
+pub fn steer_table(steering: &[SteerRow]) -> String {
+    let mut rows: Vec<[String; 5]> =
+        vec![["MASK (with --irqs)", "RULE", "APPLIED", "CURRENT", "ACTION"].map(String::from)];
+    let mut sorted: Vec<&SteerRow> = steering.iter().collect();
+    sorted.sort_by_key(|r| r.action != PlanAction::Set);
+    for r in sorted {
+        rows.push([
+            r.what(),
+            r.rule.clone().unwrap_or_else(|| "-".into()),
+            r.applied.clone(),
+            r.current.clone(),
+            r.action.to_string(),
+        ]);
+    }
+    let changes = steering
+        .iter()
+        .filter(|r| r.action == PlanAction::Set)
+        .count();
+    let mut out = align(&rows);
+    let _ = writeln!(
+        out,
+        "{changes} of {} masks would change with --irqs",
+        steering.len()
     );
     out
 }

@@ -48,8 +48,12 @@ use crate::{
     kernel::procfs::ProcKernel,
     kernel::sysfs::{self, Machine, Scan},
     kernel::wire::WireEvent,
-    policy::{Config, CpuSet, Engine, Preference, Target},
+    policy::{Config, CpuSet, Engine, IrqbalancePolicy, Preference, Target},
 };
+
+mod control_reload;
+
+use control_reload::{handle_request, reload};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -100,6 +104,11 @@ pub struct RunArgs {
     /// under back-to-back hotplug delayed control requests past 10 s.
     #[arg(long)]
     pub irqs: bool,
+    /// With --irqs: steer IRQ affinity even while an irqbalance runs (by
+    /// default it is left to irqbalance, and the CPUs to ban in its
+    /// configuration are reported once).
+    #[arg(long, requires = "irqs")]
+    pub irqs_over_irqbalance: bool,
     /// The event loop (hotplug records in, masks out) runs under SCHED_FIFO
     /// at this priority (1-99), as stalld and rtla run their own threads, so
     /// that a busy CPU cannot delay the reaction to a hotplug step; 0 runs it
@@ -370,13 +379,20 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         .with_kernel(&machine.kernel)
         .with_boot_isolation(&machine.isolated, &machine.nohz_full);
     let mut steer = args.irqs.then(|| {
-        Steering::new(
+        let mut steer = Steering::new(
             machine.topology.clone(),
             hk.clone(),
             config.irq.clone(),
+            config.workqueue.clone(),
             IrqFs::new(&args.roots.proc, &args.roots.sys, width),
             &opts,
-        )
+        );
+        if args.irqs_over_irqbalance {
+            steer
+                .engine
+                .set_irqbalance_policy(IrqbalancePolicy::Override);
+        }
+        steer
     });
     let kernel = ProcKernel::new(&args.roots.proc, &args.roots.sys, width);
     let out =
@@ -396,10 +412,10 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     // A hotplug between reading the machine and attaching the programs.
     core.converge(&mut observer, false);
     if let Some(steer) = &mut steer {
-        steer.start(&config.irq, &mut core);
-    } else if !config.irq.is_empty() {
+        steer.start(&config.irq, &config.workqueue, &mut core);
+    } else if !config.irq.is_empty() || !config.workqueue.is_empty() {
         eprintln!(
-            "affinity: warning: the rules file has [[irq]] rules, which apply only with --irqs"
+            "affinity: warning: the rules file has [[irq]] or [[workqueue]] rules, which apply only with --irqs"
         );
     }
 
@@ -539,7 +555,12 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                         Err(message) => Response::refusal(message),
                     }
                 } else {
-                    handle_request(&mut r.core, &call, width, &mut r.observer)
+                    let mut response = handle_request(&mut r.core, &call, width, &mut r.observer);
+                    // The steering engine is beside the core, not in it.
+                    if let (Some(view), Some(steer)) = (&mut response.view, &r.steer) {
+                        view.steering = control::LiveSteer::all(&steer.engine);
+                    }
+                    response
                 };
                 // The client may have given up: nothing to do then.
                 let _ = call.reply.send(response);
@@ -573,9 +594,10 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
             }
             _ = isolation.tick() => housekeeping_check(r, args)?,
             _ = rescan.tick() => {
-                // IRQs follow every hotplug step (above), housekeeping change and new IRQ.
+                // IRQs follow every hotplug step (above), housekeeping change and new IRQ;
+                // an irqbalance that appears or goes away is seen here.
                 if let Some(steer) = &mut r.steer {
-                    steer.follow(&mut r.core);
+                    steer.rescan(&mut r.core);
                 }
                 start_scan(&mut scan, args, width, r.core.epoch());
             }
@@ -702,6 +724,7 @@ fn housekeeping_check(r: &mut Running, args: &RunArgs) -> Result<()> {
         nohz_full: iso.nohz_full,
         cpuset_isolated: iso.cpuset_isolated,
         kthreads: Vec::new(),
+        steering: crate::policy::SteerScan::default(),
         ..r.machine.clone()
     };
     let hk = r.housekeeping.of(&m, &r.config);
@@ -711,73 +734,6 @@ fn housekeeping_check(r: &mut Running, args: &RunArgs) -> Result<()> {
         r.core.housekeeping_changed(hk, &mut r.observer);
     }
     Ok(())
-}
-
-/// SIGHUP and `affinity reload`: the rules file read again. A valid one
-/// replaces the rules as a diff (only kthreads whose rule or preference
-/// changes are touched); an invalid one changes nothing and every error is
-/// reported with its line and column.
-fn reload(r: &mut Running, args: &RunArgs) -> Result<String, String> {
-    let path = match &args.policy.config {
-        None => {
-            return Err(
-                "the daemon runs the embedded default policy (no --config): there is no rules file to read again"
-                    .into(),
-            );
-        }
-        Some(p) if p.as_os_str() == "-" => {
-            return Err(
-                "the rules came from stdin (--config -), which cannot be read again".into(),
-            );
-        }
-        Some(p) => p,
-    };
-    let shown = path.display().to_string();
-    let config = match sysfs::load_config(path, r.core.engine.topology()) {
-        Ok(c) => c,
-        Err(e) => {
-            let message = format!("{e:#}");
-            r.core.reporter.report(&Report::ReloadRefused {
-                path: shown.clone(),
-                message: message.clone(),
-            });
-            return Err(format!(
-                "{shown} not applied, the running policy is unchanged: {message}"
-            ));
-        }
-    };
-    let changed = r.core.replace_rules(config.rules.clone(), &mut r.observer);
-    let mut irqs_changed = 0;
-    if config.irq != r.config.irq {
-        match &mut r.steer {
-            Some(steer) => {
-                irqs_changed = steer.replace_rules(
-                    config.irq.clone(),
-                    &mut r.core.reporter,
-                    &mut r.core.stats,
-                );
-            }
-            None => r.core.reporter.report(&Report::Error {
-                message: format!(
-                    "reload: {shown}'s [[irq]] rules changed, but IRQs are steered only with --irqs"
-                ),
-            }),
-        }
-    }
-    r.config = config;
-    // Its [housekeeping] section may say something else now.
-    if let Err(e) = housekeeping_check(r, args) {
-        r.core.reporter.report(&Report::Error {
-            message: format!("reload: housekeeping: {e:#}"),
-        });
-    }
-    r.core.reporter.report(&Report::Reloaded {
-        path: shown.clone(),
-        changed,
-    });
-    Ok(format!(
-        "{shown}: {changed} kthreads changed rule or preference, {irqs_changed} IRQs rule or mask"
-    ))
 }
 
 /// Renders the metrics body when a counter moved; scrapers read the last one.
@@ -842,46 +798,6 @@ fn shutdown(mut r: Running, result: Result<()>) -> Result<ExitCode> {
     // Programs and links detach when the observer drops.
     drop(r);
     result.map(|()| ExitCode::SUCCESS)
-}
-
-fn handle_request(
-    core: &mut DaemonCore,
-    call: &ControlCall,
-    width: u32,
-    observer: &mut Observer,
-) -> Response {
-    let target = |t: &str| match t.parse::<u32>() {
-        Ok(pid) => Target::Pid(pid),
-        Err(_) => Target::Comm(t.into()),
-    };
-    let result = match &call.request {
-        Request::Prefer {
-            target: t,
-            prefer,
-            update,
-        } => match Preference::parse(prefer, width) {
-            Ok(p) => core
-                .register(target(t), p, *update, &call.client, observer)
-                .map(|()| format!("{t} now prefers {prefer}"))
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("{prefer:?}: {e}")),
-        },
-        Request::Unprefer { target: t } => core
-            .unregister(&target(t), observer)
-            .map(|()| format!("{t} no longer has a runtime preference"))
-            .map_err(|e| e.to_string()),
-        Request::Status => {
-            return Response {
-                view: Some(Box::new(core.view())),
-                ..Response::done("the running daemon's registry")
-            };
-        }
-        Request::Reload => Err("reload is answered by the event loop".into()),
-    };
-    match result {
-        Ok(message) => Response::done(message),
-        Err(message) => Response::refusal(message),
-    }
 }
 
 /// `--metrics`: an address or a host name with a port, as the user would

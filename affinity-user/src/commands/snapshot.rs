@@ -63,5 +63,56 @@ fn human(s: &Snapshot) -> String {
         s.kthreads.len(),
         s.kthreads.len() - pinned
     ));
+    if let Some(st) = &s.steering {
+        let or_none = |m: &Option<String>| m.as_deref().map_or("none".to_string(), list);
+        out.push_str(&format!(
+            "irqs              {} (default affinity {})\nworkqueue cpumask {}\n",
+            st.irqs.len(),
+            or_none(&st.default_affinity),
+            or_none(&st.workqueue),
+        ));
+        for (name, mask) in &st.workqueues {
+            out.push_str(&format!("workqueue {name:<7} {}\n", list(mask)));
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::sysfs::{SnapshotIrq, SnapshotSteering};
+
+    #[test]
+    fn the_summary_shows_irqs_and_workqueue_cpumasks_when_recorded() {
+        let mut s = Snapshot {
+            kernel: "6.18.0".into(),
+            possible: "0-3".into(),
+            online: "0-3".into(),
+            isolated: "2-3".into(),
+            nohz_full: String::new(),
+            cpuset_isolated: String::new(),
+            nodes: [("0".to_string(), "0-3".to_string())].into(),
+            kthreads: Vec::new(),
+            steering: None,
+        };
+        let without = human(&s);
+        assert!(!without.contains("irqs"), "{without}");
+        s.steering = Some(SnapshotSteering {
+            irqs: vec![SnapshotIrq {
+                irq: 36,
+                actions: vec!["nvme0q1".into()],
+                node: None,
+                affinity: "0-3".into(),
+                effective: None,
+            }],
+            default_affinity: Some("0-3".into()),
+            workqueue: Some("0-1".into()),
+            workqueues: [("writeback".to_string(), "0-3".to_string())].into(),
+        });
+        assert_eq!(
+            human(&s).strip_prefix(&without).unwrap(),
+            "irqs              1 (default affinity 0-3)\nworkqueue cpumask 0-1\nworkqueue writeback 0-3\n"
+        );
+    }
 }

@@ -17,11 +17,12 @@ use std::{
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::plan::{PlanAction, PlanRow, WhatIf, align, load, plan};
+use super::plan::{PlanAction, PlanRow, SteerRow, WhatIf, align, load, plan, steer_table};
 use crate::daemon::{
-    control::{self, LiveKthread, LiveRegistration, LiveView, Request},
+    control::{self, LiveKthread, LiveRegistration, LiveSteer, LiveView, Request},
     noise::CpuNoise,
 };
+use crate::policy::SteerState;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -123,6 +124,57 @@ struct Status {
     /// Why a running daemon was not asked, when it was not.
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
+    /// The IRQs, default IRQ affinity and workqueue cpumasks: what `run
+    /// --irqs` puts them on (local), or what the daemon keeps them on and
+    /// their state (a daemon run with --irqs). Not counted as drift, which
+    /// is the kthreads'.
+    #[serde(skip_serializing_if = "Steering::is_empty")]
+    steering: Steering,
+}
+
+/// The steering rows of either view, serialised as a list.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Steering {
+    Local(Vec<SteerRow>),
+    Daemon(Vec<LiveSteer>),
+}
+
+impl Steering {
+    fn is_empty(&self) -> bool {
+        match self {
+            Steering::Local(rows) => rows.is_empty(),
+            Steering::Daemon(rows) => rows.is_empty(),
+        }
+    }
+}
+
+/// The daemon's steering, changes (anything not in place) first.
+fn live_steer_table(rows: &[LiveSteer]) -> String {
+    let mut table = vec![
+        [
+            "MASK (--irqs)",
+            "RULE",
+            "APPLIED",
+            "CURRENT",
+            "EFFECTIVE",
+            "STATE",
+        ]
+        .map(String::from),
+    ];
+    let mut sorted: Vec<&LiveSteer> = rows.iter().collect();
+    sorted.sort_by_key(|r| r.state == SteerState::Steered);
+    for r in sorted {
+        table.push([
+            r.file.what(r.irq, &r.actions, r.workqueue.as_deref()),
+            r.rule.clone().unwrap_or_else(|| "-".into()),
+            r.applied.clone(),
+            r.current.clone(),
+            r.effective.clone().unwrap_or_else(|| "-".into()),
+            r.state.as_str().into(),
+        ]);
+    }
+    align(&table)
 }
 
 /// Whether a daemon listens on `socket`: Ok(true) it answers, Ok(false)
@@ -202,6 +254,7 @@ fn from_daemon(v: LiveView) -> Status {
         registrations: v.registrations,
         noise: v.noise,
         note: None,
+        steering: Steering::Daemon(v.steering),
     }
 }
 
@@ -214,6 +267,7 @@ fn local(args: &StatusArgs, daemon: bool, note: Option<String>) -> Result<Status
         &args.roots.proc,
     )?;
     let p = plan(&machine, &config, &WhatIf::default());
+    let steering = p.steering;
     let kthreads: Vec<_> = p
         .kthreads
         .into_iter()
@@ -236,6 +290,7 @@ fn local(args: &StatusArgs, daemon: bool, note: Option<String>) -> Result<Status
         registrations: Vec::new(),
         noise: Vec::new(),
         note,
+        steering: Steering::Local(steering),
     })
 }
 
@@ -338,6 +393,13 @@ fn print_status(s: &Status, only_drift: bool) {
     if !s.registrations.is_empty() && !only_drift {
         println!("runtime registrations (affinity prefer), tried first to last:");
         print_registrations(&s.registrations);
+    }
+    if !only_drift {
+        match &s.steering {
+            Steering::Local(rows) if !rows.is_empty() => print!("{}", steer_table(rows)),
+            Steering::Daemon(rows) if !rows.is_empty() => print!("{}", live_steer_table(rows)),
+            _ => {}
+        }
     }
     if !s.noise.is_empty() && !only_drift {
         println!("noise on the non-housekeeping CPUs, last interval:");

@@ -75,6 +75,10 @@ impl<K: Kernel, W: Write> Core<K, W> {
             Action::ReportFollowsIrq { pid, comm, irq } => {
                 self.reporter.report(&Report::FollowsIrq { pid, comm, irq });
             }
+            Action::ReportFollowsWorkqueue { pid, comm } => {
+                self.reporter
+                    .report(&Report::FollowsWorkqueue { pid, comm });
+            }
             Action::ReportAffinityChanged {
                 pid,
                 comm,

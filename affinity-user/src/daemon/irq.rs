@@ -10,13 +10,14 @@ use std::{collections::VecDeque, io::Write};
 use super::{
     Core, Stats,
     kernel::Kernel,
-    report::{Report, Reporter, SteerKind, SteerReport},
+    report::{Balancer, Report, Reporter, SteerKind, SteerReport},
 };
 use crate::{
     kernel::irq::{IrqFs, WriteError},
     policy::{
-        CpuSet, IrqRule, MaskFile, SteerAction, SteerEngine, SteerEvent, SteerNote, SteerScan,
-        Topology, WriteRefusal, unmatched_rules,
+        CpuSet, IrqRule, IrqbalanceNote, MaskFile, SteerAction, SteerEngine, SteerEvent, SteerNote,
+        SteerScan, Topology, WorkqueueRule, WriteRefusal, unmatched_rules,
+        unmatched_workqueue_rules,
     },
 };
 
@@ -26,6 +27,8 @@ pub trait SteerKernel {
     fn write(&mut self, file: MaskFile, mask: &CpuSet) -> Result<(), WriteError>;
     /// The mask and, for an IRQ, its effective affinity, read back now.
     fn read_back(&self, file: MaskFile) -> std::io::Result<(CpuSet, Option<CpuSet>)>;
+    /// The pid of a running irqbalance, if one runs.
+    fn irqbalance(&self) -> Option<u32>;
 }
 
 impl SteerKernel for IrqFs {
@@ -37,6 +40,9 @@ impl SteerKernel for IrqFs {
     }
     fn read_back(&self, file: MaskFile) -> std::io::Result<(CpuSet, Option<CpuSet>)> {
         IrqFs::read_back(self, file)
+    }
+    fn irqbalance(&self) -> Option<u32> {
+        IrqFs::irqbalance(self)
     }
 }
 
@@ -55,11 +61,13 @@ impl<S: SteerKernel> Steering<S> {
         topology: Topology,
         housekeeping: CpuSet,
         rules: Vec<IrqRule>,
+        wq_rules: Vec<WorkqueueRule>,
         kernel: S,
         opts: &super::Options,
     ) -> Self {
         Steering {
-            engine: SteerEngine::new(topology.clone(), housekeeping.clone(), rules),
+            engine: SteerEngine::new(topology.clone(), housekeeping.clone(), rules)
+                .with_workqueue_rules(wq_rules),
             kernel,
             observe: opts.observe,
             restore_on_exit: opts.restore_on_exit,
@@ -70,14 +78,31 @@ impl<S: SteerKernel> Steering<S> {
 
     /// The first scan and its writes, after the kthreads' (so start-up
     /// reports come in the same order every time); a rule that matches no
-    /// IRQ is a warning on stderr, since its device may come later.
-    pub fn start<K: Kernel, W: Write>(&mut self, rules: &[IrqRule], core: &mut Core<K, W>) {
-        for rule in self.first_scan(rules, &mut core.reporter, &mut core.stats) {
-            eprintln!(
-                "affinity: warning: the [[irq]] rule at line {} ({}) matches no IRQ now; it applies to matching IRQs that appear later",
-                rule.line, rule.target
-            );
+    /// IRQ or workqueue is a warning on stderr, since its device (or
+    /// module) may come later.
+    pub fn start<K: Kernel, W: Write>(
+        &mut self,
+        rules: &[IrqRule],
+        wq_rules: &[WorkqueueRule],
+        core: &mut Core<K, W>,
+    ) {
+        for warning in self.first_scan(rules, wq_rules, &mut core.reporter, &mut core.stats) {
+            eprintln!("affinity: warning: {warning}");
         }
+    }
+
+    /// The periodic rescan: whether irqbalance runs (not looked for after
+    /// every hotplug step, which reads every /proc/PID/comm), then
+    /// [`follow`](Self::follow).
+    pub fn rescan<K: Kernel, W: Write>(&mut self, core: &mut Core<K, W>) {
+        self.look_for_irqbalance(&mut core.reporter, &mut core.stats);
+        self.follow(core);
+    }
+
+    fn look_for_irqbalance<W: Write>(&mut self, reporter: &mut Reporter<W>, stats: &mut Stats) {
+        let pid = self.kernel.irqbalance();
+        let actions = self.engine.handle(SteerEvent::Irqbalance(pid));
+        self.execute(actions, reporter, stats);
     }
 
     /// [`sync`](Self::sync) with the kthread engine's view.
@@ -90,19 +115,35 @@ impl<S: SteerKernel> Steering<S> {
         );
     }
 
-    /// The first scan and its writes; returns the rules that match no IRQ.
+    /// The first scan and its writes; returns a warning for each rule that
+    /// matches no IRQ or workqueue.
     fn first_scan<W: Write>(
         &mut self,
         rules: &[IrqRule],
+        wq_rules: &[WorkqueueRule],
         reporter: &mut Reporter<W>,
         stats: &mut Stats,
-    ) -> Vec<IrqRule> {
+    ) -> Vec<String> {
+        // Before any write: an irqbalance running already has the IRQs.
+        self.look_for_irqbalance(reporter, stats);
         match self.kernel.scan() {
             Ok(scan) => {
-                let unmatched = unmatched_rules(rules, &scan.irqs)
-                    .into_iter()
-                    .cloned()
-                    .collect();
+                let names: Vec<String> =
+                    scan.workqueues.iter().map(|(n, _)| n.to_string()).collect();
+                let irq = unmatched_rules(rules, &scan.irqs).into_iter().map(|r| {
+                    format!(
+                        "the [[irq]] rule at line {} ({}) matches no IRQ now; it applies to matching IRQs that appear later",
+                        r.line, r.target
+                    )
+                });
+                let wq = unmatched_workqueue_rules(wq_rules, &names).into_iter().map(|r| {
+                    format!(
+                        "the [[workqueue]] rule at line {} ({}) matches no workqueue with a cpumask in /sys/devices/virtual/workqueue now; it applies to matching ones that appear later",
+                        r.line,
+                        r.target.as_str()
+                    )
+                });
+                let unmatched = irq.chain(wq).collect();
                 let actions = self.engine.handle(SteerEvent::Scan(scan));
                 self.execute(actions, reporter, stats);
                 unmatched
@@ -144,15 +185,16 @@ impl<S: SteerKernel> Steering<S> {
         }
     }
 
-    /// A reload's `[[irq]]` rules, applied as a diff; returns how many IRQs
-    /// changed rule or mask.
+    /// A reload's `[[irq]]` and `[[workqueue]]` rules, applied as a diff;
+    /// returns how many IRQs and workqueues changed rule or mask.
     pub fn replace_rules<W: Write>(
         &mut self,
         rules: Vec<IrqRule>,
+        wq_rules: Vec<WorkqueueRule>,
         reporter: &mut Reporter<W>,
         stats: &mut Stats,
     ) -> usize {
-        let (actions, changed) = self.engine.replace_rules(rules);
+        let (actions, changed) = self.engine.replace_rules(rules, wq_rules);
         self.execute(actions, reporter, stats);
         changed
     }
@@ -208,6 +250,7 @@ impl<S: SteerKernel> Steering<S> {
                     }
                     reporter.report(&steer_report(file, actions, kind_of(note)));
                 }
+                SteerAction::Irqbalance(note) => reporter.report(&irqbalance_report(note)),
             }
         }
     }
@@ -250,6 +293,25 @@ fn steer_report(file: MaskFile, actions: Vec<String>, kind: SteerKind) -> Report
         actions,
         kind,
     })
+}
+
+fn irqbalance_report(note: IrqbalanceNote) -> Report {
+    match note {
+        IrqbalanceNote::Conflict {
+            pid,
+            winner,
+            banned,
+        } => Report::IrqConflict {
+            with: Balancer::Irqbalance,
+            pid,
+            winner,
+            banned_cpus: banned.to_string(),
+        },
+        IrqbalanceNote::Gone { pid } => Report::IrqConflictEnded {
+            with: Balancer::Irqbalance,
+            pid,
+        },
+    }
 }
 
 fn kind_of(note: SteerNote) -> SteerKind {

@@ -7,6 +7,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::policy::IrqOwner;
+
 mod steer;
 pub use steer::{SteerKind, SteerReport};
 
@@ -106,6 +108,26 @@ pub enum Report {
         comm: String,
         irq: u32,
     },
+    /// An unbound workqueue worker (`kworker/u*`): the kernel pins it to the
+    /// workqueue cpumask (which `--irqs` steers), never set directly.
+    FollowsWorkqueue {
+        pid: u32,
+        comm: String,
+    },
+    /// Another IRQ balancer runs (`with`, pid `pid`): `winner` sets IRQ
+    /// affinity; `banned_cpus` (the non-housekeeping CPUs) is what to tell
+    /// it to avoid. Said when it appears, restarts or the list changes.
+    IrqConflict {
+        with: Balancer,
+        pid: u32,
+        winner: IrqOwner,
+        banned_cpus: String,
+    },
+    /// That balancer is gone: the daemon steers IRQs again.
+    IrqConflictEnded {
+        with: Balancer,
+        pid: u32,
+    },
     Exited {
         pid: u32,
         comm: String,
@@ -164,13 +186,20 @@ pub enum Report {
     Steer(SteerReport),
 }
 
+/// The IRQ balancers the daemon knows to live beside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balancer {
+    Irqbalance,
+}
+
 pub struct Reporter<W: Write> {
     out: W,
     format: Format,
     color: bool,
-    /// Human format: `pinned` and `follows_irq` reports before the first
-    /// other report, folded into a line each so start-up is not dozens of
-    /// lines of per-CPU kthreads.
+    /// Human format: `pinned`, `follows_irq` and `follows_workqueue`
+    /// reports before the first other report, folded into a line each so
+    /// start-up is not dozens of lines of per-CPU kthreads.
     folding: Option<Folded>,
 }
 
@@ -178,6 +207,7 @@ pub struct Reporter<W: Write> {
 struct Folded {
     pinned: Vec<String>,
     irq: Vec<String>,
+    workqueue: Vec<String>,
 }
 
 /// `--color`: whether human output is coloured.
@@ -242,19 +272,33 @@ impl<W: Write> Reporter<W> {
                     pending.irq.push(format!("{comm}[{pid}]:{irq}"));
                     return;
                 }
+                Report::FollowsWorkqueue { pid, comm } => {
+                    pending.workqueue.push(format!("{comm}[{pid}]"));
+                    return;
+                }
                 _ => {}
             }
             let pending = self.folding.take().unwrap_or_default();
-            for (list, what) in [
-                (&pending.pinned, "kthreads pinned by the kernel, left alone"),
+            for (list, word, what) in [
+                (
+                    &pending.pinned,
+                    "pinned",
+                    "kthreads pinned by the kernel, left alone",
+                ),
                 (
                     &pending.irq,
+                    "pinned",
                     "IRQ threads following their IRQ's affinity (/proc/irq), left alone",
+                ),
+                (
+                    &pending.workqueue,
+                    "follows_workqueue",
+                    "unbound workqueue workers follow the workqueue cpumask",
                 ),
             ] {
                 if !list.is_empty() {
                     let line = format!(
-                        "{} pinned {} {what}: {}",
+                        "{} {word} {} {what}: {}",
                         clock(),
                         list.len(),
                         list.join(" ")
@@ -467,6 +511,49 @@ fn human(r: &Report, color: bool) -> String {
                 task(pid, comm)
             ),
         ),
+        Report::FollowsWorkqueue { pid, comm } => (
+            "follows_workqueue",
+            "2",
+            format!(
+                "{} follows the workqueue cpumask (/sys/devices/virtual/workqueue/cpumask), its own mask is left alone",
+                task(pid, comm)
+            ),
+        ),
+        Report::IrqConflict {
+            with: Balancer::Irqbalance,
+            pid,
+            winner,
+            banned_cpus,
+        } => {
+            let ban = if banned_cpus.is_empty() {
+                "no CPU is outside housekeeping, so there is nothing to ban".to_string()
+            } else {
+                format!(
+                    "to keep IRQs off CPUs {banned_cpus}, set IRQBALANCE_BANNED_CPULIST={banned_cpus} in /etc/default/irqbalance (irqbalance before 1.8: IRQBALANCE_BANNED_CPUS=<hex mask>) and restart it"
+                )
+            };
+            let who = match winner {
+                IrqOwner::Irqbalance => {
+                    "IRQ affinity is left to it (--irqs-over-irqbalance: steer anyway)"
+                }
+                IrqOwner::Affinity => {
+                    "--irqs-over-irqbalance: affinity steers IRQs anyway and puts back what irqbalance moves"
+                }
+            };
+            (
+                "irq_conflict",
+                "1;33",
+                format!("irqbalance (pid {pid}) is running: {who}; {ban}"),
+            )
+        }
+        Report::IrqConflictEnded {
+            with: Balancer::Irqbalance,
+            pid,
+        } => (
+            "irq_conflict_ended",
+            "33",
+            format!("irqbalance (pid {pid}) is gone: affinity steers IRQs again"),
+        ),
         Report::Exited { pid, comm } => ("exited", "2", task(pid, comm)),
         Report::Drops { count } => (
             "DROPS",
@@ -545,197 +632,4 @@ fn human(r: &Report, color: bool) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn json(r: &Report) -> serde_json::Value {
-        let mut rep = Reporter::new(Vec::new(), Format::Json, false);
-        rep.report(r);
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&rep.into_inner()).expect("one JSON object");
-        // Every record is stamped; the shapes below are compared without it.
-        let ts = v.as_object_mut().unwrap().remove("ts").expect("a ts field");
-        assert!(ts.as_u64().unwrap() > 1_600_000_000_000, "{ts}");
-        if matches!(r, Report::Started { .. }) {
-            assert_eq!(v["schema"], JSON_SCHEMA_VERSION);
-        } else {
-            assert!(v.get("schema").is_none(), "{v}");
-        }
-        v
-    }
-
-    #[test]
-    fn started_carries_the_schema_and_the_shared_words() {
-        let v = json(&Report::Started {
-            pid: 7,
-            observe: false,
-            registered: 3,
-            pinned: 2,
-            online: "0-1".into(),
-            housekeeping: "0".into(),
-        });
-        assert_eq!(
-            v,
-            serde_json::json!({"type": "started", "pid": 7, "observe": false, "managed": 3,
-                "pinned": 2, "online": "0-1", "housekeeping": "0",
-                "schema": JSON_SCHEMA_VERSION})
-        );
-    }
-
-    #[test]
-    fn json_shapes_match_the_readme() {
-        assert_eq!(
-            json(&Report::Hotplug {
-                cpu: 1,
-                online: false
-            }),
-            serde_json::json!({"type": "hotplug", "cpu": 1, "online": false})
-        );
-        assert_eq!(
-            json(&Report::Applied {
-                pid: 38,
-                comm: "khugepaged".into(),
-                mask: "0".into()
-            }),
-            serde_json::json!({"type": "applied", "pid": 38, "comm": "khugepaged", "mask": "0"})
-        );
-        assert_eq!(
-            json(&Report::Violation {
-                pid: 38,
-                comm: "khugepaged".into(),
-                cpu: 1,
-                allowed: "0".into(),
-                run_us: 180.0,
-            }),
-            serde_json::json!({"type": "violation", "pid": 38, "comm": "khugepaged", "cpu": 1, "allowed": "0", "run_us": 180.0})
-        );
-        assert_eq!(
-            json(&Report::HotplugAborted {
-                cpu: 1,
-                online: true,
-                step: 203,
-                ret: -11
-            }),
-            serde_json::json!({"type": "hotplug_aborted", "cpu": 1, "online": true, "step": 203, "ret": -11})
-        );
-        assert_eq!(
-            json(&Report::Resync {
-                what: "online CPUs are 0-1, not 0".into()
-            }),
-            serde_json::json!({"type": "resync", "what": "online CPUs are 0-1, not 0"})
-        );
-        assert_eq!(
-            json(&Report::AffinityChanged {
-                pid: 38,
-                comm: "khugepaged".into(),
-                mask: "1".into(),
-                by_pid: Some(4242),
-                by_comm: Some("taskset".into())
-            }),
-            serde_json::json!({"type": "affinity_changed", "pid": 38, "comm": "khugepaged", "mask": "1", "by_pid": 4242, "by_comm": "taskset"})
-        );
-        assert_eq!(
-            json(&Report::Pinned {
-                pid: 14,
-                comm: "ksoftirqd/0".into()
-            }),
-            serde_json::json!({"type": "pinned", "pid": 14, "comm": "ksoftirqd/0"})
-        );
-        assert_eq!(
-            json(&Report::Drops { count: 3 }),
-            serde_json::json!({"type": "drops", "count": 3})
-        );
-    }
-
-    #[test]
-    fn the_summary_adds_up() {
-        let line = human(
-            &Report::Summary {
-                violations: 11,
-                suppressed: 9,
-                applied: 3,
-                hotplug: 2,
-                drops: 0,
-                records: 40,
-                violations_seen: 24,
-                registered: 5,
-                pinned: 6,
-                resyncs: 0,
-                refused: 1,
-                lines_dropped: 0,
-            },
-            false,
-        );
-        assert!(
-            line.contains(
-                "24 violations seen by the kernel: 11 reported, 9 rate-limited, 4 not (yet) reported; 3 masks applied, 1 refused"
-            ),
-            "{line}"
-        );
-    }
-
-    #[test]
-    fn human_lines_have_no_colour_unless_asked() {
-        let mut plain = Reporter::new(Vec::new(), Format::Human, false);
-        plain.report(&Report::Violation {
-            pid: 38,
-            comm: "khugepaged".into(),
-            cpu: 1,
-            allowed: "0".into(),
-            run_us: 12.5,
-        });
-        let line = String::from_utf8(plain.into_inner()).unwrap();
-        assert!(
-            !line.contains('\x1b') && line.contains("khugepaged") && line.contains("cpu1"),
-            "{line}"
-        );
-        let mut colored = Reporter::new(Vec::new(), Format::Human, true);
-        colored.report(&Report::Drops { count: 1 });
-        assert!(
-            String::from_utf8(colored.into_inner())
-                .unwrap()
-                .contains("\x1b[1;33m")
-        );
-    }
-
-    #[test]
-    fn colour_follows_the_switch_no_color_and_term_dumb() {
-        use super::ColorChoice::{Always, Auto, Never};
-        assert!(Auto.decide(true, None, Some("xterm-256color")));
-        assert!(Auto.decide(true, Some(""), None));
-        assert!(!Auto.decide(false, None, Some("xterm")));
-        assert!(!Auto.decide(true, Some("1"), Some("xterm")));
-        assert!(!Auto.decide(true, None, Some("dumb")));
-        assert!(Always.decide(false, Some("1"), Some("dumb")));
-        assert!(!Never.decide(true, None, Some("xterm")));
-    }
-
-    #[test]
-    fn start_up_pinned_reports_fold_into_one_human_line() {
-        let mut rep = Reporter::new(Vec::new(), Format::Human, false);
-        for pid in [10, 11, 12] {
-            rep.report(&Report::Pinned {
-                pid,
-                comm: format!("ksoftirqd/{}", pid - 10),
-            });
-        }
-        rep.report(&Report::Hotplug {
-            cpu: 1,
-            online: false,
-        });
-        rep.report(&Report::Pinned {
-            pid: 13,
-            comm: "cpuhp/1".into(),
-        });
-        let out = String::from_utf8(rep.into_inner()).unwrap();
-        let lines: Vec<_> = out.lines().collect();
-        assert_eq!(lines.len(), 3, "{out}");
-        assert!(
-            lines[0].ends_with(
-                "3 kthreads pinned by the kernel, left alone: ksoftirqd/0[10] ksoftirqd/1[11] ksoftirqd/2[12]"
-            ),
-            "{out}"
-        );
-        assert!(lines[2].contains("cpuhp/1"), "{out}");
-    }
-}
+mod tests;

@@ -1,7 +1,7 @@
-//! IRQs, the default IRQ affinity and the unbound workqueue cpumask as
+//! IRQs, the default IRQ affinity and the unbound workqueue cpumasks as
 //! files: `<proc>/irq/N/`, `<proc>/irq/default_smp_affinity`,
-//! `<sys>/devices/virtual/workqueue/cpumask`. The roots are parameters, so
-//! the unit tests read and write a fake tree.
+//! `<sys>/devices/virtual/workqueue/cpumask` and `.../<name>/cpumask`. The
+//! roots are parameters, so the unit tests read and write a fake tree.
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +12,7 @@ use std::{
 
 use thiserror::Error;
 
-use crate::policy::{CpuSet, IrqInfo, MaskFile, SteerScan, WriteRefusal};
+use crate::policy::{CpuSet, IrqInfo, MaskFile, SteerScan, WqName, WriteRefusal};
 
 /// A write the kernel did not take.
 #[derive(Debug, Error)]
@@ -120,6 +120,20 @@ pub fn parse_interrupts(text: &str) -> BTreeMap<u32, Vec<String>> {
     out
 }
 
+/// The lowest pid of the processes whose comm is `irqbalance`, read under
+/// `proc_root` (every process: only thread-group leaders are listed there).
+/// A process that exits meanwhile is just not found.
+pub fn find_irqbalance(proc_root: &Path) -> Option<u32> {
+    fs::read_dir(proc_root)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(proc_root.join(format!("{pid}/comm")))
+                .is_ok_and(|c| c.trim_end_matches('\n') == "irqbalance")
+        })
+        .min()
+}
+
 impl IrqFs {
     pub fn new(proc_root: impl Into<PathBuf>, sys_root: impl Into<PathBuf>, width: u32) -> Self {
         IrqFs {
@@ -135,7 +149,37 @@ impl IrqFs {
             MaskFile::IrqDefault => self.proc_root.join("irq/default_smp_affinity"),
             MaskFile::Irq(n) => self.proc_root.join(format!("irq/{n}/smp_affinity_list")),
             MaskFile::Workqueue => self.sys_root.join("devices/virtual/workqueue/cpumask"),
+            MaskFile::NamedWorkqueue(n) => self
+                .sys_root
+                .join("devices/virtual/workqueue")
+                .join(n.as_str())
+                .join("cpumask"),
         }
+    }
+
+    /// Every `WQ_SYSFS` workqueue with a cpumask (the unbound ones; a
+    /// per-CPU one has none), by name. One that cannot be read is left out.
+    fn workqueues(&self) -> Vec<(WqName, CpuSet)> {
+        let dir = self.sys_root.join("devices/virtual/workqueue");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(WqName, CpuSet)> = entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                // `cpumask` itself and the other global files are not directories.
+                if !e.file_type().ok()?.is_dir() {
+                    return None;
+                }
+                let name = WqName::new(e.file_name().to_str()?)?;
+                let mask = self
+                    .mask(&self.path(MaskFile::NamedWorkqueue(name)))
+                    .ok()??;
+                Some((name, mask))
+            })
+            .collect();
+        out.sort_by_key(|(name, _)| *name);
+        out
     }
 
     fn list(&self, path: &Path) -> io::Result<CpuSet> {
@@ -216,16 +260,24 @@ impl IrqFs {
         }
         scan.default_affinity = self.mask(&self.path(MaskFile::IrqDefault)).ok().flatten();
         scan.workqueue = self.mask(&self.path(MaskFile::Workqueue)).ok().flatten();
+        scan.workqueues = self.workqueues();
         Ok(scan)
     }
 
+    /// A running irqbalance under this tree's /proc: [`find_irqbalance`].
+    pub fn irqbalance(&self) -> Option<u32> {
+        find_irqbalance(&self.proc_root)
+    }
+
     /// Writes `mask` in the file's own format (a cpulist for an IRQ, a hex
-    /// mask for the other two), in one write(2) as the kernel wants it.
+    /// mask for the others), in one write(2) as the kernel wants it.
     pub fn write(&self, file: MaskFile, mask: &CpuSet) -> Result<(), WriteError> {
         let path = self.path(file);
         let text = match file {
             MaskFile::Irq(_) => mask.to_string(),
-            MaskFile::IrqDefault | MaskFile::Workqueue => mask.to_mask(),
+            MaskFile::IrqDefault | MaskFile::Workqueue | MaskFile::NamedWorkqueue(_) => {
+                mask.to_mask()
+            }
         };
         let result = fs::OpenOptions::new()
             .write(true)
@@ -251,7 +303,7 @@ impl IrqFs {
                 .irq(n, None)?
                 .map(|i| (i.affinity, i.effective))
                 .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound)),
-            MaskFile::IrqDefault | MaskFile::Workqueue => Ok((
+            MaskFile::IrqDefault | MaskFile::Workqueue | MaskFile::NamedWorkqueue(_) => Ok((
                 self.mask(&path)?
                     .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?,
                 None,
@@ -303,6 +355,10 @@ mod tests {
         let wq = sys.join("devices/virtual/workqueue");
         fs::create_dir_all(&wq).unwrap();
         fs::write(wq.join("cpumask"), "3\n").unwrap();
+        // A WQ_SYSFS unbound workqueue, and `power`, a directory without one.
+        fs::create_dir_all(wq.join("writeback")).unwrap();
+        fs::write(wq.join("writeback/cpumask"), "2\n").unwrap();
+        fs::create_dir_all(wq.join("power")).unwrap();
         if sys_irq {
             for (n, actions) in [(24, "ACPI:Ged,acpi\n"), (36, "nvme0q1\n"), (37, "\n")] {
                 let d = sys.join(format!("kernel/irq/{n}"));
@@ -351,6 +407,7 @@ mod tests {
                 unreadable: vec![],
                 default_affinity: Some(s("0-1")),
                 workqueue: Some(s("0-1")),
+                workqueues: vec![(WqName::new("writeback").unwrap(), s("1"))],
             }
         );
     }
@@ -389,10 +446,17 @@ mod tests {
         irqfs.write(MaskFile::Irq(36), &s("0")).unwrap();
         irqfs.write(MaskFile::IrqDefault, &s("0")).unwrap();
         irqfs.write(MaskFile::Workqueue, &s("1")).unwrap();
+        let writeback = MaskFile::NamedWorkqueue(WqName::new("writeback").unwrap());
+        irqfs.write(writeback, &s("0")).unwrap();
         let read = |p: &str| fs::read_to_string(dir.path().join(p)).unwrap();
         assert_eq!(read("proc/irq/36/smp_affinity_list"), "0\n");
         assert_eq!(read("proc/irq/default_smp_affinity"), "1\n");
         assert_eq!(read("sys/devices/virtual/workqueue/cpumask"), "2\n");
+        assert_eq!(
+            read("sys/devices/virtual/workqueue/writeback/cpumask"),
+            "1\n"
+        );
+        assert_eq!(irqfs.read_back(writeback).unwrap(), (s("0"), None));
         assert_eq!(irqfs.read_back(MaskFile::Irq(36)).unwrap(), (s("0"), None));
         assert_eq!(
             irqfs.read_back(MaskFile::Irq(24)).unwrap(),
@@ -409,6 +473,31 @@ mod tests {
             "{e}"
         );
         assert!(!dir.path().join("proc/irq/99").exists());
+    }
+
+    #[test]
+    fn irqbalance_is_found_by_its_comm_under_the_proc_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        for (pid, comm) in [
+            ("1", "systemd\n"),
+            ("700", "irqbalance\n"),
+            ("90", "irqbalancer\n"),
+        ] {
+            fs::create_dir_all(proc.join(pid)).unwrap();
+            fs::write(proc.join(pid).join("comm"), comm).unwrap();
+        }
+        // Not a process: a file, and a directory without a comm.
+        fs::create_dir_all(proc.join("irq")).unwrap();
+        fs::create_dir_all(proc.join("55")).unwrap();
+        let irqfs = IrqFs::new(&proc, dir.path().join("sys"), 2);
+        assert_eq!(irqfs.irqbalance(), Some(700));
+        fs::create_dir_all(proc.join("650")).unwrap();
+        fs::write(proc.join("650/comm"), "irqbalance\n").unwrap();
+        assert_eq!(irqfs.irqbalance(), Some(650), "the lowest pid");
+        fs::remove_dir_all(proc.join("700")).unwrap();
+        fs::remove_dir_all(proc.join("650")).unwrap();
+        assert_eq!(irqfs.irqbalance(), None);
     }
 
     #[test]

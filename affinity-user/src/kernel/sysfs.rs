@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     input::BadInput,
-    policy::{self, Config, CpuSet, HousekeepingSpec, Kthread, MAX_CPUS, PF_KTHREAD, Topology},
+    policy::{
+        self, Config, CpuSet, HousekeepingSpec, IrqInfo, Kthread, MAX_CPUS, PF_KTHREAD, SteerScan,
+        Topology, WqName,
+    },
 };
 
 /// The kernel's CPU isolation settings, which can change at run time
@@ -50,6 +53,10 @@ pub struct Machine {
     pub nohz_full: CpuSet,
     pub cpuset_isolated: CpuSet,
     pub kthreads: Vec<Kthread>,
+    /// What `run --irqs` steers: IRQs, the default IRQ affinity, the
+    /// workqueue cpumasks (empty when /proc/irq cannot be read, or the
+    /// snapshot has none).
+    pub steering: SteerScan,
 }
 
 fn read_trimmed(path: &Path) -> Result<String> {
@@ -282,6 +289,9 @@ impl Machine {
             nohz_full: iso.nohz_full,
             cpuset_isolated: iso.cpuset_isolated,
             kthreads: read_kthreads(proc_root, width),
+            steering: super::irq::IrqFs::new(proc_root, sys_root, width)
+                .scan()
+                .unwrap_or_default(),
             topology: Topology {
                 width,
                 possible,
@@ -332,6 +342,7 @@ impl Machine {
                     cpus_allowed: k.cpus_allowed.to_string(),
                 })
                 .collect(),
+            steering: SnapshotSteering::of(&self.steering),
         }
     }
 
@@ -363,6 +374,108 @@ pub struct Snapshot {
     pub cpuset_isolated: String,
     pub nodes: BTreeMap<String, String>,
     pub kthreads: Vec<SnapshotKthread>,
+    /// What `run --irqs` steers; absent in snapshots from before it was
+    /// recorded (they still load, with nothing to steer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steering: Option<SnapshotSteering>,
+}
+
+/// The IRQs, default IRQ affinity and workqueue cpumasks, as cpulists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSteering {
+    #[serde(default)]
+    pub irqs: Vec<SnapshotIrq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_affinity: Option<String>,
+    /// `/sys/devices/virtual/workqueue/cpumask`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workqueue: Option<String>,
+    /// Each WQ_SYSFS workqueue's cpumask, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workqueues: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotIrq {
+    pub irq: u32,
+    #[serde(default)]
+    pub actions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
+    pub affinity: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective: Option<String>,
+}
+
+impl SnapshotSteering {
+    /// None when there is nothing to record (no /proc/irq).
+    fn of(scan: &SteerScan) -> Option<SnapshotSteering> {
+        if *scan == SteerScan::default() {
+            return None;
+        }
+        Some(SnapshotSteering {
+            irqs: scan
+                .irqs
+                .iter()
+                .map(|i| SnapshotIrq {
+                    irq: i.number,
+                    actions: i.actions.clone(),
+                    node: i.node,
+                    affinity: i.affinity.to_string(),
+                    effective: i.effective.as_ref().map(ToString::to_string),
+                })
+                .collect(),
+            default_affinity: scan.default_affinity.as_ref().map(ToString::to_string),
+            workqueue: scan.workqueue.as_ref().map(ToString::to_string),
+            workqueues: scan
+                .workqueues
+                .iter()
+                .map(|(n, m)| (n.to_string(), m.to_string()))
+                .collect(),
+        })
+    }
+
+    fn to_scan(
+        &self,
+        list: impl Fn(&str, &str) -> Result<CpuSet, SnapshotError>,
+    ) -> Result<SteerScan, SnapshotError> {
+        let mut scan = SteerScan::default();
+        for i in &self.irqs {
+            let key = format!("steering.irqs[irq {}]", i.irq);
+            scan.irqs.push(IrqInfo {
+                number: i.irq,
+                actions: i.actions.clone(),
+                node: i.node,
+                affinity: list(&format!("{key}.affinity"), &i.affinity)?,
+                effective: i
+                    .effective
+                    .as_ref()
+                    .map(|e| list(&format!("{key}.effective"), e))
+                    .transpose()?,
+            });
+        }
+        scan.default_affinity = self
+            .default_affinity
+            .as_ref()
+            .map(|m| list("steering.default_affinity", m))
+            .transpose()?;
+        scan.workqueue = self
+            .workqueue
+            .as_ref()
+            .map(|m| list("steering.workqueue", m))
+            .transpose()?;
+        for (name, mask) in &self.workqueues {
+            let key = format!("steering.workqueues.{name}");
+            let wq = WqName::new(name).ok_or_else(|| SnapshotError {
+                field: key.clone(),
+                problem: format!("a workqueue name is at most {} bytes", WqName::MAX),
+            })?;
+            scan.workqueues.push((wq, list(&key, mask)?));
+        }
+        Ok(scan)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,6 +545,10 @@ impl Snapshot {
             nohz_full: list("nohz_full", &self.nohz_full)?,
             cpuset_isolated: list("cpuset_isolated", &self.cpuset_isolated)?,
             kthreads,
+            steering: match &self.steering {
+                Some(s) => s.to_scan(list)?,
+                None => SteerScan::default(),
+            },
         })
     }
 }
@@ -619,5 +736,53 @@ mod tests {
         let back = snap.to_machine().unwrap();
         assert_eq!(back.topology, m.topology);
         assert_eq!(back.kthreads.len(), 2);
+        // No /proc/irq in this tree: nothing to steer, no key written.
+        assert_eq!(
+            (m.steering.clone(), snap.steering),
+            (SteerScan::default(), None)
+        );
+    }
+
+    #[test]
+    fn steering_round_trips_through_a_snapshot_and_old_ones_load() {
+        let json = r#"{"kernel": "6.18.0", "possible": "0-3", "online": "0-3", "isolated": "",
+            "nohz_full": "", "cpuset_isolated": "", "nodes": {"0": "0-3"}, "kthreads": [],
+            "steering": {"irqs": [{"irq": 36, "actions": ["nvme0q1"], "node": 0,
+                "affinity": "0-3", "effective": "2"}],
+                "default_affinity": "0-3", "workqueue": "0-3",
+                "workqueues": {"writeback": "0-3"}}}"#;
+        let snap: Snapshot = serde_json::from_str(json).unwrap();
+        let m = snap.to_machine().unwrap();
+        let s = |l: &str| CpuSet::parse(l, 4).unwrap();
+        assert_eq!(
+            m.steering,
+            SteerScan {
+                irqs: vec![IrqInfo {
+                    number: 36,
+                    actions: vec!["nvme0q1".into()],
+                    node: Some(0),
+                    affinity: s("0-3"),
+                    effective: Some(s("2")),
+                }],
+                unreadable: vec![],
+                default_affinity: Some(s("0-3")),
+                workqueue: Some(s("0-3")),
+                workqueues: vec![(WqName::new("writeback").unwrap(), s("0-3"))],
+            }
+        );
+        assert_eq!(m.to_snapshot(), snap, "written back with the same keys");
+        // From before steering was recorded: loads, with nothing to steer.
+        let old = r#"{"kernel": "6.18.0", "possible": "0-3", "online": "0-3", "isolated": "",
+            "nohz_full": "", "cpuset_isolated": "", "nodes": {"0": "0-3"}, "kthreads": []}"#;
+        let old: Snapshot = serde_json::from_str(old).unwrap();
+        assert_eq!(old.to_machine().unwrap().steering, SteerScan::default());
+        // A bad mask names its field.
+        let bad: Snapshot =
+            serde_json::from_str(&json.replace(r#""effective": "2""#, r#""effective": "9""#))
+                .unwrap();
+        assert_eq!(
+            bad.to_machine().unwrap_err().field,
+            "steering.irqs[irq 36].effective"
+        );
     }
 }

@@ -11,11 +11,16 @@
 //! [[irq]]                # see config/irq.rs
 //! match = "nvme*"
 //! prefer = "node"
+//!
+//! [[workqueue]]          # see config/workqueue.rs
+//! match = "writeback"
+//! prefer = "housekeeping"
 //! ```
 
 mod irq;
 mod suggest;
 mod table;
+mod workqueue;
 
 use std::{collections::HashMap, fmt, ops::Range};
 
@@ -26,6 +31,7 @@ use toml::Spanned;
 pub use self::irq::{IrqRule, IrqTarget};
 use self::suggest::did_you_mean;
 use self::table::{Fields, RawTable};
+pub use self::workqueue::{WorkqueueRule, unmatched_workqueue_rules};
 use super::{CpuListError, CpuSet, Topology};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,6 +222,8 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// `[[irq]]` rules, tried in order like `rules`.
     pub irq: Vec<IrqRule>,
+    /// `[[workqueue]]` rules, tried in order like `rules`.
+    pub workqueue: Vec<WorkqueueRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -254,6 +262,8 @@ struct RawConfig {
     rule: Vec<Spanned<RawTable>>,
     #[serde(default)]
     irq: Vec<Spanned<RawTable>>,
+    #[serde(default)]
+    workqueue: Vec<Spanned<RawTable>>,
 }
 
 /// What a preference looks like, for type errors.
@@ -514,6 +524,7 @@ impl Config {
             }
         }
         let irq = irq::irq_rules(raw.irq, text, width, &mut error);
+        let workqueue = workqueue::workqueue_rules(raw.workqueue, text, width, &mut error);
         // In the file's order, whichever table each came from.
         errors.sort_by_key(|e| (e.line, e.column));
         if errors.is_empty() {
@@ -521,6 +532,7 @@ impl Config {
                 housekeeping,
                 rules,
                 irq,
+                workqueue,
             })
         } else {
             Err(ConfigErrors {
@@ -540,7 +552,11 @@ impl Config {
         let mut errors = Vec::new();
         let irq = self.irq.iter().map(|r| (r.target.to_string(), &r.prefer));
         let kthread = self.rules.iter().map(|r| (r.target.to_string(), &r.prefer));
-        for (target, prefer) in kthread.chain(irq) {
+        let workqueue = self
+            .workqueue
+            .iter()
+            .map(|r| (r.target.as_str().to_string(), &r.prefer));
+        for (target, prefer) in kthread.chain(irq).chain(workqueue) {
             if let Preference::Node(n) = *prefer
                 && !topology.nodes.contains_key(&n)
             {
@@ -600,6 +616,7 @@ impl Config {
                 },
             ],
             irq: Vec::new(),
+            workqueue: Vec::new(),
         }
     }
 }

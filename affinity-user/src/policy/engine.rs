@@ -244,6 +244,13 @@ pub enum Action {
         comm: String,
         irq: u32,
     },
+    /// An unbound workqueue worker (`kworker/u*`): pinned by the kernel to
+    /// the workqueue cpumask, the lever `--irqs` steers; reported instead
+    /// of `ReportPinned`.
+    ReportFollowsWorkqueue {
+        pid: u32,
+        comm: String,
+    },
     ReportAffinityChanged {
         pid: u32,
         comm: String,
@@ -688,10 +695,7 @@ impl Engine {
                     e.requested = None;
                     e.refused = None;
                     actions.push(Action::ClearPolicy { pid });
-                    actions.push(Action::ReportPinned {
-                        pid,
-                        comm: e.comm.clone(),
-                    });
+                    actions.push(Self::report_pinned(e));
                 }
             }
             Event::Overtaken { pid, start_time } => {
@@ -746,6 +750,17 @@ impl Engine {
                 pid,
                 comm: e.managed().then_some(e.comm),
             });
+        }
+    }
+
+    /// Pinned, and what pins it: an unbound workqueue worker follows the
+    /// workqueue cpumask (a lever the daemon has), any other is the kernel's.
+    fn report_pinned(e: &Entry) -> Action {
+        let (pid, comm) = (e.pid, e.comm.clone());
+        if e.follows_workqueue {
+            Action::ReportFollowsWorkqueue { pid, comm }
+        } else {
+            Action::ReportPinned { pid, comm }
         }
     }
 
@@ -809,10 +824,7 @@ impl Engine {
                     irq,
                 });
             } else if entry.pinned() {
-                actions.push(Action::ReportPinned {
-                    pid: k.pid,
-                    comm: k.comm.clone(),
-                });
+                actions.push(Self::report_pinned(&entry));
             } else {
                 entry.applied = self.applied(entry.preferred.as_ref());
                 actions.push(Self::policy(&entry, &self.topology.online));

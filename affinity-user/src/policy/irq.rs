@@ -10,10 +10,15 @@
 
 use std::collections::BTreeMap;
 
-use super::{CpuSet, IrqRule, Preference, Topology};
+use super::{CpuSet, IrqRule, Preference, Topology, WorkqueueRule};
 
+mod irqbalance;
 #[cfg(test)]
 mod tests;
+mod wq;
+
+pub use irqbalance::{IrqOwner, IrqbalanceNote, IrqbalancePolicy, IrqbalanceWatch};
+pub use wq::{WqName, workqueue_effective};
 
 /// One IRQ as the kernel shows it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +45,10 @@ pub enum MaskFile {
     Irq(u32),
     /// `/sys/devices/virtual/workqueue/cpumask`.
     Workqueue,
+    /// `/sys/devices/virtual/workqueue/<name>/cpumask` of a `WQ_SYSFS`
+    /// workqueue a `[[workqueue]]` rule names; after the global mask, which
+    /// the kernel ANDs it with.
+    NamedWorkqueue(WqName),
 }
 
 /// Why the kernel would not take a mask.
@@ -54,7 +63,7 @@ pub enum WriteRefusal {
     Other(i32),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SteerState {
     /// A write was asked for and not answered (or, observing, never is).
@@ -69,6 +78,19 @@ pub enum SteerState {
     /// The kernel refused the desired mask: reported once, tried again when
     /// the desired mask changes.
     Refused,
+}
+
+impl SteerState {
+    /// The word on the wire and in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SteerState::Pending => "pending",
+            SteerState::Steered => "steered",
+            SteerState::Mismatch => "mismatch",
+            SteerState::KernelManaged => "kernel_managed",
+            SteerState::Refused => "refused",
+        }
+    }
 }
 
 /// One mask the engine keeps in place: an IRQ, the default IRQ affinity or
@@ -127,12 +149,17 @@ pub struct SteerScan {
     /// None: the file is not there (or could not be read).
     pub default_affinity: Option<CpuSet>,
     pub workqueue: Option<CpuSet>,
+    /// The `WQ_SYSFS` workqueues with a cpumask (unbound ones), by name.
+    pub workqueues: Vec<(WqName, CpuSet)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SteerEvent {
     /// The state read now (start-up, every rescan, after a hotplug step).
     Scan(SteerScan),
+    /// Whether an irqbalance runs (its pid), looked for at start-up
+    /// (before the first scan) and on every rescan.
+    Irqbalance(Option<u32>),
     /// The online CPUs or the nodes changed.
     Topology(Topology),
     Housekeeping(CpuSet),
@@ -184,6 +211,8 @@ pub enum SteerAction {
         actions: Vec<String>,
         note: SteerNote,
     },
+    /// About irqbalance, not about one file.
+    Irqbalance(IrqbalanceNote),
 }
 
 /// P∩H∩O, else H∩O, else O: the kthread policy, for masks that are not
@@ -209,7 +238,12 @@ pub struct SteerEngine {
     topology: Topology,
     housekeeping: CpuSet,
     rules: Vec<IrqRule>,
+    wq_rules: Vec<WorkqueueRule>,
+    /// The named workqueues of the last scan: a reload's new rules may
+    /// name one that no rule named before.
+    workqueues: Vec<(WqName, CpuSet)>,
     entries: BTreeMap<MaskFile, SteerEntry>,
+    irqbalance: IrqbalanceWatch,
 }
 
 impl SteerEngine {
@@ -218,8 +252,67 @@ impl SteerEngine {
             topology,
             housekeeping,
             rules,
+            wq_rules: Vec::new(),
+            workqueues: Vec::new(),
             entries: BTreeMap::new(),
+            irqbalance: IrqbalanceWatch::default(),
         }
+    }
+
+    /// What to do about IRQ affinity while an irqbalance runs (before the
+    /// first event: what was seen of irqbalance is forgotten).
+    pub fn set_irqbalance_policy(&mut self, policy: IrqbalancePolicy) {
+        self.irqbalance = IrqbalanceWatch::new(policy);
+    }
+
+    /// Whether IRQ affinity is left to a running irqbalance now.
+    pub fn yielding_to_irqbalance(&self) -> bool {
+        self.irqbalance.yielding()
+    }
+
+    /// The CPUs irqbalance should not put IRQs on: every one outside
+    /// housekeeping.
+    fn banned(&self) -> CpuSet {
+        self.topology.possible.and_not(&self.housekeeping)
+    }
+
+    /// Tells the watch what is known now; when IRQ affinity changes hands
+    /// back, every IRQ not in place is written.
+    fn irqbalance_seen(&mut self, pid: Option<u32>, actions: &mut Vec<SteerAction>) {
+        let banned = self.banned();
+        let Some(note) = self.irqbalance.observe(pid, &banned) else {
+            return;
+        };
+        actions.push(SteerAction::Irqbalance(note));
+        self.sync_all(actions);
+    }
+
+    fn sync_all(&mut self, actions: &mut Vec<SteerAction>) {
+        let yielding = self.irqbalance.yielding();
+        for e in self.entries.values_mut() {
+            sync(e, yielding, actions);
+        }
+    }
+
+    /// `[[workqueue]]` rules: only the workqueues they name are steered
+    /// (the global mask already covers the rest).
+    pub fn with_workqueue_rules(mut self, rules: Vec<WorkqueueRule>) -> SteerEngine {
+        self.wq_rules = rules;
+        self
+    }
+
+    fn wq_rule(&self, name: &WqName) -> Option<&WorkqueueRule> {
+        self.wq_rules
+            .iter()
+            .find(|r| r.target.matches(name.as_str()))
+    }
+
+    /// Where the kernel runs a named workqueue's workers with `own` as its
+    /// cpumask, given the global mask as last seen.
+    fn wq_effective(&self, own: &CpuSet) -> Option<CpuSet> {
+        self.entries
+            .get(&MaskFile::Workqueue)
+            .map(|g| workqueue_effective(own, &g.current))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &SteerEntry> {
@@ -231,9 +324,13 @@ impl SteerEngine {
     }
 
     /// What to write to put every mask the daemon changed back as it was.
+    /// While irqbalance has the IRQs they are its own: writing them back
+    /// would be one more round of the tug of war.
     pub fn restore(&self) -> Vec<(MaskFile, CpuSet)> {
+        let yielding = self.irqbalance.yielding();
         self.entries
             .values()
+            .filter(|e| !(yielding && matches!(e.file, MaskFile::Irq(_))))
             .filter(|e| e.written && e.current != e.original)
             .map(|e| (e.file, e.original.clone()))
             .collect()
@@ -268,13 +365,22 @@ impl SteerEngine {
             SteerEvent::Housekeeping(h) => {
                 self.housekeeping = h;
                 self.recompute_all(&mut actions);
+                // The CPUs to tell irqbalance to avoid are others now.
+                if let Some(pid) = self.irqbalance.pid() {
+                    self.irqbalance_seen(Some(pid), &mut actions);
+                }
             }
+            SteerEvent::Irqbalance(pid) => self.irqbalance_seen(pid, &mut actions),
             SteerEvent::Written {
                 file,
                 requested,
                 current,
                 effective,
             } => {
+                let effective = match file {
+                    MaskFile::NamedWorkqueue(_) => self.wq_effective(&current),
+                    _ => effective,
+                };
                 let Some(e) = self.entries.get_mut(&file) else {
                     return actions;
                 };
@@ -355,8 +461,35 @@ impl SteerEngine {
             .map(|i| i.number)
             .chain(scan.unreadable.iter().copied())
             .collect();
-        self.entries
-            .retain(|f, _| !matches!(f, MaskFile::Irq(n) if !present.contains(n)));
+        let named: std::collections::HashSet<WqName> =
+            scan.workqueues.iter().map(|(n, _)| *n).collect();
+        self.entries.retain(|f, _| match f {
+            MaskFile::Irq(n) => present.contains(n),
+            MaskFile::NamedWorkqueue(n) => named.contains(n),
+            MaskFile::IrqDefault | MaskFile::Workqueue => true,
+        });
+        // Only the workqueues a rule names are steered; the kernel runs
+        // their workers on their own mask ∩ the global one.
+        let global = scan.workqueue.clone();
+        let workqueues: Vec<_> = scan
+            .workqueues
+            .iter()
+            .filter(|(n, _)| {
+                self.entries.contains_key(&MaskFile::NamedWorkqueue(*n))
+                    || self.wq_rule(n).is_some()
+            })
+            .map(|(n, m)| {
+                let effective = global.as_ref().map(|g| workqueue_effective(m, g));
+                (
+                    MaskFile::NamedWorkqueue(*n),
+                    Some(m.clone()),
+                    effective,
+                    Vec::new(),
+                    None,
+                )
+            })
+            .collect();
+        self.workqueues = scan.workqueues;
         let singles = [
             (MaskFile::IrqDefault, scan.default_affinity),
             (MaskFile::Workqueue, scan.workqueue),
@@ -373,7 +506,8 @@ impl SteerEngine {
         let all = singles
             .into_iter()
             .map(|(f, m)| (f, m, None, Vec::new(), None))
-            .chain(irqs);
+            .chain(irqs)
+            .chain(workqueues);
         for (file, mask, effective, names, node) in all {
             let Some(mask) = mask else { continue };
             if let Some(e) = self.entries.get_mut(&file) {
@@ -392,34 +526,41 @@ impl SteerEngine {
                 }
                 continue;
             }
-            let mut e = SteerEntry {
-                file,
-                actions: names,
-                node,
-                rule: None,
-                preference: None,
-                original: mask.clone(),
-                desired: mask.clone(),
-                current: mask,
-                effective,
-                state: SteerState::Pending,
-                written: false,
-                requested: None,
-                accepted: None,
-                reported: None,
-            };
-            if e.in_place() && e.delivered() {
-                e.state = SteerState::Steered;
-            }
-            self.entries.insert(file, e);
-            self.classify(file);
+            self.add(file, mask, effective, names, node);
         }
-        let files: Vec<MaskFile> = self.entries.keys().copied().collect();
-        for f in files {
-            if let Some(e) = self.entries.get_mut(&f) {
-                sync(e, actions);
-            }
+        self.sync_all(actions);
+    }
+
+    /// A mask seen for the first time: its original is what it is now.
+    fn add(
+        &mut self,
+        file: MaskFile,
+        mask: CpuSet,
+        effective: Option<CpuSet>,
+        names: Vec<String>,
+        node: Option<u32>,
+    ) {
+        let mut e = SteerEntry {
+            file,
+            actions: names,
+            node,
+            rule: None,
+            preference: None,
+            original: mask.clone(),
+            desired: mask.clone(),
+            current: mask,
+            effective,
+            state: SteerState::Pending,
+            written: false,
+            requested: None,
+            accepted: None,
+            reported: None,
+        };
+        if e.in_place() && e.delivered() {
+            e.state = SteerState::Steered;
         }
+        self.entries.insert(file, e);
+        self.classify(file);
     }
 
     /// Finds `file`'s rule and its desired mask from it.
@@ -427,14 +568,19 @@ impl SteerEngine {
         let Some(e) = self.entries.get(&file) else {
             return;
         };
-        let rule = match file {
-            MaskFile::Irq(n) => self.rules.iter().find(|r| r.target.matches(n, &e.actions)),
-            _ => None,
+        let (rule, preference) = match file {
+            MaskFile::Irq(n) => self
+                .rules
+                .iter()
+                .find(|r| r.target.matches(n, &e.actions))
+                .map(|r| (r.target.to_string(), r.prefer.clone()))
+                .unzip(),
+            MaskFile::NamedWorkqueue(n) => self
+                .wq_rule(&n)
+                .map(|r| (r.target.as_str().to_string(), r.prefer.clone()))
+                .unzip(),
+            MaskFile::IrqDefault | MaskFile::Workqueue => (None, None),
         };
-        let (rule, preference) = (
-            rule.map(|r| r.target.to_string()),
-            rule.map(|r| r.prefer.clone()),
-        );
         let preferred = self.preferred(preference.as_ref(), e.node);
         let desired = placement(
             preferred.as_ref(),
@@ -462,22 +608,68 @@ impl SteerEngine {
         }
     }
 
-    /// New `[[irq]]` rules (a reload), applied as a diff: only IRQs whose
-    /// rule or desired mask changes are written. Returns the actions and
-    /// how many IRQs changed rule or mask.
-    pub fn replace_rules(&mut self, rules: Vec<IrqRule>) -> (Vec<SteerAction>, usize) {
+    /// New `[[irq]]` and `[[workqueue]]` rules (a reload), applied as a
+    /// diff: only masks whose rule or desired mask changes are written; a
+    /// workqueue newly named is adopted, one no longer named handed back.
+    /// Returns the actions and how many masks changed rule or mask.
+    pub fn replace_rules(
+        &mut self,
+        rules: Vec<IrqRule>,
+        wq_rules: Vec<WorkqueueRule>,
+    ) -> (Vec<SteerAction>, usize) {
         self.rules = rules;
+        self.wq_rules = wq_rules;
         let before: BTreeMap<MaskFile, (Option<String>, CpuSet)> = self
             .entries
             .iter()
             .map(|(f, e)| (*f, (e.rule.clone(), e.desired.clone())))
             .collect();
+        let mut actions = Vec::new();
+        let mut changed = 0;
+        // A workqueue no rule names any more is handed back and forgotten
+        // (the outcome of that write finds no entry and is dropped).
+        let released: Vec<MaskFile> = self
+            .entries
+            .keys()
+            .filter(|f| matches!(f, MaskFile::NamedWorkqueue(n) if self.wq_rule(n).is_none()))
+            .copied()
+            .collect();
+        for f in released {
+            if let Some(e) = self.entries.remove(&f) {
+                changed += 1;
+                if e.written && e.current != e.original {
+                    actions.push(SteerAction::Write {
+                        file: f,
+                        actions: Vec::new(),
+                        mask: e.original,
+                    });
+                }
+            }
+        }
+        let adopt: Vec<(WqName, CpuSet)> = self
+            .workqueues
+            .iter()
+            .filter(|(n, _)| {
+                !self.entries.contains_key(&MaskFile::NamedWorkqueue(*n))
+                    && self.wq_rule(n).is_some()
+            })
+            .cloned()
+            .collect();
+        for (n, mask) in adopt {
+            let effective = self.wq_effective(&mask);
+            self.add(
+                MaskFile::NamedWorkqueue(n),
+                mask,
+                effective,
+                Vec::new(),
+                None,
+            );
+        }
         let files: Vec<MaskFile> = self.entries.keys().copied().collect();
         for f in &files {
             self.classify(*f);
         }
-        let mut actions = Vec::new();
-        let mut changed = 0;
+        let yielding = self.irqbalance.yielding();
         for f in files {
             let Some(e) = self.entries.get_mut(&f) else {
                 continue;
@@ -485,12 +677,13 @@ impl SteerEngine {
             if before.get(&f) != Some(&(e.rule.clone(), e.desired.clone())) {
                 changed += 1;
             }
-            sync(e, &mut actions);
+            sync(e, yielding, &mut actions);
         }
         (actions, changed)
     }
 
     fn recompute_all(&mut self, actions: &mut Vec<SteerAction>) {
+        let yielding = self.irqbalance.yielding();
         let files: Vec<MaskFile> = self.entries.keys().copied().collect();
         for f in files {
             let Some(desired) = self.entries.get(&f).map(|e| self.desired(e)) else {
@@ -506,7 +699,7 @@ impl SteerEngine {
                     e.state = SteerState::Pending;
                 }
             }
-            sync(e, actions);
+            sync(e, yielding, actions);
         }
     }
 }
@@ -521,7 +714,11 @@ fn report(e: &SteerEntry, note: SteerNote) -> SteerAction {
 
 /// Asks for the desired mask where the kernel does not have it, unless it
 /// was asked for already, the kernel manages it, or refused it.
-fn sync(e: &mut SteerEntry, actions: &mut Vec<SteerAction>) {
+/// `yielding`: IRQ affinity is irqbalance's now, so no IRQ is written.
+fn sync(e: &mut SteerEntry, yielding: bool, actions: &mut Vec<SteerAction>) {
+    if yielding && matches!(e.file, MaskFile::Irq(_)) {
+        return;
+    }
     if e.state == SteerState::KernelManaged || e.in_place() {
         if e.requested.as_ref() != Some(&e.desired) {
             e.requested = None;

@@ -12,15 +12,17 @@ mod tests;
 
 pub use config::{
     Config, ConfigError, ConfigErrors, DEFAULT_TOML, HousekeepingSpec, IrqRule, IrqTarget,
-    IsolationSources, Preference, PreferenceError, Rule, Target,
+    IsolationSources, Preference, PreferenceError, Rule, Target, WorkqueueRule,
+    unmatched_workqueue_rules,
 };
 pub use cpuset::{CpuListError, CpuSet, MAX_CPUS};
 pub use engine::{
     Action, Engine, Entry, Event, Refusal, Registration, RegistryError, State, Topology, cli_form,
 };
 pub use irq::{
-    IrqInfo, MaskFile, SteerAction, SteerEngine, SteerEntry, SteerEvent, SteerNote, SteerScan,
-    SteerState, WriteRefusal, placement, unmatched_rules,
+    IrqInfo, IrqOwner, IrqbalanceNote, IrqbalancePolicy, IrqbalanceWatch, MaskFile, SteerAction,
+    SteerEngine, SteerEntry, SteerEvent, SteerNote, SteerScan, SteerState, WqName, WriteRefusal,
+    placement, unmatched_rules, workqueue_effective,
 };
 pub use kthread::{
     KernelIsolation, Kthread, PF_KTHREAD, PF_NO_SETAFFINITY, kernel_default,

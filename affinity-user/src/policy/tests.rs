@@ -813,3 +813,50 @@ fn a_kthread_the_kernel_keeps_in_place_across_an_offline_step_is_judged_by_its_r
     assert_eq!(sets(&actions), [(7, "0-2".into())]);
     assert_eq!(judged(&actions), ["0-2"]);
 }
+
+#[test]
+fn an_unbound_kworker_follows_the_workqueue_mask_and_a_per_cpu_one_is_pinned() {
+    let mut e = Engine::new(
+        topo("0-7"),
+        set("0-3"),
+        vec![rule("*", Preference::Housekeeping)],
+    );
+    let pinned = |pid, comm| {
+        let mut k = kt(pid, comm, "0-7");
+        k.flags |= PF_NO_SETAFFINITY;
+        k
+    };
+    assert_eq!(
+        e.handle(Event::KthreadNew(pinned(50, "kworker/u16:1"))),
+        [Action::ReportFollowsWorkqueue {
+            pid: 50,
+            comm: "kworker/u16:1".into()
+        }]
+    );
+    assert_eq!(
+        e.handle(Event::KthreadNew(pinned(51, "kworker/3:1"))),
+        [Action::ReportPinned {
+            pid: 51,
+            comm: "kworker/3:1".into()
+        }]
+    );
+    // One found pinned only when its mask is refused (EINVAL) says the same.
+    let k = kt(52, "kworker/u16:2", "6");
+    let start_time = k.start_time;
+    let first = e.handle(Event::KthreadNew(k));
+    assert_eq!(sets(&first), [(52, "0-3".into())]);
+    let after = e.handle(Event::Pinned {
+        pid: 52,
+        start_time,
+    });
+    assert_eq!(
+        after,
+        [
+            Action::ClearPolicy { pid: 52 },
+            Action::ReportFollowsWorkqueue {
+                pid: 52,
+                comm: "kworker/u16:2".into()
+            }
+        ]
+    );
+}

@@ -70,6 +70,8 @@ pub struct Irqs {
     pub writable: usize,
     /// `/proc/irq/default_smp_affinity`: None absent, Some(writable).
     pub default_writable: Option<bool>,
+    /// The pid of a running irqbalance, to which `--irqs` leaves IRQs.
+    pub irqbalance: Option<u32>,
 }
 
 /// One line of the doctor's table.
@@ -326,14 +328,24 @@ pub fn judge(f: &Facts) -> Vec<Check> {
             S::Limited,
             "/proc/irq/default_smp_affinity is not writable here: --irqs would change nothing",
         ),
-        Some(true) => check(
-            N::Irqs,
-            S::Ok,
-            format!(
-                "{} of {} IRQs writable (managed ones refuse at the first write); steered with --irqs",
-                irq.writable, irq.total
+        Some(true) => match irq.irqbalance {
+            None => check(
+                N::Irqs,
+                S::Ok,
+                format!(
+                    "{} of {} IRQs writable (managed ones refuse at the first write); steered with --irqs",
+                    irq.writable, irq.total
+                ),
             ),
-        ),
+            Some(pid) => check(
+                N::Irqs,
+                S::Info,
+                format!(
+                    "{} of {} IRQs writable, but irqbalance runs (pid {pid}): --irqs leaves IRQ affinity to it and says which CPUs to ban (--irqs-over-irqbalance: steer anyway)",
+                    irq.writable, irq.total
+                ),
+            ),
+        },
     });
     out.push(match f.workqueue {
         None => check(
@@ -381,6 +393,7 @@ mod tests {
                 total: 10,
                 writable: 10,
                 default_writable: Some(true),
+                irqbalance: None,
             },
             workqueue: Some(true),
         }
@@ -462,6 +475,22 @@ mod tests {
                 .detail
                 .contains("--attribute syscalls")
         );
+    }
+
+    #[test]
+    fn a_running_irqbalance_is_said_with_what_irqs_does_about_it() {
+        let mut f = healthy();
+        f.irqs.irqbalance = Some(812);
+        let checks = judge(&f);
+        let irqs = &checks[CheckName::Irqs as usize];
+        assert_eq!(
+            (irqs.status, irqs.detail.as_str()),
+            (
+                Status::Info,
+                "10 of 10 IRQs writable, but irqbalance runs (pid 812): --irqs leaves IRQ affinity to it and says which CPUs to ban (--irqs-over-irqbalance: steer anyway)"
+            )
+        );
+        assert!(missing(&f).is_empty());
     }
 
     #[test]

@@ -140,7 +140,10 @@ pub fn gather(sys: &Path, proc: &Path) -> Result<Facts> {
         cpuset_isolated: machine.cpuset_isolated.to_string(),
         housekeeping: hk.to_string(),
         online: machine.topology.online.to_string(),
-        irqs: irqs(&proc.join("irq")),
+        irqs: Irqs {
+            irqbalance: crate::kernel::irq::find_irqbalance(proc),
+            ..irqs(&proc.join("irq"))
+        },
         workqueue: writable_file(&sys.join("devices/virtual/workqueue/cpumask")),
     })
 }

@@ -82,7 +82,7 @@ use tokio::{
 
 mod view;
 
-pub use view::{LiveKthread, LiveRegistration, LiveView};
+pub use view::{LiveKthread, LiveRegistration, LiveSteer, LiveView, SteerFile};
 
 pub const DEFAULT_SOCKET: &str = "/run/affinity/control.sock";
 

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::{
     daemon::{Options, report::Format},
-    policy::{IrqInfo, IrqTarget, Preference},
+    policy::{IrqInfo, IrqTarget, Preference, WorkqueueRule},
 };
 
 fn s(list: &str) -> CpuSet {
@@ -18,6 +18,8 @@ struct FakeFiles {
     masks: BTreeMap<MaskFile, CpuSet>,
     managed: BTreeSet<u32>,
     writes: Vec<(MaskFile, String)>,
+    /// The pid of a running irqbalance.
+    irqbalance: Option<u32>,
 }
 
 impl FakeFiles {
@@ -31,6 +33,7 @@ impl FakeFiles {
             ]),
             managed: BTreeSet::from([36]),
             writes: Vec::new(),
+            irqbalance: None,
         }
     }
 }
@@ -55,6 +58,14 @@ impl SteerKernel for FakeFiles {
             unreadable: vec![],
             default_affinity: Some(self.masks[&MaskFile::IrqDefault].clone()),
             workqueue: Some(self.masks[&MaskFile::Workqueue].clone()),
+            workqueues: self
+                .masks
+                .iter()
+                .filter_map(|(f, m)| match f {
+                    MaskFile::NamedWorkqueue(n) => Some((*n, m.clone())),
+                    _ => None,
+                })
+                .collect(),
         })
     }
 
@@ -68,6 +79,10 @@ impl SteerKernel for FakeFiles {
         self.writes.push((file, mask.to_string()));
         self.masks.insert(file, mask.clone());
         Ok(())
+    }
+
+    fn irqbalance(&self) -> Option<u32> {
+        self.irqbalance
     }
 
     fn read_back(&self, file: MaskFile) -> std::io::Result<(CpuSet, Option<CpuSet>)> {
@@ -87,7 +102,14 @@ fn steering(observe: bool) -> (Steering<FakeFiles>, Reporter<Vec<u8>>, Stats) {
         restore_on_exit: true,
     };
     (
-        Steering::new(topo("0-1"), s("0"), rules(), FakeFiles::new(), &opts),
+        Steering::new(
+            topo("0-1"),
+            s("0"),
+            rules(),
+            vec![],
+            FakeFiles::new(),
+            &opts,
+        ),
         Reporter::new(Vec::new(), Format::Json, false),
         Stats::default(),
     )
@@ -110,7 +132,7 @@ fn records(reporter: &mut Reporter<Vec<u8>>) -> Vec<Value> {
 fn start_steers_reports_and_restore_puts_every_original_back() {
     let (mut st, mut rep, mut stats) = steering(false);
     let rules = rules();
-    let unmatched = st.first_scan(&rules, &mut rep, &mut stats);
+    let unmatched = st.first_scan(&rules, &[], &mut rep, &mut stats);
     assert!(unmatched.is_empty(), "nvme* matches irq 36");
     assert_eq!(
         records(&mut rep),
@@ -143,7 +165,7 @@ fn start_steers_reports_and_restore_puts_every_original_back() {
 fn observe_writes_nothing_and_says_what_it_would_once() {
     let (mut st, mut rep, mut stats) = steering(true);
     let rules = rules();
-    st.first_scan(&rules, &mut rep, &mut stats);
+    st.first_scan(&rules, &[], &mut rep, &mut stats);
     assert_eq!(
         records(&mut rep),
         [
@@ -163,7 +185,7 @@ fn observe_writes_nothing_and_says_what_it_would_once() {
 fn hotplug_and_housekeeping_changes_are_followed() {
     let (mut st, mut rep, mut stats) = steering(false);
     let rules = rules();
-    st.first_scan(&rules, &mut rep, &mut stats);
+    st.first_scan(&rules, &[], &mut rep, &mut stats);
     st.kernel.writes.clear();
     // Housekeeping grows to 0-1, then cpu1 goes offline.
     st.sync(&topo("0-1"), &s("0-1"), &mut rep, &mut stats);
@@ -188,4 +210,83 @@ fn rules() -> Vec<IrqRule> {
         prefer: Preference::Housekeeping,
         line: 3,
     }]
+}
+
+#[test]
+fn a_named_workqueue_is_steered_reported_by_name_and_restored() {
+    let writeback = MaskFile::NamedWorkqueue(crate::policy::WqName::new("writeback").unwrap());
+    let (mut st, mut rep, mut stats) = steering(false);
+    st.kernel.masks.insert(writeback, s("0-1"));
+    let wq_rules = [
+        WorkqueueRule {
+            target: "writeback".into(),
+            prefer: Preference::Cpus(s("0")),
+            line: 7,
+        },
+        WorkqueueRule {
+            target: "nosuch*".into(),
+            prefer: Preference::Housekeeping,
+            line: 11,
+        },
+    ];
+    st.engine =
+        SteerEngine::new(topo("0-1"), s("0"), rules()).with_workqueue_rules(wq_rules.to_vec());
+    let warnings = st.first_scan(&rules(), &wq_rules, &mut rep, &mut stats);
+    assert_eq!(
+        warnings,
+        [
+            "the [[workqueue]] rule at line 11 (nosuch*) matches no workqueue with a cpumask in /sys/devices/virtual/workqueue now; it applies to matching ones that appear later"
+        ]
+    );
+    let r = records(&mut rep);
+    assert_eq!(
+        r.last().unwrap(),
+        &json!({"type": "workqueue_set", "workqueue": "writeback", "mask": "0", "effective": "0"})
+    );
+    assert_eq!(st.kernel.masks[&writeback], s("0"));
+    assert_eq!(st.restore(), 4);
+    assert_eq!(st.kernel.masks[&writeback], s("0-1"));
+    assert_eq!(
+        st.kernel.writes.last().unwrap(),
+        &(writeback, "0-1".to_string())
+    );
+}
+
+#[test]
+fn beside_irqbalance_no_irq_is_written_until_it_goes() {
+    let (mut st, mut rep, mut stats) = steering(false);
+    st.kernel.irqbalance = Some(4242);
+    st.first_scan(&rules(), &[], &mut rep, &mut stats);
+    assert_eq!(
+        records(&mut rep),
+        [
+            json!({"type": "irq_conflict", "with": "irqbalance", "pid": 4242, "winner": "irqbalance", "banned_cpus": "1"}),
+            json!({"type": "irq_default_set", "mask": "0"}),
+            json!({"type": "workqueue_set", "mask": "0"}),
+        ]
+    );
+    // Rescans with it still there: nothing said, no IRQ written.
+    for _ in 0..3 {
+        st.look_for_irqbalance(&mut rep, &mut stats);
+        st.sync(&topo("0-1"), &s("0"), &mut rep, &mut stats);
+    }
+    assert_eq!(records(&mut rep), Vec::<Value>::new());
+    assert!(
+        !st.kernel
+            .writes
+            .iter()
+            .any(|(f, _)| matches!(f, MaskFile::Irq(_))),
+        "{:?}",
+        st.kernel.writes
+    );
+    st.kernel.irqbalance = None;
+    st.look_for_irqbalance(&mut rep, &mut stats);
+    assert_eq!(
+        records(&mut rep),
+        [
+            json!({"type": "irq_conflict_ended", "with": "irqbalance", "pid": 4242}),
+            json!({"type": "irq_set", "irq": 24, "actions": ["ACPI:Ged"], "mask": "0", "effective": "0"}),
+            json!({"type": "irq_kernel_managed", "irq": 36, "actions": ["nvme0q0"]}),
+        ]
+    );
 }

@@ -1,7 +1,8 @@
 //! Reports about the masks that are not a thread's: IRQs, the default IRQ
-//! affinity, the workqueue cpumask. One shape for the three, named
-//! `<file>_<kind>` on the wire: `irq_set`, `irq_kernel_managed`,
-//! `workqueue_set`, `irq_default_would_set`…
+//! affinity, the workqueue cpumasks (global, and a named workqueue's with
+//! `workqueue` naming it). One shape for them all, named `<file>_<kind>` on
+//! the wire: `irq_set`, `irq_kernel_managed`, `workqueue_set`,
+//! `irq_default_would_set`…
 
 use serde::{Serialize, Serializer};
 
@@ -48,6 +49,9 @@ struct Flat<'a> {
     irq: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     actions: Option<&'a [String]>,
+    /// A named workqueue's name (none: the global workqueue cpumask).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workqueue: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     desired: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,7 +67,7 @@ impl SteerReport {
         match self.file {
             MaskFile::Irq(_) => "irq",
             MaskFile::IrqDefault => "irq_default",
-            MaskFile::Workqueue => "workqueue",
+            MaskFile::Workqueue | MaskFile::NamedWorkqueue(_) => "workqueue",
         }
     }
 
@@ -88,6 +92,10 @@ impl SteerReport {
             kind: self.kind(),
             irq,
             actions: irq.map(|_| self.actions.as_slice()),
+            workqueue: match &self.file {
+                MaskFile::NamedWorkqueue(n) => Some(n.as_str()),
+                _ => None,
+            },
             desired: None,
             mask: None,
             effective: None,
@@ -124,6 +132,7 @@ impl SteerReport {
             MaskFile::Irq(n) => format!("irq {n} ({})", self.actions.join(", ")),
             MaskFile::IrqDefault => "default IRQ affinity".into(),
             MaskFile::Workqueue => "workqueue cpumask".into(),
+            MaskFile::NamedWorkqueue(n) => format!("workqueue {n} cpumask"),
         };
         let eff = |e: &Option<String>| {
             e.as_ref()

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::policy::{IrqTarget, Preference};
+use crate::policy::{IrqTarget, Preference, WorkqueueRule};
 
 fn s(list: &str) -> CpuSet {
     CpuSet::parse(list, 4).unwrap()
@@ -33,6 +33,7 @@ fn scan(irqs: Vec<IrqInfo>) -> SteerEvent {
         unreadable: Vec::new(),
         default_affinity: Some(s("0-3")),
         workqueue: Some(s("0-3")),
+        workqueues: Vec::new(),
     })
 }
 
@@ -346,6 +347,7 @@ fn a_kernel_that_narrows_a_mask_itself_is_not_asked_again() {
     let mut sc = SteerScan {
         default_affinity: Some(s("0-3")),
         workqueue: Some(s("0")),
+        workqueues: Vec::new(),
         ..SteerScan::default()
     };
     assert_eq!(
@@ -399,6 +401,7 @@ fn vanished_irqs_are_forgotten_unreadable_ones_kept() {
         unreadable: vec![40],
         default_affinity: Some(s("0-1")),
         workqueue: Some(s("0-1")),
+        workqueues: Vec::new(),
     }));
     assert_eq!(actions, []);
     assert!(e.entry(SERIAL).is_none());
@@ -489,26 +492,232 @@ fn new_rules_write_only_the_irqs_whose_mask_changes() {
     }
     // eth* now prefers CPU 0; irq 4's rule is gone (its mask stays H∩O);
     // nvme*'s is unchanged.
-    let (actions, changed) = e.replace_rules(vec![
-        IrqRule {
-            target: IrqTarget::Action("nvme*".into()),
-            prefer: Preference::OwnNode,
-            line: 2,
-        },
-        IrqRule {
-            target: IrqTarget::Action("eth*".into()),
-            prefer: Preference::Cpus(s("0")),
-            line: 6,
-        },
-    ]);
+    let (actions, changed) = e.replace_rules(
+        vec![
+            IrqRule {
+                target: IrqTarget::Action("nvme*".into()),
+                prefer: Preference::OwnNode,
+                line: 2,
+            },
+            IrqRule {
+                target: IrqTarget::Action("eth*".into()),
+                prefer: Preference::Cpus(s("0")),
+                line: 6,
+            },
+        ],
+        vec![],
+    );
     assert_eq!(actions, [write(ETH, "eth0", "0")]);
     assert_eq!(changed, 2, "eth0 (mask) and irq 4 (rule)");
     assert_eq!(e.entry(SERIAL).unwrap().rule, None);
     assert_eq!(e.entry(ETH).unwrap().rule.as_deref(), Some("eth*"));
-    let (actions, changed) = e.replace_rules(e.rules.clone());
+    let (actions, changed) = e.replace_rules(e.rules.clone(), vec![]);
     assert_eq!(
         (actions, changed),
         (vec![], 0),
         "the same rules again: nothing"
     );
 }
+
+fn wq(name: &str) -> MaskFile {
+    MaskFile::NamedWorkqueue(WqName::new(name).unwrap())
+}
+
+/// No IRQs; the global workqueue mask at `global`, writeback and
+/// blkcg_punt_bio at 0-3.
+fn wq_scan(global: &str, writeback: &str) -> SteerEvent {
+    SteerEvent::Scan(SteerScan {
+        irqs: Vec::new(),
+        unreadable: Vec::new(),
+        default_affinity: Some(s("0-1")),
+        workqueue: Some(s(global)),
+        workqueues: vec![
+            (WqName::new("blkcg_punt_bio").unwrap(), s("0-3")),
+            (WqName::new("writeback").unwrap(), s(writeback)),
+        ],
+    })
+}
+
+fn wq_rule(glob: &str, prefer: Preference) -> WorkqueueRule {
+    WorkqueueRule {
+        target: glob.into(),
+        prefer,
+        line: 1,
+    }
+}
+
+/// H = 0-1 of 0-3; writeback prefers CPU 1, blkcg_punt_bio no rule.
+fn wq_engine() -> SteerEngine {
+    SteerEngine::new(topo("0-3"), s("0-1"), Vec::new())
+        .with_workqueue_rules(vec![wq_rule("write*", Preference::Cpus(s("1")))])
+}
+
+#[test]
+fn a_named_workqueue_is_steered_after_the_global_mask_and_restored() {
+    let mut e = wq_engine();
+    // Only the one a rule names; the global mask first, since the kernel
+    // ANDs the two.
+    assert_eq!(
+        e.handle(wq_scan("0-3", "0-3")),
+        [
+            write(MaskFile::Workqueue, "", "0-1"),
+            write(wq("writeback"), "", "1")
+        ]
+    );
+    assert_eq!(e.entry(wq("blkcg_punt_bio")), None);
+    assert_eq!(
+        e.handle(written(MaskFile::Workqueue, "0-1", None)),
+        [note(MaskFile::Workqueue, "", set("0-1", None))]
+    );
+    // Its workers run on its mask ∩ the global one: 1.
+    assert_eq!(
+        e.handle(written(wq("writeback"), "1", None)),
+        [note(wq("writeback"), "", set("1", Some("1")))]
+    );
+    let entry = e.entry(wq("writeback")).unwrap();
+    assert_eq!(
+        (entry.rule.as_deref(), entry.state, &entry.original),
+        (Some("write*"), SteerState::Steered, &s("0-3"))
+    );
+    // cpu1 goes offline: P∩H∩O is empty, H∩O is 0.
+    assert_eq!(
+        e.handle(SteerEvent::Topology(topo("0,2-3"))),
+        [
+            write(MaskFile::IrqDefault, "", "0"),
+            write(MaskFile::Workqueue, "", "0"),
+            write(wq("writeback"), "", "0")
+        ]
+    );
+    for f in [MaskFile::IrqDefault, MaskFile::Workqueue, wq("writeback")] {
+        e.handle(written(f, "0", None));
+    }
+    // cpu1 back: P∩H∩O is 1 again.
+    assert_eq!(
+        e.handle(SteerEvent::Topology(topo("0-3"))),
+        [
+            write(MaskFile::IrqDefault, "", "0-1"),
+            write(MaskFile::Workqueue, "", "0-1"),
+            write(wq("writeback"), "", "1")
+        ]
+    );
+    for (f, m) in [
+        (MaskFile::IrqDefault, "0-1"),
+        (MaskFile::Workqueue, "0-1"),
+        (wq("writeback"), "1"),
+    ] {
+        e.handle(written(f, m, None));
+    }
+    // Housekeeping grows to 0-3: writeback's preference is inside it still.
+    assert_eq!(
+        e.handle(SteerEvent::Housekeeping(s("0-3"))),
+        [
+            write(MaskFile::IrqDefault, "", "0-3"),
+            write(MaskFile::Workqueue, "", "0-3"),
+        ]
+    );
+    for f in [MaskFile::IrqDefault, MaskFile::Workqueue] {
+        e.handle(written(f, "0-3", None));
+    }
+    // Every mask written that is not its original, the named one last.
+    assert_eq!(
+        e.restore(),
+        [
+            (MaskFile::IrqDefault, s("0-1")),
+            (wq("writeback"), s("0-3"))
+        ]
+    );
+}
+
+#[test]
+fn a_named_workqueue_outside_the_global_mask_runs_on_the_global_one_a_mismatch() {
+    // The global mask is not the daemon's to write here (refused, say) and
+    // stays 2-3: the kernel runs writeback's workers on 2-3, not 1.
+    let mut e = wq_engine();
+    e.handle(wq_scan("2-3", "0-3"));
+    e.handle(SteerEvent::Refused {
+        file: MaskFile::Workqueue,
+        mask: s("0-1"),
+        why: WriteRefusal::Invalid,
+        message: "EINVAL".into(),
+    });
+    assert_eq!(
+        e.handle(written(wq("writeback"), "1", None)),
+        [note(
+            wq("writeback"),
+            "",
+            SteerNote::Mismatch {
+                desired: s("1"),
+                mask: s("1"),
+                effective: Some(s("2-3"))
+            }
+        )]
+    );
+    // Said once: a rescan that finds the same says nothing more; once the
+    // global mask covers 1, it is steered without a write.
+    assert_eq!(e.handle(wq_scan("2-3", "1")), []);
+    assert_eq!(
+        e.entry(wq("writeback")).unwrap().state,
+        SteerState::Mismatch
+    );
+    e.handle(wq_scan("0-3", "1"));
+    assert_eq!(e.entry(wq("writeback")).unwrap().state, SteerState::Steered);
+    assert_eq!(e.entry(wq("writeback")).unwrap().effective, Some(s("1")));
+}
+
+#[test]
+fn a_reload_adopts_newly_named_workqueues_and_hands_back_released_ones() {
+    let mut e = wq_engine();
+    e.handle(wq_scan("0-3", "0-3"));
+    e.handle(written(MaskFile::Workqueue, "0-1", None));
+    e.handle(written(wq("writeback"), "1", None));
+    let (actions, changed) = e.replace_rules(
+        Vec::new(),
+        vec![wq_rule("blkcg_punt_bio", Preference::Housekeeping)],
+    );
+    assert_eq!(
+        actions,
+        [
+            write(wq("writeback"), "", "0-3"),
+            write(wq("blkcg_punt_bio"), "", "0-1")
+        ]
+    );
+    assert_eq!(changed, 2);
+    assert_eq!(e.entry(wq("writeback")), None);
+    // A workqueue that goes away (its module unloaded) is forgotten.
+    let gone = SteerEvent::Scan(SteerScan {
+        workqueue: Some(s("0-1")),
+        default_affinity: Some(s("0-1")),
+        ..SteerScan::default()
+    });
+    e.handle(gone);
+    assert_eq!(e.entry(wq("blkcg_punt_bio")), None);
+}
+
+#[test]
+fn observing_a_named_workqueue_asks_once() {
+    let mut e = wq_engine();
+    e.handle(wq_scan("0-3", "0-3"));
+    // Never answered: the next scan asks for nothing again.
+    assert_eq!(e.handle(wq_scan("0-3", "0-3")), []);
+}
+
+#[test]
+fn a_workqueue_name_holds_what_any_kernel_makes_one() {
+    let n = WqName::new("blkcg_punt_bio").unwrap();
+    assert_eq!(
+        (n.as_str(), format!("{n}"), format!("{n:?}")),
+        (
+            "blkcg_punt_bio",
+            "blkcg_punt_bio".into(),
+            "\"blkcg_punt_bio\"".into()
+        )
+    );
+    assert_eq!(WqName::new(&"w".repeat(64)).unwrap().as_str().len(), 64);
+    assert_eq!(WqName::new(&"w".repeat(65)), None);
+    assert!(
+        WqName::new("zz") > WqName::new("aaa"),
+        "by name, not length"
+    );
+}
+
+mod irqbalance;
