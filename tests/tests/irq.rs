@@ -5,9 +5,7 @@
 //! CPU-count generic: every expected mask is computed from this machine's
 //! possible, isolated and online CPUs (`housekeeping`, `online`), so the
 //! tests mean the same on this 2-CPU host and in the 4-vCPU vm-test guests
-//! (isolcpus=2,3). Host only for now all the same (`host_*` targets are not
-//! run in the guests): the guests' IRQs (IO-APIC under TCG, older kernels)
-//! have not been tried.
+//! (isolcpus=2,3), where they run on every kernel of the matrix.
 
 #![allow(
     clippy::unwrap_used,
