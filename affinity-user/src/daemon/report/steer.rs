@@ -150,8 +150,14 @@ impl SteerReport {
             } => (
                 "1;33",
                 format!(
-                    "{what} -> {desired}, but the kernel has {mask}{}",
-                    eff(effective)
+                    "{what} -> {desired}, but the kernel has {mask}{}{}",
+                    eff(effective),
+                    // The mask took; only the delivery lags.
+                    if mask == desired && effective.is_some() {
+                        " (x86 without interrupt remapping moves an IRQ at its next interrupt, which still arrives there)"
+                    } else {
+                        ""
+                    }
                 ),
             ),
             SteerKind::KernelManaged => (
@@ -248,13 +254,26 @@ mod tests {
             actions: vec![],
             kind: SteerKind::WouldSet { mask: "0".into() },
         }));
+        for mask in ["0", "0-1"] {
+            rep.report(&Report::Steer(SteerReport {
+                file: MaskFile::Irq(4),
+                actions: vec!["ttyS0".into()],
+                kind: SteerKind::Mismatch {
+                    desired: "0".into(),
+                    mask: mask.into(),
+                    effective: Some("3".into()),
+                },
+            }));
+        }
         let out = String::from_utf8(rep.into_inner()).unwrap();
         let lines: Vec<&str> = out.lines().map(|l| &l[13..]).collect();
         assert_eq!(
             lines,
             [
                 "irq_set    irq 36 (virtio1-req.0) -> 0, delivered on 0",
-                "workqueue_would_set workqueue cpumask -> 0 (observe)"
+                "workqueue_would_set workqueue cpumask -> 0 (observe)",
+                "irq_mismatch irq 4 (ttyS0) -> 0, but the kernel has 0, delivered on 3 (x86 without interrupt remapping moves an IRQ at its next interrupt, which still arrives there)",
+                "irq_mismatch irq 4 (ttyS0) -> 0, but the kernel has 0-1, delivered on 3",
             ]
         );
     }
