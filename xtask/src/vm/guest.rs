@@ -81,7 +81,7 @@ pub fn write_script(
     // e.g. loop mounts; a profile's own targets run only in its boot.
     // One test per process, each timed: under TCG the whole run has a
     // budget (README, CI), and the log must say which test spends it.
-    for (name, exe) in bins.tests.iter().filter(|(n, _)| profile.runs(n)) {
+    for (name, exe) in bins.tests.iter().filter(|(n, _)| profile.runs_on(n, label)) {
         let name = quote(name);
         s.push_str(&format!(
             "echo \"affinity-vm-guest: running \"{name}\n\

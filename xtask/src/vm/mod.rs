@@ -189,7 +189,7 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
                 .tests
                 .iter()
                 .map(|(n, _)| n.as_str())
-                .filter(|n| p.runs(n))
+                .filter(|n| p.runs_on(n, k.label))
                 .collect();
             if runs.is_empty() {
                 eprintln!(
