@@ -117,26 +117,67 @@ fn tuned_log() -> PathBuf {
     std::env::temp_dir().join("affinity-bench-tuned.log")
 }
 
-/// The movable kthreads' masks, put back with `put_back`.
-struct Masks(Vec<(u32, String)>);
+/// The movable kthreads' masks and every file of IRQ and workqueue
+/// affinity (tuna `--isolate` and tuned move IRQs too), put back with
+/// `put_back`.
+struct Masks {
+    kthreads: Vec<(u32, String)>,
+    files: Vec<(PathBuf, String)>,
+}
+
+/// /proc/irq/N/smp_affinity_list, /proc/irq/default_smp_affinity and the
+/// workqueue cpumasks: each written back in the form it was read.
+fn affinity_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir("/proc/irq")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("smp_affinity_list"))
+        .filter(|p| p.exists())
+        .collect();
+    files.push("/proc/irq/default_smp_affinity".into());
+    files.push("/sys/devices/virtual/workqueue/cpumask".into());
+    files.extend(
+        fs::read_dir("/sys/devices/virtual/workqueue")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("cpumask"))
+            .filter(|p| p.exists()),
+    );
+    files
+}
 
 impl Masks {
     fn save() -> Masks {
-        Masks(
-            movable()
+        Masks {
+            kthreads: movable()
                 .into_iter()
                 .filter_map(|p| Some((p, cpus_allowed(p)?)))
                 .collect(),
-        )
+            files: affinity_files()
+                .into_iter()
+                .filter_map(|f| {
+                    let was = fs::read_to_string(&f).ok()?;
+                    Some((f, was.trim().to_string()))
+                })
+                .collect(),
+        }
     }
 
     fn put_back(&self) {
-        for (pid, mask) in &self.0 {
+        for (pid, mask) in &self.kthreads {
             let _ = Command::new("taskset")
                 .args(["-pc", mask, &pid.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+        }
+        // Managed IRQs refuse the write; they were never moved either.
+        for (file, was) in &self.files {
+            if fs::read_to_string(file).is_ok_and(|now| now.trim() != was) {
+                let _ = fs::write(file, was);
+            }
         }
     }
 }
