@@ -247,3 +247,47 @@ fn a_reload_is_answered_with_what_the_worker_changed_and_its_counts_reach_the_co
     assert_eq!(worker.finish(Duration::from_secs(5), &mut stats), Some(3));
     assert_eq!((stats.errors, stats.refused), (8, 0));
 }
+
+#[test]
+fn stopping_finishes_the_job_under_way_and_drops_the_waiting_one() {
+    let (st, rep, mut stats, gate) = started();
+    let worker = SteerWorker::spawn(st, rep).unwrap();
+    // Under way: housekeeping 0-1 (IRQ 24, the default and the workqueue
+    // to 0-1), held at its first write; waiting: back to 0.
+    worker.follow(&topo("0-1"), &s("0-1"));
+    assert!(gate.wait(|g| g.waiting == 1));
+    worker.follow(&topo("0-1"), &s("0"));
+    worker.stop();
+    let opener = thread::spawn({
+        let gate = gate.clone();
+        move || {
+            thread::sleep(Duration::from_millis(200));
+            gate.set(true);
+        }
+    });
+    // The three writes of the job under way, none of the waiting one's;
+    // those masks are their originals again, so nothing to restore.
+    assert_eq!(worker.finish(Duration::from_secs(5), &mut stats), Some(0));
+    opener.join().unwrap();
+    assert_eq!(writes(&gate), all_three("0-1"));
+    assert_eq!(gate.state(|g| g.scans), 1);
+}
+
+#[test]
+fn a_worker_still_waiting_on_the_kernel_at_stop_is_not_waited_for_past_the_timeout() {
+    let (st, rep, mut stats, gate) = started();
+    let worker = SteerWorker::spawn(st, rep).unwrap();
+    worker.follow(&topo("0-1"), &s("0-1"));
+    assert!(gate.wait(|g| g.waiting == 1));
+    worker.stop();
+    let start = Instant::now();
+    assert_eq!(worker.finish(Duration::from_millis(300), &mut stats), None);
+    let waited = start.elapsed();
+    assert!(
+        (Duration::from_millis(300)..Duration::from_secs(3)).contains(&waited),
+        "{waited:?}"
+    );
+    // The kernel lets go: the detached thread ends the job and restores.
+    gate.set(true);
+    assert!(gate.wait(|g| g.writes.len() == 3), "{:?}", writes(&gate));
+}
