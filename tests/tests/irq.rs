@@ -309,6 +309,42 @@ fn sighup_applies_new_irq_rules_as_a_diff() {
         "{:#?}",
         d.events_since(seen)
     );
+    // Back to the per-IRQ rules through `affinity reload`: its reply waits
+    // for the steering thread and counts every IRQ it keeps (each one's
+    // rule changes).
+    let status = std::process::Command::new(affinity_tests::daemon::affinity_bin())
+        .args(["status", "--json", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let irq_rows = v["steering"]
+        .as_array()
+        .expect("steering rows")
+        .iter()
+        .filter(|r| !r["irq"].is_null())
+        .count();
+    assert!(irq_rows > 0, "{v:#}");
+    std::fs::write(d.dir().join("rules.toml"), &rules).unwrap();
+    let out = std::process::Command::new(affinity_tests::daemon::affinity_bin())
+        .args(["reload", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.contains(&format!(
+            "kthreads changed rule or preference, {irq_rows} IRQs rule or mask"
+        )),
+        "{said}"
+    );
+    assert!(
+        on(&d, &first.to_string(), 5 * SECOND),
+        "not on {first} again: {:?}",
+        astray(&d, &first)
+    );
     assert!(d.stop().success());
     assert_eq!(
         all_masks(),

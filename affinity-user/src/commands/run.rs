@@ -12,7 +12,9 @@
 //! hotplug event is never handled concurrently with another change. What
 //! could block the loop runs elsewhere: control clients and metrics
 //! scrapers in their own tasks, the /proc rescan on the blocking pool,
-//! report lines through a bounded queue to a writer thread.
+//! report lines through a bounded queue to a writer thread, and (`--irqs`)
+//! every read and write of /proc/irq and the workqueue files on the
+//! steering worker's thread, handed the latest state to follow.
 
 use std::{
     collections::VecDeque, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc,
@@ -32,7 +34,7 @@ use crate::{
     daemon::{
         Core, Options, Stats, coalesce,
         control::{self, ControlCall, ControlServer, Request, Response},
-        irq::Steering,
+        irq::{Steering, worker::SteerWorker},
         left, metrics,
         noise::NoiseNames,
         output::{LineQueue, QUEUE_LINES},
@@ -52,8 +54,12 @@ use crate::{
 };
 
 mod control_reload;
+mod listen_addr;
+mod shutdown;
 
 use control_reload::{handle_request, reload};
+use listen_addr::parse_listen_addr;
+use shutdown::shutdown;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -98,10 +104,10 @@ pub struct RunArgs {
     #[arg(long, hide = true, value_name = "BYTES")]
     pub hotplug_ring_bytes: Option<u32>,
     /// Also steer IRQs, /proc/irq/default_smp_affinity and the unbound
-    /// workqueue cpumask to housekeeping (or `[[irq]]` rules). Opt-in for
-    /// now: those writes run on the event loop and can wait for a hotplug
-    /// step to finish (the workqueue cpumask takes the hotplug lock), which
-    /// under back-to-back hotplug delayed control requests past 10 s.
+    /// workqueue cpumask to housekeeping (or `[[irq]]` rules). Those reads
+    /// and writes run on a thread of their own, never on the event loop: a
+    /// write can wait for a hotplug step to finish (the workqueue cpumask
+    /// takes the hotplug lock).
     #[arg(long)]
     pub irqs: bool,
     /// With --irqs: steer IRQ affinity even while an irqbalance runs (by
@@ -145,8 +151,10 @@ const RETRY_NARROWED: Duration = Duration::from_millis(50);
 const RETRY_NARROWED_FOR: Duration = Duration::from_secs(2);
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
-/// How long the last report lines may take to leave on exit.
-const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+/// How long a reload's reply waits for the steering worker to apply the
+/// new `[[irq]]` and `[[workqueue]]` rules (the client waits
+/// [`control::REPLY_TIMEOUT`]).
+const RELOAD_STEER_WAIT: Duration = Duration::from_secs(5);
 
 struct StderrLog {
     verbose: bool,
@@ -268,9 +276,9 @@ type DaemonCore = Core<ProcKernel, LineQueue>;
 /// The running daemon's state, owned by the loop.
 struct Running {
     core: DaemonCore,
-    /// IRQs, default_smp_affinity, the workqueue cpumask.
-    /// `--irqs` only.
-    steer: Option<Steering<IrqFs>>,
+    /// IRQs, default_smp_affinity, the workqueue cpumask, on the
+    /// steering worker's thread. `--irqs` only.
+    steer: Option<SteerWorker>,
     observer: Observer,
     machine: Machine,
     config: Config,
@@ -397,14 +405,12 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     let kernel = ProcKernel::new(&args.roots.proc, &args.roots.sys, width);
     let out =
         LineQueue::spawn(std::io::stdout(), QUEUE_LINES).context("starting the output thread")?;
+    let format = if args.json { Format::Json } else { args.format };
+    let steer_out = out.share();
     let mut core = Core::new(
         engine,
         kernel,
-        Reporter::with_output(
-            out,
-            if args.json { Format::Json } else { args.format },
-            args.color,
-        ),
+        Reporter::with_output(out, format, args.color),
         opts,
     );
     core.start(&mut observer)
@@ -419,6 +425,15 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         );
     }
 
+    // From here on the worker does every /proc/irq and workqueue read and
+    // write; started after the capabilities were dropped, at normal
+    // priority (SCHED_RESET_ON_FORK).
+    let steer = steer
+        .map(|steer| {
+            SteerWorker::spawn(steer, Reporter::with_output(steer_out, format, args.color))
+                .context("starting the IRQ steering thread")
+        })
+        .transpose()?;
     let (control_tx, control_rx) = mpsc::channel(control::MAX_CLIENTS);
     control.spawn(control_tx);
     let metrics = metrics_listener.map(|listener| {
@@ -535,8 +550,8 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                 }
                 if hotplug {
                     r.core.converge(&mut r.observer, false);
-                    if let Some(steer) = &mut r.steer {
-                        steer.follow(&mut r.core);
+                    if let Some(steer) = &r.steer {
+                        steer.follow(r.core.engine.topology(), r.core.engine.housekeeping());
                     }
                     // A CPU just online may not be in the cpuset's
                     // effective CPUs yet (5.10 updates them from a
@@ -549,21 +564,30 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                 }
             }
             Some(call) = r.control.recv() => {
-                let response = if call.request == Request::Reload {
+                if call.request == Request::Reload {
                     match reload(r, args) {
-                        Ok(message) => Response::done(message),
-                        Err(message) => Response::refusal(message),
+                        Ok(done) => done.answer(call.reply),
+                        Err(message) => {
+                            let _ = call.reply.send(Response::refusal(message));
+                        }
                     }
                 } else {
                     let mut response = handle_request(&mut r.core, &call, width, &mut r.observer);
-                    // The steering engine is beside the core, not in it.
+                    // The steering engine is beside the core, not in it:
+                    // its rows as of the worker's last job.
                     if let (Some(view), Some(steer)) = (&mut response.view, &r.steer) {
-                        view.steering = control::LiveSteer::all(&steer.engine);
+                        view.steering = steer.rows().to_vec();
                     }
-                    response
-                };
-                // The client may have given up: nothing to do then.
-                let _ = call.reply.send(response);
+                    // The client may have given up: nothing to do then.
+                    let _ = call.reply.send(response);
+                }
+            }
+            gone = async { r.steer.as_mut().expect("guarded").changed().await }, if r.steer.is_some() => {
+                gone?;
+                // Its refusals and errors, for the summaries and metrics.
+                if let Some(steer) = &mut r.steer {
+                    steer.absorb(&mut r.core.stats);
+                }
             }
             _ = sleep_until(next_new.unwrap_or_else(Instant::now)), if next_new.is_some() => {
                 let now = Instant::now();
@@ -596,8 +620,8 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
             _ = rescan.tick() => {
                 // IRQs follow every hotplug step (above), housekeeping change and new IRQ;
                 // an irqbalance that appears or goes away is seen here.
-                if let Some(steer) = &mut r.steer {
-                    steer.rescan(&mut r.core);
+                if let Some(steer) = &r.steer {
+                    steer.rescan(r.core.engine.topology(), r.core.engine.housekeeping());
                 }
                 start_scan(&mut scan, args, width, r.core.epoch());
             }
@@ -764,67 +788,4 @@ fn publish_metrics(r: &Running, last: &mut Option<Stats>, by_comm: bool) {
     });
     let _ = tx.send(Arc::new(body));
     *last = Some(s.clone());
-}
-
-/// The one way out: restore (if asked), the last summary, detach.
-fn shutdown(mut r: Running, result: Result<()>) -> Result<ExitCode> {
-    crate::notify::stopping();
-    if let Err(e) = &result {
-        r.core.reporter.report(&Report::Error {
-            message: format!("stopping: {e:#}"),
-        });
-    }
-    let restored = r.core.restore_originals() + r.steer.as_mut().map_or(0, |steer| steer.restore());
-    let kthreads = r.core.masks_left();
-    if !kthreads.is_empty() {
-        let record = left::LeftMasks {
-            schema: left::SCHEMA,
-            kernel: r.machine.kernel.clone(),
-            kthreads,
-        };
-        if let Err(e) = left::write(&r.masks_file, &record) {
-            r.core.reporter.report(&Report::Error {
-                message: format!("{e:#}; `affinity restore` will need --all"),
-            });
-        }
-    }
-    // Best effort: a summary with slightly older counters beats none.
-    let _ = refresh_violation_counters(&mut r);
-    r.core.stats.lines_dropped = r.core.reporter.out_mut().dropped();
-    let s = r.core.summary();
-    r.core.reporter.report(&s);
-    r.core.reporter.report(&Report::Stopped { restored });
-    r.core.reporter.out_mut().finish(OUTPUT_DRAIN);
-    // Programs and links detach when the observer drops.
-    drop(r);
-    result.map(|()| ExitCode::SUCCESS)
-}
-
-/// `--metrics`: an address or a host name with a port, as the user would
-/// write it in a browser or a Prometheus target (`localhost:9105`).
-fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
-    use std::net::ToSocketAddrs as _;
-    let hint = "expected HOST:PORT or IP:PORT, e.g. localhost:9105, 127.0.0.1:9105 or [::1]:9105";
-    let mut addrs = s.to_socket_addrs().map_err(|e| format!("{hint} ({e})"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("{s} resolves to no address; {hint}"))
-}
-
-#[cfg(test)]
-mod listen_addr_tests {
-    use super::parse_listen_addr;
-
-    #[test]
-    fn host_names_and_addresses_are_accepted_with_a_hint_otherwise() {
-        let a = parse_listen_addr("localhost:9105").unwrap();
-        assert!(a.ip().is_loopback() && a.port() == 9105, "{a}");
-        assert_eq!(
-            parse_listen_addr("127.0.0.1:9105").unwrap().to_string(),
-            "127.0.0.1:9105"
-        );
-        assert!(parse_listen_addr("[::1]:9105").unwrap().ip().is_loopback());
-        let e = parse_listen_addr("9105").unwrap_err();
-        assert!(e.contains("localhost:9105"), "{e}");
-    }
 }

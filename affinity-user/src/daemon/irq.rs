@@ -2,8 +2,9 @@
 //! workqueue cpumask) next to the kthread engine: the same online CPUs,
 //! nodes and housekeeping, a fresh read of the files at start-up, after
 //! every hotplug step and on every rescan, and every write's outcome fed
-//! back to the engine. `commands::run` calls [`Steering::sync`] at those
-//! points; nothing in [`super::Core`] depends on it.
+//! back to the engine. `commands::run` calls [`Steering::start`] before
+//! READY, then hands the [`Steering`] to its own thread ([`worker`]), which
+//! does the rest; nothing in [`super::Core`] depends on it.
 
 use std::{collections::VecDeque, io::Write};
 
@@ -91,28 +92,12 @@ impl<S: SteerKernel> Steering<S> {
         }
     }
 
-    /// The periodic rescan: whether irqbalance runs (not looked for after
-    /// every hotplug step, which reads every /proc/PID/comm), then
-    /// [`follow`](Self::follow).
-    pub fn rescan<K: Kernel, W: Write>(&mut self, core: &mut Core<K, W>) {
-        self.look_for_irqbalance(&mut core.reporter, &mut core.stats);
-        self.follow(core);
-    }
-
+    /// Whether irqbalance runs (the periodic rescan, not every hotplug
+    /// step, which reads every /proc/PID/comm).
     fn look_for_irqbalance<W: Write>(&mut self, reporter: &mut Reporter<W>, stats: &mut Stats) {
         let pid = self.kernel.irqbalance();
         let actions = self.engine.handle(SteerEvent::Irqbalance(pid));
         self.execute(actions, reporter, stats);
-    }
-
-    /// [`sync`](Self::sync) with the kthread engine's view.
-    pub fn follow<K: Kernel, W: Write>(&mut self, core: &mut Core<K, W>) {
-        self.sync(
-            core.engine.topology(),
-            core.engine.housekeeping(),
-            &mut core.reporter,
-            &mut core.stats,
-        );
     }
 
     /// The first scan and its writes; returns a warning for each rule that
@@ -337,6 +322,8 @@ fn kind_of(note: SteerNote) -> SteerKind {
         },
     }
 }
+
+pub mod worker;
 
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,8 @@ pub struct LineQueue {
     buf: Vec<u8>,
     tx: Option<SyncSender<Vec<u8>>>,
     dropped: Arc<AtomicU64>,
-    done: Receiver<()>,
+    /// The writer's end, on the handle that spawned it (not on shares).
+    done: Option<Receiver<()>>,
 }
 
 impl LineQueue {
@@ -42,8 +43,20 @@ impl LineQueue {
             buf: Vec::new(),
             tx: Some(tx),
             dropped: Arc::new(AtomicU64::new(0)),
-            done,
+            done: Some(done),
         })
+    }
+
+    /// Another handle on the same writer and drop count, for another thread
+    /// (the IRQ steering worker). The writer ends once every handle is
+    /// finished or dropped.
+    pub fn share(&self) -> LineQueue {
+        LineQueue {
+            buf: Vec::new(),
+            tx: self.tx.clone(),
+            dropped: self.dropped.clone(),
+            done: None,
+        }
     }
 
     /// Lines dropped so far because the writer was not keeping up.
@@ -51,12 +64,15 @@ impl LineQueue {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Closes the queue and waits up to `timeout` for the writer to finish
-    /// the lines already queued (a stalled reader cannot hold the exit).
+    /// Closes the queue and, on the handle that spawned the writer, waits
+    /// up to `timeout` for it to finish the lines already queued (a stalled
+    /// reader cannot hold the exit).
     pub fn finish(&mut self, timeout: Duration) {
         let _ = self.flush();
         self.tx = None;
-        let _ = self.done.recv_timeout(timeout);
+        if let Some(done) = &self.done {
+            let _ = done.recv_timeout(timeout);
+        }
     }
 }
 

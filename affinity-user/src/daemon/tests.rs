@@ -11,7 +11,7 @@ use crate::{
 
 const W: u32 = 4;
 
-fn set(list: &str) -> CpuSet {
+pub(crate) fn set(list: &str) -> CpuSet {
     CpuSet::parse(list, W).unwrap()
 }
 
@@ -26,9 +26,9 @@ fn kt(pid: u32, comm: &str, flags: u32, mask: &str) -> Kthread {
 }
 
 /// The kernel as a table; records every call.
-struct FakeKernel {
+pub(crate) struct FakeKernel {
     tasks: BTreeMap<u32, Kthread>,
-    sets: Vec<(u32, String)>,
+    pub(crate) sets: Vec<(u32, String)>,
     online: CpuSet,
     nodes: BTreeMap<u32, u32>,
     unsettled: Vec<u32>,
@@ -127,7 +127,7 @@ impl Kernel for FakeKernel {
 }
 
 #[derive(Default)]
-struct FakeMaps {
+pub(crate) struct FakeMaps {
     policy: BTreeMap<u32, (String, Option<String>)>,
     acked: u64,
     seq: u64,
@@ -211,7 +211,7 @@ fn khugepaged_record() -> TaskRecord {
 }
 
 /// A started core whose only rule moves khugepaged (pid 38, on 0-3) to `cpus`.
-fn khugepaged_on(cpus: &str) -> (Core<FakeKernel, Vec<u8>>, FakeMaps) {
+pub(crate) fn khugepaged_on(cpus: &str) -> (Core<FakeKernel, Vec<u8>>, FakeMaps) {
     let mut c = core(
         false,
         vec![rule("khugepaged", cpus)],

@@ -3,13 +3,49 @@
 //! requests. Split from `run.rs` to keep it readable; they work on the
 //! running daemon's state ([`Running`], [`DaemonCore`]).
 
+use tokio::sync::oneshot;
+
 use super::*;
+use crate::daemon::irq::worker::RulesTicket;
+
+/// A reload applied to the kthreads; its IRQ and workqueue rules, if they
+/// changed, handed to the steering worker.
+pub(super) struct Reloaded {
+    /// `PATH: N kthreads changed rule or preference`
+    kthreads: String,
+    irqs: Option<RulesTicket>,
+}
+
+impl Reloaded {
+    /// Replies to `affinity reload` once the worker has applied the rules
+    /// (from a task of its own, so the loop goes on), or at once when it has
+    /// none to apply.
+    pub(super) fn answer(self, reply: oneshot::Sender<Response>) {
+        let Reloaded { kthreads, irqs } = self;
+        let Some(ticket) = irqs else {
+            let _ = reply.send(Response::done(format!("{kthreads}, 0 IRQs rule or mask")));
+            return;
+        };
+        tokio::spawn(async move {
+            let irqs = match tokio::time::timeout(RELOAD_STEER_WAIT, ticket.applied()).await {
+                Ok(Some(n)) => format!("{n} IRQs rule or mask"),
+                Ok(None) => "the IRQ rules not applied (the steering thread stopped)".into(),
+                Err(_) => format!(
+                    "the IRQ and workqueue rules not applied yet (the steering thread has waited on the kernel for over {} s); they apply when it is free",
+                    RELOAD_STEER_WAIT.as_secs()
+                ),
+            };
+            // The client may have given up: nothing to do then.
+            let _ = reply.send(Response::done(format!("{kthreads}, {irqs}")));
+        });
+    }
+}
 
 /// SIGHUP and `affinity reload`: the rules file read again. A valid one
 /// replaces the rules as a diff (only kthreads whose rule or preference
 /// changes are touched); an invalid one changes nothing and every error is
 /// reported with its line and column.
-pub(super) fn reload(r: &mut Running, args: &RunArgs) -> Result<String, String> {
+pub(super) fn reload(r: &mut Running, args: &RunArgs) -> Result<Reloaded, String> {
     let path = match &args.policy.config {
         None => {
             return Err(
@@ -39,16 +75,11 @@ pub(super) fn reload(r: &mut Running, args: &RunArgs) -> Result<String, String> 
         }
     };
     let changed = r.core.replace_rules(config.rules.clone(), &mut r.observer);
-    let mut irqs_changed = 0;
+    let mut irqs = None;
     if config.irq != r.config.irq || config.workqueue != r.config.workqueue {
         match &mut r.steer {
             Some(steer) => {
-                irqs_changed = steer.replace_rules(
-                    config.irq.clone(),
-                    config.workqueue.clone(),
-                    &mut r.core.reporter,
-                    &mut r.core.stats,
-                );
+                irqs = Some(steer.replace_rules(config.irq.clone(), config.workqueue.clone()));
             }
             None => r.core.reporter.report(&Report::Error {
                 message: format!(
@@ -68,9 +99,10 @@ pub(super) fn reload(r: &mut Running, args: &RunArgs) -> Result<String, String> 
         path: shown.clone(),
         changed,
     });
-    Ok(format!(
-        "{shown}: {changed} kthreads changed rule or preference, {irqs_changed} IRQs rule or mask"
-    ))
+    Ok(Reloaded {
+        kthreads: format!("{shown}: {changed} kthreads changed rule or preference"),
+        irqs,
+    })
 }
 
 pub(super) fn handle_request(

@@ -8,22 +8,22 @@ use crate::{
     policy::{IrqInfo, IrqTarget, Preference, WorkqueueRule},
 };
 
-fn s(list: &str) -> CpuSet {
+pub(super) fn s(list: &str) -> CpuSet {
     CpuSet::parse(list, 2).unwrap()
 }
 
 /// The files in memory: IRQ 36 is managed (EIO), the kernel delivers an
 /// IRQ on the first CPU of its mask.
-struct FakeFiles {
+pub(super) struct FakeFiles {
     masks: BTreeMap<MaskFile, CpuSet>,
     managed: BTreeSet<u32>,
-    writes: Vec<(MaskFile, String)>,
+    pub(super) writes: Vec<(MaskFile, String)>,
     /// The pid of a running irqbalance.
     irqbalance: Option<u32>,
 }
 
 impl FakeFiles {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         FakeFiles {
             masks: BTreeMap::from([
                 (MaskFile::IrqDefault, s("0-1")),
@@ -92,7 +92,7 @@ impl SteerKernel for FakeFiles {
     }
 }
 
-fn topo(online: &str) -> Topology {
+pub(super) fn topo(online: &str) -> Topology {
     Topology::single_node(s("0-1"), s(online))
 }
 
@@ -115,7 +115,7 @@ fn steering(observe: bool) -> (Steering<FakeFiles>, Reporter<Vec<u8>>, Stats) {
     )
 }
 
-fn records(reporter: &mut Reporter<Vec<u8>>) -> Vec<Value> {
+pub(super) fn records(reporter: &mut Reporter<Vec<u8>>) -> Vec<Value> {
     let out = std::mem::take(reporter.out_mut());
     String::from_utf8(out)
         .unwrap()
@@ -204,7 +204,7 @@ fn hotplug_and_housekeeping_changes_are_followed() {
     assert_eq!(stats.errors, 0);
 }
 
-fn rules() -> Vec<IrqRule> {
+pub(super) fn rules() -> Vec<IrqRule> {
     vec![IrqRule {
         target: IrqTarget::Action("nvme*".into()),
         prefer: Preference::Housekeeping,
