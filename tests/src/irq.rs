@@ -9,6 +9,27 @@ use affinity::{
     policy::{CpuSet, MAX_CPUS, MaskFile},
 };
 
+/// Interrupts per IRQ so far, summed over CPUs (/proc/interrupts; the
+/// arch's named vectors such as LOC are left out).
+pub fn interrupt_counts() -> BTreeMap<u32, u64> {
+    let text = std::fs::read_to_string("/proc/interrupts").expect("reading /proc/interrupts");
+    let ncpu = text
+        .lines()
+        .next()
+        .map_or(0, |l| l.split_whitespace().count());
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let irq = f.next()?.trim_end_matches(':').parse().ok()?;
+            Some((
+                irq,
+                f.take(ncpu).filter_map(|c| c.parse::<u64>().ok()).sum(),
+            ))
+        })
+        .collect()
+}
+
 /// The kernel's nr_cpu_ids: the width of every mask here.
 pub fn width() -> u32 {
     let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible")

@@ -22,7 +22,7 @@ use affinity::policy::{CpuSet, MaskFile, WqName};
 use affinity_tests::{
     CpuOffline,
     daemon::Daemon,
-    irq::{all_masks, housekeeping, irq_fs, online, outside, width},
+    irq::{all_masks, housekeeping, interrupt_counts, irq_fs, online, outside, width},
     setup, wait_for,
 };
 
@@ -43,23 +43,6 @@ fn not_accepted(d: &Daemon) -> BTreeSet<u32> {
         .collect()
 }
 
-/// Interrupts per IRQ so far, summed over CPUs (/proc/interrupts).
-fn fired() -> BTreeMap<u32, u64> {
-    let text = std::fs::read_to_string("/proc/interrupts").unwrap();
-    let ncpu = text.lines().next().unwrap().split_whitespace().count();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let irq = f.next()?.trim_end_matches(':').parse().ok()?;
-            Some((
-                irq,
-                f.take(ncpu).filter_map(|c| c.parse::<u64>().ok()).sum(),
-            ))
-        })
-        .collect()
-}
-
 /// When each IRQ was first seen with mask `want`: its interrupt count then.
 /// x86 without interrupt remapping (the guests' IO-APIC and MSI) moves an
 /// IRQ at its next interrupt, so until it fires its effective affinity is
@@ -71,7 +54,7 @@ type SeenAt = std::cell::RefCell<BTreeMap<u32, u64>>;
 /// since its mask became `want` may still show its old effective affinity.
 fn astray_since(d: &Daemon, want: &CpuSet, seen: Option<&SeenAt>) -> Vec<String> {
     let skip = not_accepted(d);
-    let counts = fired();
+    let counts = interrupt_counts();
     irq_fs()
         .scan()
         .unwrap()

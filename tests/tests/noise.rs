@@ -28,7 +28,7 @@ use affinity::policy::{CpuSet, MAX_CPUS};
 use affinity_harness::Value;
 use affinity_tests::{
     daemon::{Daemon, affinity_bin},
-    irq::IrqGuard,
+    irq::{IrqGuard, interrupt_counts},
     pid_of, set_mask, setup,
 };
 
@@ -102,21 +102,6 @@ fn loopback_traffic(cpu: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<
     })
 }
 
-/// Per-IRQ interrupt counts summed over CPUs, from /proc/interrupts.
-fn irq_counts() -> BTreeMap<u32, u64> {
-    let text = fs::read_to_string("/proc/interrupts").unwrap();
-    let ncpu = text.lines().next().unwrap().split_whitespace().count();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let irq = f.next()?.trim_end_matches(':').parse().ok()?;
-            let n = f.take(ncpu).filter_map(|c| c.parse::<u64>().ok()).sum();
-            Some((irq, n))
-        })
-        .collect()
-}
-
 /// Work that raises device IRQs: file writes made durable in the test's
 /// directory (block or filesystem requests), and DNS lookups of the
 /// archive apt uses (network receive; nothing where there is no network).
@@ -136,9 +121,9 @@ fn raise_irqs(dir: &std::path::Path, until: Instant) {
 /// An IRQ that [`raise_irqs`] raises and whose affinity the kernel lets us set
 /// to `cpu` (set now; the IrqGuard puts it back): the busiest such one.
 fn irq_we_can_raise_on(cpu: u32, dir: &std::path::Path) -> Option<(u32, String)> {
-    let before = irq_counts();
+    let before = interrupt_counts();
     raise_irqs(dir, Instant::now() + SECOND);
-    let after = irq_counts();
+    let after = interrupt_counts();
     let mut fired: Vec<(u64, u32)> = after
         .iter()
         .filter_map(|(irq, n)| Some((n - before.get(irq)?, *irq)))
