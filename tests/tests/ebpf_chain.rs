@@ -16,7 +16,7 @@ use std::{
 use affinity::{
     kernel::{
         bpf::{EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
-        btf::KernelLayout,
+        btf::KernelBtf,
         wire::{HotplugPhase, WireEvent},
     },
     policy::CpuSet,
@@ -33,13 +33,13 @@ impl LogSink for Logs {
 }
 
 fn load(logs: Logs) -> Observer {
-    let layout = KernelLayout::from_btf_file("/sys/kernel/btf/vmlinux".as_ref())
-        .unwrap_or_else(|e| panic!("resolving the kernel layout: {e}"));
+    let btf = KernelBtf::read("/sys/kernel/btf/vmlinux".as_ref())
+        .unwrap_or_else(|e| panic!("reading the kernel's BTF: {e}"));
     let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
     let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
     let width = CpuSet::parse(&possible, 8192).unwrap().last().unwrap() + 1;
     let cfg = ObserverConfig {
-        layout,
+        btf,
         daemon_tgid: std::process::id(),
         report_interval: Duration::from_millis(100),
         width,

@@ -44,7 +44,7 @@ use crate::{
     kernel::bpf::{
         self, Attribution, Counters, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig,
     },
-    kernel::btf::KernelLayout,
+    kernel::btf::KernelBtf,
     kernel::caps::{self, Cap},
     kernel::irq::IrqFs,
     kernel::procfs::ProcKernel,
@@ -307,7 +307,7 @@ async fn run_async(args: RunArgs) -> Result<ExitCode> {
         hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
     };
     let mut running = start(&args, prepared, signals)?;
-    give_back_start_up_memory();
+    crate::kernel::give_back_freed_memory();
     let result = event_loop(&mut running, &args).await;
     shutdown(running, result)
 }
@@ -322,7 +322,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
     } = p;
     let width = machine.topology.width;
     let hk = housekeeping.checked(&machine, &config)?;
-    let layout = KernelLayout::from_btf_file(&args.roots.sys.join("kernel/btf/vmlinux"))
+    let kernel_btf = KernelBtf::read(&args.roots.sys.join("kernel/btf/vmlinux"))
         .context("this kernel has no usable BTF (CONFIG_DEBUG_INFO_BTF), which affinity needs")?;
     let init_pidns = bpf::init_pidns(&args.roots.proc).with_context(|| {
         format!(
@@ -335,7 +335,7 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
         attribution: args.attribute,
         noise: args.noise_interval > 0,
         ..ObserverConfig::new(
-            layout,
+            kernel_btf,
             width,
             machine.topology.online.words().to_vec(),
             init_pidns,
@@ -467,14 +467,6 @@ fn start(args: &RunArgs, p: Prepared, signals: Signals) -> Result<Running> {
 /// Start-up parses the kernel's BTF (several MB, twice: the layout and the
 /// tp_btf attach) and reads every kthread; glibc keeps the freed heap
 /// mapped unless asked. What the daemon holds from here on is small.
-fn give_back_start_up_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap pages; no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 fn timer(every: Duration) -> Interval {
     let mut t = interval(every);
     t.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -19,7 +19,7 @@ use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    kernel::btf::{BtfError, KernelLayout},
+    kernel::btf::{BtfError, KernelBtf},
     kernel::wire::{self, WireEvent},
 };
 
@@ -43,8 +43,6 @@ pub enum ObserverError {
     },
     #[error("eBPF map {map}: {detail}")]
     Map { map: &'static str, detail: String },
-    #[error("reading kernel BTF for tp_btf programs: {0}")]
-    KernelBtf(#[source] aya::BtfError),
     #[error("eBPF map NOISE: {0}")]
     Noise(#[from] wire::WireError),
     #[error("waiting for eBPF events: {0}")]
@@ -80,7 +78,8 @@ impl std::fmt::Display for Attribution {
 }
 
 pub struct ObserverConfig {
-    pub layout: KernelLayout,
+    /// The running kernel's layout and the types the programs attach to.
+    pub btf: KernelBtf,
     /// Our own sched_setaffinity calls are not reported back to us.
     pub daemon_tgid: u32,
     /// Per-pid rate limit of violation reports, enforced in the kernel.
@@ -105,9 +104,9 @@ impl ObserverConfig {
     /// The daemon's settings for a machine: our own calls not reported,
     /// violations at most every 500 ms per pid, callers named by fexit
     /// where it loads, the object's ring sizes.
-    pub fn new(layout: KernelLayout, width: u32, online: Vec<u64>, init_pidns: (u64, u64)) -> Self {
+    pub fn new(btf: KernelBtf, width: u32, online: Vec<u64>, init_pidns: (u64, u64)) -> Self {
         ObserverConfig {
-            layout,
+            btf,
             daemon_tgid: std::process::id(),
             report_interval: Duration::from_millis(500),
             width,
@@ -193,16 +192,17 @@ impl Observer {
         if object.is_empty() {
             return Err(ObserverError::NoObject);
         }
-        let l = &cfg.layout;
+        let l = &cfg.btf.layout;
         let interval = cfg.report_interval.as_nanos() as u64;
         let words_used = cfg.width.div_ceil(64).clamp(1, MASK_WORDS as u32);
         let (ns_dev, ns_ino) = cfg.init_pidns;
+        // The loader parses the whole kernel BTF for CO-RE relocations,
+        // which Rust eBPF does not emit, and aya has no constructor without
+        // that parse. Dropped at once, before anything else is built: it is
+        // the daemon's peak memory, so nothing else may be alive beside it.
         let mut loader = EbpfLoader::new();
-        // The loader parses the kernel's BTF for CO-RE relocations, which
-        // Rust eBPF does not emit. Dropped now rather than held through the
-        // load beside the parse the tp_btf attach below needs: two parsed
-        // vmlinux BTFs at once were most of the daemon's peak RSS.
         loader.btf(None);
+        super::give_back_freed_memory();
         if let Some(bytes) = cfg.hotplug_ring_bytes {
             loader.map_max_entries(maps::HOTPLUG_EVENTS, bytes);
         }
@@ -245,7 +245,8 @@ impl Observer {
             })?;
         let logs = register(logs)?;
 
-        let btf = Btf::from_sys_fs().map_err(ObserverError::KernelBtf)?;
+        let attach_btf = cfg.btf.attach.to_aya()?;
+        let btf = &attach_btf;
         for &(program, tracepoint) in programs::BTF_TRACEPOINTS {
             if !cfg.noise && programs::NOISE.contains(&program) {
                 continue;
@@ -258,7 +259,7 @@ impl Observer {
                 })?
                 .try_into()
                 .map_err(|source| ObserverError::Program { program, source })?;
-            prog.load(tracepoint, &btf)
+            prog.load(tracepoint, btf)
                 .map_err(|source| ObserverError::Program { program, source })?;
             prog.attach()
                 .map_err(|source| ObserverError::Program { program, source })?;
@@ -270,7 +271,7 @@ impl Observer {
         let asked = cfg.attribution;
         match asked {
             Attribution::Auto | Attribution::Fexit => {
-                if let Err(e) = attach_fexits(&mut ebpf, &btf) {
+                if let Err(e) = attach_fexits(&mut ebpf, btf) {
                     if asked == Attribution::Fexit {
                         return Err(ObserverError::Attribution {
                             asked,
@@ -298,6 +299,9 @@ impl Observer {
             }
             Attribution::Off => {}
         }
+        // Given back before the rings are mapped (8 MB resident at once).
+        drop(attach_btf);
+        super::give_back_freed_memory();
 
         let events =
             RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?).map_err(map_err(maps::EVENTS))?;

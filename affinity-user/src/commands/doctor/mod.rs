@@ -15,7 +15,7 @@ pub use checks::{Check, CheckName, Cpuset, Facts, Irqs, Programs, Status, judge,
 use crate::{
     kernel::{
         bpf::{self, EMBEDDED_OBJECT, LogSink, Observer, ObserverConfig},
-        btf::KernelLayout,
+        btf::KernelBtf,
         caps::{self, Cap},
         sysfs::Machine,
     },
@@ -99,8 +99,9 @@ pub fn gather(sys: &Path, proc: &Path) -> Result<Facts> {
     let machine = Machine::read(sys, proc).context("reading the machine's CPU state")?;
     let width = machine.topology.width;
     let btf_path = sys.join("kernel/btf/vmlinux");
-    let layout = KernelLayout::from_btf_file(&btf_path)
-        .map_err(|e| format!("{}: {e:#}", btf_path.display()));
+    let kernel_btf =
+        KernelBtf::read(&btf_path).map_err(|e| format!("{}: {e:#}", btf_path.display()));
+    let btf = kernel_btf.as_ref().map(|_| ()).map_err(Clone::clone);
     let mut needed = caps::for_bpf(&machine.kernel, caps::memlock_unlimited());
     needed.push(Cap::SysNice);
     let have = caps::effective(&proc.join("self/status")).unwrap_or(0);
@@ -113,10 +114,10 @@ pub fn gather(sys: &Path, proc: &Path) -> Result<Facts> {
         Ok(_) => Ok(()),
         Err(e) => Err(format!("{}: {e}", proc.join("self/ns/pid").display())),
     };
-    let programs = match (&layout, &init_pidns) {
-        (Ok(layout), Ok(ns)) if caps_missing.iter().all(|c| *c == Cap::SysNice) => {
+    let programs = match (kernel_btf, &init_pidns) {
+        (Ok(kernel_btf), Ok(ns)) if caps_missing.iter().all(|c| *c == Cap::SysNice) => {
             let cfg = ObserverConfig::new(
-                *layout,
+                kernel_btf,
                 width,
                 machine.topology.online.words().to_vec(),
                 *ns,
@@ -128,7 +129,7 @@ pub fn gather(sys: &Path, proc: &Path) -> Result<Facts> {
     let hk = machine.housekeeping(&Config::embedded_default().housekeeping);
     Ok(Facts {
         release: machine.kernel.clone(),
-        btf: layout.map(|_| ()),
+        btf,
         caps_missing,
         programs,
         lockdown: lockdown(&sys.join("kernel/security/lockdown")),
