@@ -9,6 +9,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
+        Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -253,6 +254,39 @@ extern "C" fn interrupted(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
+/// How many boots are under way: SIGINT and SIGTERM are caught while any
+/// is (boots run in parallel), and get their default back after the last.
+static BOOTS: Mutex<usize> = Mutex::new(0);
+
+struct ForwardSignals;
+
+impl ForwardSignals {
+    fn install() -> ForwardSignals {
+        let mut n = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+        if *n == 0 {
+            for sig in [libc::SIGINT, libc::SIGTERM] {
+                // SAFETY: the handler only stores to an atomic.
+                unsafe { libc::signal(sig, interrupted as *const () as libc::sighandler_t) };
+            }
+        }
+        *n += 1;
+        ForwardSignals
+    }
+}
+
+impl Drop for ForwardSignals {
+    fn drop(&mut self) {
+        let mut n = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            for sig in [libc::SIGINT, libc::SIGTERM] {
+                // SAFETY: restoring the default disposition.
+                unsafe { libc::signal(sig, libc::SIG_DFL) };
+            }
+        }
+    }
+}
+
 /// What vng boots: a kernel image in a guest of `profile`'s shape.
 pub struct Vm<'a> {
     pub tools: &'a Tools,
@@ -299,10 +333,7 @@ pub fn boot(
         .process_group(0);
 
     // Ctrl-C no longer reaches the VM through the terminal: forward it.
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(sig, interrupted as *const () as libc::sighandler_t) };
-    }
+    let _forward = ForwardSignals::install();
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -414,10 +445,6 @@ pub fn boot(
         }
     }
     b.elapsed = start.elapsed();
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: restoring the default disposition.
-        unsafe { libc::signal(sig, libc::SIG_DFL) };
-    }
     if let Some(log) = log {
         writeln!(
             log,
