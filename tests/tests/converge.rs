@@ -20,7 +20,11 @@ use std::{
 
 use affinity::{
     daemon::kernel::{Kernel, SetAffinityError},
-    kernel::procfs::ProcKernel,
+    kernel::{
+        procfs::ProcKernel,
+        rescan,
+        sysfs::{Scan, scan_kthreads},
+    },
     policy::CpuSet,
 };
 use affinity_tests::{
@@ -553,6 +557,92 @@ fn proc_kernel_sets_reads_back_and_knows_an_exited_pid() {
             .trim()
     );
     assert!(k.cpu_settled(1));
+}
+
+/// The cheap periodic rescan (kernel/rescan.rs) on this kernel: what it
+/// takes as believed is what a full read says, a mask changed behind the
+/// daemon's back is read in full, and with cpu1 offline (where
+/// sched_getaffinity answers the mask ∩ the active CPUs) a mask naming cpu1
+/// is still taken for what it is.
+#[test]
+fn a_quick_rescan_agrees_with_a_full_one_and_sees_a_changed_mask() {
+    let Some(_masks) = setup("a_quick_rescan_agrees_with_a_full_one_and_sees_a_changed_mask")
+    else {
+        return;
+    };
+    let width = fs::read_to_string(format!("{SYS_CPU}/possible"))
+        .ok()
+        .and_then(|p| CpuSet::parse(&p, 8192).ok())
+        .and_then(|s| s.last())
+        .unwrap()
+        + 1;
+    let cpus = |l: &str| CpuSet::parse(l, width).unwrap();
+    let name = movable_kthread();
+    let pid = pid_of(name);
+    set_mask(pid, "0-1");
+    let believe = |online: &str| {
+        let full = scan_kthreads("/proc".as_ref(), width).unwrap();
+        rescan::Believed {
+            kthreads: full.kthreads.iter().map(|k| (k.pid, k.clone())).collect(),
+            online: Some(cpus(online)),
+        }
+    };
+    // Compares the kthreads both scans saw (kworkers come and go).
+    let agree = |quick: &Scan, full: &Scan| {
+        let both: Vec<_> = quick
+            .kthreads
+            .iter()
+            .filter_map(|q| {
+                full.kthreads
+                    .iter()
+                    .find(|f| f.pid == q.pid)
+                    .map(|f| (q, f))
+            })
+            .collect();
+        assert!(
+            both.len() * 10 >= full.kthreads.len() * 9,
+            "{} of {} kthreads in both scans",
+            both.len(),
+            full.kthreads.len()
+        );
+        for (q, f) in both {
+            if q.start_time == f.start_time {
+                assert_eq!(q, f, "pid {}", q.pid);
+            }
+        }
+    };
+
+    let believed = believe("0-1");
+    let quick = rescan::quick_scan("/proc".as_ref(), width, &believed).unwrap();
+    agree(&quick, &scan_kthreads("/proc".as_ref(), width).unwrap());
+
+    // Changed behind its back: read in full, so the scan says so.
+    set_mask(pid, "1");
+    let quick = rescan::quick_scan("/proc".as_ref(), width, &believed).unwrap();
+    let k = quick.kthreads.iter().find(|k| k.pid == pid).unwrap();
+    assert_eq!(k.cpus_allowed.to_string(), "1", "{name} after taskset");
+
+    // cpu1 offline: the kernel keeps the mask 0-1 and answers 0.
+    set_mask(pid, "0-1");
+    let _offline = CpuOffline::new(1);
+    let believed = believe("0");
+    assert_eq!(
+        believed.kthreads[&pid].cpus_allowed,
+        cpus("0-1"),
+        "{name}'s mask with cpu1 offline"
+    );
+    let quick = rescan::quick_scan("/proc".as_ref(), width, &believed).unwrap();
+    agree(&quick, &scan_kthreads("/proc".as_ref(), width).unwrap());
+    // A stale belief that differs on an online CPU is still caught.
+    let mut stale = believed.clone();
+    stale.kthreads.get_mut(&pid).unwrap().cpus_allowed = cpus("1");
+    let quick = rescan::quick_scan("/proc".as_ref(), width, &stale).unwrap();
+    let k = quick.kthreads.iter().find(|k| k.pid == pid).unwrap();
+    assert_eq!(
+        k.cpus_allowed.to_string(),
+        "0-1",
+        "{name} with a stale belief"
+    );
 }
 
 #[test]

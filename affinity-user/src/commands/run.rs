@@ -48,9 +48,10 @@ use crate::{
     kernel::caps::{self, Cap},
     kernel::irq::IrqFs,
     kernel::procfs::ProcKernel,
+    kernel::rescan,
     kernel::sysfs::{self, Machine, Scan},
     kernel::wire::WireEvent,
-    policy::{Config, CpuSet, Engine, IrqbalancePolicy, Preference, Target},
+    policy::{Config, CpuSet, Engine, IrqbalancePolicy, Kthread, Preference, Target},
 };
 
 mod control_reload;
@@ -494,6 +495,8 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
     // The scan under way, and the epoch it started in.
     let mut scan: Option<(JoinHandle<std::io::Result<Scan>>, u64)> = None;
     let mut lost_since_scan = false;
+    // Scans until the next full one (rescan.rs); 0: the next one is full.
+    let mut quick_scans_left = 0;
     // Until when a refusal after a hotplug step is retried every RETRY_NARROWED.
     let mut quick_until: Option<Instant> = None;
     publish_metrics(r, &mut last_metrics, args.metrics_by_comm);
@@ -615,7 +618,16 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                 if let Some(steer) = &r.steer {
                     steer.rescan(r.core.engine.topology(), r.core.engine.housekeeping());
                 }
-                start_scan(&mut scan, args, width, r.core.epoch());
+                // Right after a hotplug step the active CPUs may not be
+                // the online ones yet: full scans until it has settled.
+                let full = quick_scans_left == 0 || quick_until.is_some();
+                let believed = (!full).then(|| believed(&r.core.engine));
+                if start_scan(&mut scan, args, width, r.core.epoch(), believed) {
+                    quick_scans_left = match full {
+                        true => rescan::FULL_EVERY - 1,
+                        false => quick_scans_left - 1,
+                    };
+                }
             }
             _ = counters.tick() => {
                 let now = r.observer.counters()?;
@@ -627,7 +639,11 @@ async fn event_loop(r: &mut Running, args: &RunArgs) -> Result<()> {
                     // Whatever those records said, the kernel says it again.
                     r.core.converge(&mut r.observer, true);
                     lost_since_scan = true;
-                    start_scan(&mut scan, args, width, r.core.epoch());
+                    // A quick scan under way cannot see a lost rename or
+                    // reused pid: the next one is full.
+                    if !start_scan(&mut scan, args, width, r.core.epoch(), None) {
+                        quick_scans_left = 0;
+                    }
                 }
                 set_violation_counters(&mut r.core.stats, &now);
                 r.core.stats.lines_dropped = r.core.reporter.out_mut().dropped();
@@ -711,17 +727,45 @@ fn refresh_violation_counters(r: &mut Running) -> Result<()> {
     Ok(())
 }
 
-/// Reads /proc on the blocking pool, unless a scan is under way already.
+/// Reads /proc on the blocking pool, unless a scan is under way already
+/// (then returns false): every kthread in full, or, given what the daemon
+/// believes, only what differs from it ([`rescan::quick_scan`]).
 fn start_scan(
     scan: &mut Option<(JoinHandle<std::io::Result<Scan>>, u64)>,
     args: &RunArgs,
     width: u32,
     epoch: u64,
-) {
-    if scan.is_none() {
-        let proc = args.roots.proc.clone();
-        let task = tokio::task::spawn_blocking(move || sysfs::scan_kthreads(&proc, width));
-        *scan = Some((task, epoch));
+    believed: Option<rescan::Believed>,
+) -> bool {
+    if scan.is_some() {
+        return false;
+    }
+    let proc = args.roots.proc.clone();
+    let task = tokio::task::spawn_blocking(move || match believed {
+        Some(b) => rescan::quick_scan(&proc, width, &b),
+        None => sysfs::scan_kthreads(&proc, width),
+    });
+    *scan = Some((task, epoch));
+    true
+}
+
+/// Every kthread as the engine believes it is, for a quick scan.
+fn believed(engine: &Engine) -> rescan::Believed {
+    rescan::Believed {
+        kthreads: engine
+            .entries()
+            .map(|e| {
+                let k = Kthread {
+                    pid: e.pid,
+                    comm: e.comm.clone(),
+                    flags: e.flags,
+                    start_time: e.start_time,
+                    cpus_allowed: e.current.clone(),
+                };
+                (e.pid, k)
+            })
+            .collect(),
+        online: Some(engine.online().clone()),
     }
 }
 

@@ -101,9 +101,34 @@ fn invalid(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
 
+/// A /proc file read whole with as few syscalls as it takes: open, one
+/// read of a page (a kthread's stat and status fit), one more that says
+/// EOF, close. `fs::read_to_string` first asks the size (0 for /proc) and
+/// then grows its buffer from 32 bytes: 13 reads and a statx for a status
+/// file, for every kthread on every rescan and hotplug step.
+pub fn read_proc_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| invalid(format!("{}: {e}", path.display())))
+}
+
 /// `/proc/PID/stat` of `pid`: (comm, flags, start time). `Ok(None)`: gone.
 pub fn stat_of(proc_root: &Path, pid: u32) -> std::io::Result<Option<(String, u32, u64)>> {
-    match fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) {
+    match read_proc_file(&proc_root.join(pid.to_string()).join("stat")) {
         Ok(text) => parse_stat(&text)
             .map(Some)
             .ok_or_else(|| invalid(format!("/proc/{pid}/stat: unexpected format"))),
@@ -126,7 +151,7 @@ pub fn kthread_of(proc_root: &Path, pid: u32, width: u32) -> std::io::Result<Opt
     if flags & PF_KTHREAD == 0 {
         return Ok(None);
     }
-    let status = match fs::read_to_string(proc_root.join(pid.to_string()).join("status")) {
+    let status = match read_proc_file(&proc_root.join(pid.to_string()).join("status")) {
         Ok(s) => s,
         Err(e) if is_gone(&e) => return Ok(None),
         Err(e) => return Err(e),
@@ -181,8 +206,8 @@ pub fn scan_kthreads(proc_root: &Path, width: u32) -> std::io::Result<Scan> {
 
 /// The pids that may be kthreads: kthreadd and its children, else every
 /// pid in /proc.
-fn candidates(proc_root: &Path) -> std::io::Result<Vec<u32>> {
-    if let Ok(children) = fs::read_to_string(proc_root.join("2/task/2/children")) {
+pub(crate) fn candidates(proc_root: &Path) -> std::io::Result<Vec<u32>> {
+    if let Ok(children) = read_proc_file(&proc_root.join("2/task/2/children")) {
         let mut pids = vec![2];
         pids.extend(
             children
