@@ -284,7 +284,7 @@ pub fn idle_cost(md: &mut String, s: &Setup, idle_secs: u64) -> Result<()> {
         "## 5. Idle cost (targets < 0.1 % of one CPU, < 30 MB)\n\nThe daemon on the default policy, no hotplug, {wall:.0} s: \
          **{cpu_s:.2} CPU seconds = {:.3} % of one CPU** (resolution {:.2} s), **peak RSS {hwm:.1} MB** (VmHWM, set \
          while loading), **{rss:.1} MB resident at the end** ({anon:.1} MB anonymous, {file:.1} MB file-backed: the \
-         binary's pages).\n",
+         binary's pages and the 4 MiB events ring, which the kernel maps twice).\n",
         100.0 * cpu_s / wall,
         1.0 / hz,
     );
