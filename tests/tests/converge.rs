@@ -501,17 +501,22 @@ fn a_silent_control_client_delays_neither_hotplug_nor_prefer() {
     assert!(d.is_alive());
 }
 
+/// The CPU masks' width on this machine: the last possible CPU + 1.
+fn possible_width() -> u32 {
+    fs::read_to_string(format!("{SYS_CPU}/possible"))
+        .ok()
+        .and_then(|p| CpuSet::parse(&p, 8192).ok())
+        .and_then(|s| s.last())
+        .unwrap()
+        + 1
+}
+
 #[test]
 fn proc_kernel_sets_reads_back_and_knows_an_exited_pid() {
     let Some(_masks) = setup("proc_kernel_sets_reads_back_and_knows_an_exited_pid") else {
         return;
     };
-    let width = fs::read_to_string(format!("{SYS_CPU}/possible"))
-        .ok()
-        .and_then(|p| CpuSet::parse(&p, 8192).ok())
-        .and_then(|s| s.last())
-        .unwrap()
-        + 1;
+    let width = possible_width();
     let mut k = ProcKernel::new("/proc", "/sys", width);
     let name = movable_kthread();
     let pid = pid_of(name);
@@ -570,12 +575,7 @@ fn a_quick_rescan_agrees_with_a_full_one_and_sees_a_changed_mask() {
     else {
         return;
     };
-    let width = fs::read_to_string(format!("{SYS_CPU}/possible"))
-        .ok()
-        .and_then(|p| CpuSet::parse(&p, 8192).ok())
-        .and_then(|s| s.last())
-        .unwrap()
-        + 1;
+    let width = possible_width();
     let cpus = |l: &str| CpuSet::parse(l, width).unwrap();
     let name = movable_kthread();
     let pid = pid_of(name);

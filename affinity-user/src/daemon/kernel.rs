@@ -1,7 +1,7 @@
 //! The daemon's narrow interface to the kernel: read kthreads and CPUs, set
 //! a mask. `kernel::procfs::ProcKernel` is the real one; tests use a fake.
 
-use std::io;
+use std::{collections::BTreeMap, io};
 
 use thiserror::Error;
 
@@ -62,4 +62,18 @@ pub trait Kernel {
     fn cpu_settled(&self, cpu: u32) -> bool;
     /// The node `cpu` belongs to, read now.
     fn cpu_node(&self, cpu: u32) -> Option<u32>;
+    /// The nodes of the CPUs in `online`, read now; a CPU whose node is
+    /// not known is in none.
+    fn online_nodes(&self, online: &CpuSet) -> BTreeMap<u32, CpuSet> {
+        let mut nodes: BTreeMap<u32, CpuSet> = BTreeMap::new();
+        for cpu in online.iter() {
+            if let Some(n) = self.cpu_node(cpu) {
+                nodes
+                    .entry(n)
+                    .or_insert_with(|| CpuSet::empty(online.width()))
+                    .insert(cpu);
+            }
+        }
+        nodes
+    }
 }

@@ -22,7 +22,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::BTreeMap, io::Write};
+use std::io::Write;
 
 use kernel::Kernel;
 use report::{Report, Reporter};
@@ -407,15 +407,7 @@ impl<K: Kernel, W: Write> Core<K, W> {
                 believed.remove(cpu);
             }
         }
-        let mut nodes: BTreeMap<u32, CpuSet> = BTreeMap::new();
-        for cpu in online.iter() {
-            if let Some(n) = self.kernel.cpu_node(cpu) {
-                nodes
-                    .entry(n)
-                    .or_insert_with(|| CpuSet::empty(width))
-                    .insert(cpu);
-            }
-        }
+        let nodes = self.kernel.online_nodes(&online);
         let actions = self.engine.handle(Event::Resync {
             online: believed,
             nodes,

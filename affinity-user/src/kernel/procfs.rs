@@ -2,6 +2,7 @@
 //! sched_setaffinity(2), with the pid-reuse checks around every change.
 
 use std::{
+    collections::BTreeMap,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
@@ -162,5 +163,9 @@ impl Kernel for ProcKernel {
 
     fn cpu_node(&self, cpu: u32) -> Option<u32> {
         sysfs::cpu_node(&self.sys_root, cpu)
+    }
+
+    fn online_nodes(&self, online: &CpuSet) -> BTreeMap<u32, CpuSet> {
+        sysfs::online_nodes(&self.sys_root, online)
     }
 }

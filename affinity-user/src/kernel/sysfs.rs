@@ -272,6 +272,47 @@ pub fn cpu_node(sys_root: &Path, cpu: u32) -> Option<u32> {
         .find_map(|e| e.file_name().to_str()?.strip_prefix("node")?.parse().ok())
 }
 
+/// The nodes of the CPUs in `online`: each node's `cpulist` (one read per
+/// node, where a directory listing per CPU would be 256 of them every
+/// rescan on a 256-CPU host), then the `nodeN` link of any online CPU no
+/// cpulist names yet (the lists follow hotplug a step behind `online`).
+pub fn online_nodes(sys_root: &Path, online: &CpuSet) -> BTreeMap<u32, CpuSet> {
+    let width = online.width();
+    let mut nodes: BTreeMap<u32, CpuSet> = BTreeMap::new();
+    let mut placed = CpuSet::empty(width);
+    if let Ok(dir) = fs::read_dir(sys_root.join("devices/system/node")) {
+        for e in dir.flatten() {
+            let Some(n) = e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.strip_prefix("node")?.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(list) = read_proc_file(&e.path().join("cpulist")) else {
+                continue;
+            };
+            let Ok(cpus) = CpuSet::parse(list.trim(), width) else {
+                continue;
+            };
+            let cpus = cpus.and(online);
+            placed = placed.or(&cpus);
+            if !cpus.is_empty() {
+                nodes.insert(n, cpus);
+            }
+        }
+    }
+    for cpu in online.and_not(&placed).iter() {
+        if let Some(n) = cpu_node(sys_root, cpu) {
+            nodes
+                .entry(n)
+                .or_insert_with(|| CpuSet::empty(width))
+                .insert(cpu);
+        }
+    }
+    nodes
+}
+
 impl Machine {
     pub fn read(sys_root: &Path, proc_root: &Path) -> Result<Machine> {
         let cpu = sys_root.join("devices/system/cpu");
@@ -685,6 +726,29 @@ mod tests {
         let scan = scan_kthreads(proc, 2).unwrap();
         let pids: Vec<u32> = scan.kthreads.iter().map(|k| k.pid).collect();
         assert_eq!((pids, scan.unreadable), (vec![2, 10], vec![11]));
+    }
+
+    /// Nodes from their cpulists, and an online CPU no cpulist names yet
+    /// (a step behind hotplug) from its link; offline CPUs are in none.
+    #[test]
+    fn online_nodes_come_from_the_node_lists_then_the_cpu_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path();
+        let node = sys.join("devices/system/node");
+        fs::create_dir_all(node.join("node0")).unwrap();
+        fs::create_dir_all(node.join("node1")).unwrap();
+        fs::create_dir_all(node.join("node2")).unwrap();
+        fs::write(node.join("node0/cpulist"), "0-1\n").unwrap();
+        fs::write(node.join("node1/cpulist"), "2\n").unwrap();
+        // A memory-only node.
+        fs::write(node.join("node2/cpulist"), "\n").unwrap();
+        fs::create_dir_all(sys.join("devices/system/cpu/cpu3/node1")).unwrap();
+        let online = CpuSet::parse("0,2-3", 5).unwrap();
+        let got: Vec<(u32, String)> = online_nodes(sys, &online)
+            .into_iter()
+            .map(|(n, c)| (n, c.to_string()))
+            .collect();
+        assert_eq!(got, vec![(0, "0".into()), (1, "2-3".into())]);
     }
 
     /// A fake /sys and /proc: the roots are parameters for this.

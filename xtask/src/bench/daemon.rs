@@ -22,6 +22,29 @@ impl Daemon {
         self.0.pid()
     }
 
+    /// The first event since the first `skip` matching `pred`, within `timeout`.
+    pub fn wait_since(
+        &mut self,
+        skip: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(v) = self.0.events_since(skip).into_iter().find(|v| pred(v)) {
+                return Some(v);
+            }
+            if start.elapsed() > timeout || !self.0.is_alive() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.0.events().len()
+    }
+
     /// SIGTERM; the events it printed, once it has exited 0.
     pub fn stop(mut self) -> Result<Vec<Value>> {
         let status = self.0.stop_with(libc::SIGTERM)?;

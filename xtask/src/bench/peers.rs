@@ -117,12 +117,49 @@ fn tuned_log() -> PathBuf {
     std::env::temp_dir().join("affinity-bench-tuned.log")
 }
 
-/// The movable kthreads' masks and every file of IRQ and workqueue
-/// affinity (tuna `--isolate` and tuned move IRQs too), put back with
-/// `put_back`.
+/// The movable kthreads' masks, every user thread's mask (tuned's
+/// `isolated_cores` moves every process off the isolated CPUs, init
+/// included, and does not move them back when it stops: every process
+/// started after would inherit CPU 0 only) and every file of IRQ and
+/// workqueue affinity (tuna `--isolate` and tuned move IRQs too), put
+/// back with `put_back`.
 struct Masks {
     kthreads: Vec<(u32, String)>,
+    threads: Vec<(libc::pid_t, libc::cpu_set_t)>,
     files: Vec<(PathBuf, String)>,
+}
+
+/// Every thread of every user process, by tid: kthreads are the other list.
+fn user_threads() -> Vec<libc::pid_t> {
+    let kthreads: std::collections::HashSet<u32> =
+        kthread_comms().into_iter().map(|(p, _, _)| p).collect();
+    let mut tids = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if kthreads.contains(&pid) {
+            continue;
+        }
+        for t in fs::read_dir(e.path().join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
+                tids.push(tid);
+            }
+        }
+    }
+    tids
+}
+
+fn get_affinity(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set outlives the call and is the size given.
+    let ret = unsafe { libc::sched_getaffinity(tid, size_of_val(&set), &mut set) };
+    (ret == 0).then_some(set)
 }
 
 /// /proc/irq/N/smp_affinity_list, /proc/irq/default_smp_affinity and the
@@ -155,6 +192,10 @@ impl Masks {
                 .into_iter()
                 .filter_map(|p| Some((p, cpus_allowed(p)?)))
                 .collect(),
+            threads: user_threads()
+                .into_iter()
+                .filter_map(|t| Some((t, get_affinity(t)?)))
+                .collect(),
             files: affinity_files()
                 .into_iter()
                 .filter_map(|f| {
@@ -172,6 +213,11 @@ impl Masks {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+        }
+        for (tid, set) in &self.threads {
+            // Gone threads fail with ESRCH: nothing to put back.
+            // SAFETY: set is a valid cpu_set_t of the size given.
+            unsafe { libc::sched_setaffinity(*tid, size_of_val(set), set) };
         }
         // Managed IRQs refuse the write; they were never moved either.
         for (file, was) in &self.files {

@@ -205,9 +205,12 @@ pub fn vm_test(args: &VmArgs) -> Result<()> {
         }
     }
     let jobs = args.jobs.unwrap_or_else(|| default_jobs(accel)).max(1);
-    if jobs > 1 {
-        eprintln!("xtask: {jobs} VMs at a time (--jobs)");
-    }
+    // QEMU inherits this process's CPUs: a narrowed mask (a tool that
+    // isolated CPUs and did not give them back) serializes the boots.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "xtask: {jobs} VM(s) at a time (--jobs), on the {cpus} CPU(s) this process may run on"
+    );
     let next = AtomicUsize::new(0);
     let outcomes: Vec<Mutex<Option<Result<Booted>>>> =
         plan.iter().map(|_| Mutex::new(None)).collect();
